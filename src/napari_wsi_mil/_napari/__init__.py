@@ -1,0 +1,1 @@
+"""Everything that imports napari or Qt: reader, sample data, layer builders, widgets."""

@@ -1,0 +1,167 @@
+"""tifffile/zarr backend for generic TIFF: tiled or striped, pyramidal (SubIFDs or
+OME-TIFF) or plain, including files OpenSlide refuses."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from napari_wsi_mil.errors import SlideError
+from napari_wsi_mil.slide.backend import NativeLevel, SlideBackend, SlideInfo
+
+#: Physical pixel sizes outside this range (um/px) are treated as "not stated":
+#: a TIFF written at the default 72 dpi would otherwise claim 352.8 um/px.
+PLAUSIBLE_MPP = (0.05, 100.0)
+
+_REPORTED_TAGS = (
+    "ImageDescription",
+    "Software",
+    "Make",
+    "Model",
+    "DateTime",
+    "Compression",
+    "XResolution",
+    "YResolution",
+    "ResolutionUnit",
+)
+_OME_UNITS_TO_UM = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def plausible_mpp(value: float | None) -> float | None:
+    """Return ``value`` when it is a believable slide pixel size in um, else None."""
+    if value is None or not np.isfinite(value):
+        return None
+    return value if PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1] else None
+
+
+def _mpp_from_tags(page) -> float | None:
+    tags = page.tags
+    unit = tags.get("ResolutionUnit")
+    xres = tags.get("XResolution")
+    if unit is None or xres is None:
+        return None
+    num, den = xres.value
+    if not num or not den:
+        return None
+    per_unit = num / den
+    microns = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
+    return plausible_mpp(microns / per_unit) if microns else None
+
+
+def _mpp_from_ome(tif) -> float | None:
+    match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "")
+    if not match:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+    scale = _OME_UNITS_TO_UM.get(unit.group(1) if unit else "µm", 1.0)
+    return plausible_mpp(float(match.group(1)) * scale)
+
+
+def _mpp_from_description(page) -> float | None:
+    match = re.search(r"\bmpp\s*=\s*([0-9.eE+-]+)", page.description or "", re.IGNORECASE)
+    return plausible_mpp(float(match.group(1))) if match else None
+
+
+def _to_rgb_uint8(data: np.ndarray, axes: str) -> np.ndarray:
+    """Bring a level slice with axes like YXS / SYX / CYX / YX to (H, W, 3) uint8."""
+    if axes in ("SYX", "CYX"):
+        data = np.moveaxis(data, 0, -1)
+    if data.ndim == 2:
+        data = np.repeat(data[..., None], 3, axis=-1)
+    elif data.shape[-1] == 1:
+        data = np.repeat(data, 3, axis=-1)
+    elif data.shape[-1] > 3:
+        data = data[..., :3]
+    if data.dtype == np.uint8:
+        return np.ascontiguousarray(data)
+    if data.dtype == np.uint16:
+        return (data >> 8).astype(np.uint8)
+    if data.dtype == bool:
+        return data.astype(np.uint8) * 255
+    data = data.astype(np.float32)
+    top = float(data.max()) or 1.0
+    return np.clip(data / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+class TiffBackend(SlideBackend):
+    """Reads TIFF levels as zarr arrays through ``tifffile``'s zarr store.
+
+    The file handle is locked so that napari and loader workers can read
+    concurrently.
+    """
+
+    def __init__(self, path: str):
+        import tifffile
+        import zarr
+
+        self.path = path
+        try:
+            self._tif = tifffile.TiffFile(path)
+            series = self._tif.series[0]
+            levels = list(series.levels)
+        except Exception as exc:  # tifffile raises many types for broken files
+            raise SlideError(
+                path,
+                f"not a readable TIFF: the file is truncated or its structure is damaged ({exc!r})",
+            ) from exc
+        self._tif.filehandle.set_lock(True)
+        self._axes = series.axes.replace("I", "").replace("Q", "")
+        if series.ndim > 3 or not set(self._axes) <= {"Y", "X", "S", "C"}:
+            layout = f"axes {series.axes!r}, shape {series.shape}"
+            raise SlideError(path, f"unsupported image layout ({layout})")
+        try:
+            self._arrays = [
+                zarr.open_array(series.aszarr(level=i), mode="r") for i in range(len(levels))
+            ]
+        except Exception as exc:
+            raise SlideError(path, f"cannot read the TIFF levels ({exc})") from exc
+        page = series.keyframe
+        native = []
+        for lvl, arr in zip(levels, self._arrays, strict=True):
+            key = lvl.keyframe
+            h, w = (arr.shape[1], arr.shape[2]) if self._axes[0] in "SC" else arr.shape[:2]
+            if key.is_tiled:
+                tw, th = key.tilewidth, key.tilelength
+            else:  # striped: square chunks for the pyramid; reads decode whole strips
+                tw = th = min(1024, max(w, 1))
+            native.append(NativeLevel(int(w), int(h), int(tw), int(th)))
+        mpp = _mpp_from_ome(self._tif) if self._tif.is_ome else None
+        mpp = mpp or _mpp_from_description(page) or _mpp_from_tags(page)
+        properties = {
+            f"tiff.{tag.name}": str(tag.value)[:500]
+            for tag in page.tags.values()
+            if tag.name in _REPORTED_TAGS
+        }
+        vendor = "ome-tiff" if self._tif.is_ome else "generic-tiff"
+        self.info = SlideInfo(
+            backend="tifffile",
+            vendor=vendor,
+            levels=native,
+            mpp=(mpp, mpp) if mpp else None,
+            objective_power=None,
+            properties=properties,
+        )
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        lvl = self.info.levels[level]
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, lvl.width), min(y + height, lvl.height)
+        out = np.full((height, width, 3), 255, np.uint8)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        arr = self._arrays[level]
+        try:
+            if self._axes[0] in "SC":
+                data = arr[:, y0:y1, x0:x1]
+            else:
+                data = arr[y0:y1, x0:x1]
+        except Exception as exc:
+            raise SlideError(
+                self.path, f"cannot read level {level} at ({x}, {y}) size {width}x{height}: {exc}"
+            ) from exc
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = _to_rgb_uint8(np.asarray(data), self._axes)
+        return out
+
+    def close(self) -> None:
+        self._tif.close()

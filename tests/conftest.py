@@ -1,0 +1,24 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the repository; tests
+that need it skip when it is absent (it is never copied into the repository)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``, or skip the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not available")
+    return SHARED_DATA
+
+
+def shared_files(subdir: str) -> list[Path]:
+    """Files of a ``../shared/data`` subfolder for parametrisation (empty when absent)."""
+    folder = SHARED_DATA / subdir
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []

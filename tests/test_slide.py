@@ -1,0 +1,193 @@
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import shared_files
+from napari_wsi_mil.errors import SlideError, WsiMilError
+from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.slide.slide import COARSEST_SIDE, downsample_2x
+
+REAL_SLIDES = shared_files("slides")
+BAD_FILES = shared_files("bad")
+
+
+def _noise_rgb(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("path", REAL_SLIDES, ids=lambda p: p.name)
+def test_real_slides_open_and_read(path):
+    with open_slide(path) as slide:
+        assert slide.level_dimensions[0] == slide.dimensions
+        assert max(slide.level_dimensions[-1]) <= max(COARSEST_SIDE, max(slide.dimensions))
+        pyramid = slide.pyramid()
+        assert len(pyramid) == slide.level_count
+        for level, arr in enumerate(pyramid):
+            w, h = slide.level_dimensions[level]
+            assert arr.shape == (h, w, 3) and arr.dtype == np.uint8
+        coarse = pyramid[-1].compute()
+        assert coarse.std() > 0
+
+
+def test_cmu_facts_and_openslide_parity(shared_data):
+    import openslide
+
+    path = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    with open_slide(path) as slide:
+        assert slide.backend_name == "openslide" and slide.vendor == "aperio"
+        assert slide.dimensions == (2220, 2967)
+        assert slide.mpp == pytest.approx(0.499)
+        assert slide.objective_power == 20
+        assert slide.native_level_count == 1 and slide.level_count == 3
+        ours = slide.read_region(0, 500, 700, 300, 200)
+        theirs = np.asarray(openslide.OpenSlide(str(path)).read_region((500, 700), 0, (300, 200)))
+        np.testing.assert_array_equal(ours, theirs[..., :3])
+        # a synthesized level is the 2x2 average of the level below, read lazily
+        level1 = slide.pyramid()[1][:256, :256].compute()
+        np.testing.assert_array_equal(level1, downsample_2x(slide.read_region(0, 0, 0, 512, 512)))
+        # chunks are whole native tiles (240 px in this file)
+        assert slide.pyramid()[0].chunksize[0] % 240 == 0
+
+
+def test_generic_tiff_without_resolution_has_no_mpp(shared_data):
+    with open_slide(shared_data / "slides" / "boxes.tiff") as slide:
+        assert slide.backend_name == "tifffile"
+        assert slide.mpp is None  # 72 dpi default tags are not a pixel size
+        assert slide.native_level_count == 4
+
+
+@pytest.mark.parametrize("path", BAD_FILES, ids=lambda p: p.name)
+def test_bad_files_raise_one_clear_error(path):
+    with pytest.raises(SlideError) as info:
+        open_slide(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, WsiMilError)
+    assert info.value.reason
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(SlideError, match="file not found"):
+        open_slide(tmp_path / "nope.svs")
+    with pytest.raises(SlideError, match="directory"):
+        open_slide(tmp_path)
+
+
+def test_plain_tiff_gets_synthesized_levels(tmp_path):
+    data = _noise_rgb(2100, 3000)
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(
+        path,
+        data,
+        photometric="rgb",
+        resolution=(1e4 / 0.25, 1e4 / 0.25),
+        resolutionunit="CENTIMETER",
+    )
+    with open_slide(path) as slide:
+        assert slide.native_level_count == 1
+        assert slide.mpp == pytest.approx(0.25)
+        assert slide.level_dimensions == [(3000, 2100), (1500, 1050), (750, 525)]
+        np.testing.assert_array_equal(slide.pyramid()[0].compute(), data)
+        np.testing.assert_array_equal(
+            slide.pyramid()[2].compute(), downsample_2x(downsample_2x(data))
+        )
+        # level-0 coordinates, level-2 size
+        region = slide.read_region(2, 400, 800, 10, 10)
+        np.testing.assert_array_equal(region, downsample_2x(downsample_2x(data))[200:210, 100:110])
+
+
+def test_ome_tiff_subifd_pyramid_and_physical_size(tmp_path):
+    data = _noise_rgb(1024, 1536)
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(
+            data,
+            subifds=1,
+            tile=(256, 256),
+            photometric="rgb",
+            metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+        )
+        tif.write(data[::2, ::2], tile=(256, 256), photometric="rgb", subfiletype=1)
+    with open_slide(path) as slide:
+        assert slide.vendor == "ome-tiff" and slide.mpp == pytest.approx(0.5)
+        assert slide.native_level_count == 2
+        assert slide.chunk_size(0) == (512, 512)
+        np.testing.assert_array_equal(
+            slide.read_region(1, 200, 100, 64, 32), data[::2, ::2][50:82, 100:164]
+        )
+
+
+def test_grayscale_uint16_and_striped(tmp_path):
+    data = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200) * 3
+    path = tmp_path / "gray.tif"
+    tifffile.imwrite(path, data, rowsperstrip=16)
+    with open_slide(path) as slide:
+        out = slide.read_region(0, 0, 0, 200, 300)
+        assert out.shape == (300, 200, 3)
+        np.testing.assert_array_equal(out[..., 0], (data >> 8).astype(np.uint8))
+
+
+def test_read_outside_is_white(tmp_path):
+    path = tmp_path / "small.tif"
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    with open_slide(path) as slide:
+        region = slide.read_region(0, 32, 32, 64, 64)
+        assert (region[:32, :32] == 0).all() and (region[32:, :] == 255).all()
+
+
+def test_corrupt_tile_blank_with_single_warning(tmp_path):
+    data = np.full((1024, 1024, 3), 100, np.uint8)
+    path = tmp_path / "corrupt.tif"
+    tifffile.imwrite(path, data, tile=(256, 256), photometric="rgb", compression="jpeg")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].dataoffsets[5]
+        nbytes = tif.pages[0].databytecounts[5]
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + nbytes] = b"\x00" * nbytes
+    path.write_bytes(bytes(raw))
+    with open_slide(path) as slide:  # the first tile is fine, so it opens
+        with pytest.raises(SlideError):
+            slide.read_region(0, 256, 256, 256, 256)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = slide.pyramid()[0].compute(scheduler="threads")
+        assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == 1
+        assert (image[256:512, 256:512] == 255).all()
+        assert (image[:256, :256] != 255).all()
+
+
+def test_concurrent_reads_match_serial(tmp_path):
+    data = _noise_rgb(1024, 1024, seed=3)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, data, tile=(128, 128), photometric="rgb", compression="zlib")
+    with open_slide(path) as slide:
+        spots = [(x, y) for x in range(0, 900, 97) for y in range(0, 900, 89)]
+        results = {}
+
+        def work(chunk):
+            for x, y in chunk:
+                results[(x, y)] = slide.read_region(0, x, y, 100, 100)
+
+        threads = [threading.Thread(target=work, args=(spots[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for (x, y), region in results.items():
+            np.testing.assert_array_equal(region, data[y : y + 100, x : x + 100])
+        assert len(results) == len(spots)
+
+
+def test_import_does_not_pull_heavy_modules():
+    code = (
+        "import sys, napari_wsi_mil, napari_wsi_mil.slide, napari_wsi_mil.jobs;"
+        "print([m for m in ('torch', 'PyQt6', 'PySide6', 'napari', 'qtpy') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
