@@ -1,0 +1,1 @@
+"""The project store: cohort table, per-slide results, annotations and interchange formats."""
