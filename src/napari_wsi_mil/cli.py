@@ -11,15 +11,13 @@ from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, run_job
 
 
-def drive(job: Job, desc: str, quiet: bool = False):
+def drive(job: Job):
     """Run a job with a terminal progress bar (one bar per stage) and return its result."""
     from tqdm import tqdm
 
     bars: dict[str, tqdm] = {}
 
     def show(event: Progress) -> None:
-        if quiet:
-            return
         bar = bars.get(event.stage)
         if bar is None:
             for old in bars.values():
@@ -27,7 +25,7 @@ def drive(job: Job, desc: str, quiet: bool = False):
             bars.clear()
             bar = bars[event.stage] = tqdm(
                 total=event.total,
-                desc=f"{desc}: {event.stage}",
+                desc=event.stage,
                 unit="",
                 dynamic_ncols=True,
                 file=sys.stderr,
@@ -74,7 +72,142 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_info)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info]
+def _tiling_params(args: argparse.Namespace):
+    from napari_wsi_mil.slide.tiling import TilingParams
+
+    return TilingParams(
+        target_mpp=None if args.level is not None else args.mpp,
+        level=args.level,
+        patch_size=args.patch_size,
+        stride=args.stride,
+        min_tissue=args.min_tissue,
+        slide_mpp=args.slide_mpp,
+    )
+
+
+def _cmd_tile(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.store.project import ProjectStore
+    from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
+
+    if args.cohort:
+        from napari_wsi_mil.store.cohort import read_cohort
+
+        cohort = read_cohort(args.cohort, require_paths=True, slide_dir=args.slide_dir)
+        slides = [(entry.slide_id, entry.path) for entry in cohort]
+    elif args.slides:
+        slides = [(slide_id_for(path), path) for path in args.slides]
+    else:
+        raise WsiMilError("give SLIDE files or --cohort cohort.csv")
+    store = ProjectStore(args.project, create=True)
+    report = drive(
+        tile_slides_job(
+            store,
+            slides,
+            _tiling_params(args),
+            overwrite=args.overwrite,
+            skip_errors=args.skip_errors,
+        )
+    )
+    for slide_id, n in report.tiled.items():
+        print(f"{slide_id}: {n} patches")
+        for warning in report.warnings.get(slide_id, []):
+            print(f"  warning: {warning}")
+    if report.skipped:
+        print(f"already tiled (skipped): {len(report.skipped)} slides; --overwrite redoes them")
+    for slide_id, error in report.failed.items():
+        print(f"FAILED {slide_id}: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _add_tile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tile", help="detect tissue and tile slides into a project store")
+    p.add_argument("slides", nargs="*", help="slide files (ids are the file names)")
+    p.add_argument("--cohort", help="cohort CSV (slide_id,label[,path,case_id,split])")
+    p.add_argument("--slide-dir", help="folder to find slides of a cohort without paths")
+    p.add_argument("--project", required=True, help="project store folder (created if new)")
+    p.add_argument("--mpp", type=float, default=0.5, help="target microns per pixel (0.5)")
+    p.add_argument("--level", type=int, help="tile this pyramid level instead of --mpp")
+    p.add_argument("--patch-size", type=int, default=224, help="patch side in pixels (224)")
+    p.add_argument("--stride", type=int, help="step between patches in pixels (patch size)")
+    p.add_argument(
+        "--min-tissue", type=float, default=0.5, help="minimum tissue fraction under a patch (0.5)"
+    )
+    p.add_argument("--slide-mpp", type=float, help="override the slides' microns per pixel")
+    p.add_argument("--overwrite", action="store_true", help="redo slides already tiled")
+    p.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="report bad slides at the end instead of stopping",
+    )
+    p.set_defaults(func=_cmd_tile)
+
+
+def _cmd_export_tiles(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.store.h5_interop import export_tiles_job
+    from napari_wsi_mil.store.project import ProjectStore
+
+    written = drive(export_tiles_job(ProjectStore(args.project), args.out))
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _add_export_tiles(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-tiles", help="write <slide_id>.h5 coordinates in the CLAM/TRIDENT layout"
+    )
+    p.add_argument("--project", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_export_tiles)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.slide.synthetic import make_cohort_job
+
+    cohort = drive(
+        make_cohort_job(
+            args.out,
+            n_slides=args.slides,
+            seed=args.seed,
+            lesion_fractions=tuple(args.lesion_fraction),
+            positive_ratio=args.positive_ratio,
+            width=args.width,
+            height=args.height,
+            mpp=args.mpp,
+            slides_per_case=args.slides_per_case,
+            test_fraction=args.test_fraction,
+        )
+    )
+    print(f"cohort table: {cohort.csv_path}")
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate a synthetic cohort (slides, cohort.csv, GeoJSON)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--slides", type=int, default=8, help="number of slides (8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--lesion-fraction",
+        type=float,
+        nargs="+",
+        default=[0.05],
+        help="lesion fraction(s) of tissue, cycled over positive slides (0.05)",
+    )
+    p.add_argument("--positive-ratio", type=float, default=0.5)
+    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--height", type=int, default=3072)
+    p.add_argument("--mpp", type=float, default=0.5)
+    p.add_argument("--slides-per-case", type=int, default=1)
+    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.set_defaults(func=_cmd_synth)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_info,
+    _add_synth,
+    _add_tile,
+    _add_export_tiles,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,93 @@
+"""A dock-widget base that runs a core job in a thread worker with progress and cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+
+from napari_wsi_mil.jobs import Progress
+
+
+class JobWidget(Container):
+    """Run button, Cancel button, progress bar and status line around one job at a time.
+
+    Subclasses build their parameter widgets, then call :meth:`start` with a
+    generator function (the job) and a handler for its return value. The handler
+    runs on the main thread, where layers may be changed; errors become napari
+    notifications and napari keeps running.
+    """
+
+    def __init__(self, viewer, run_text: str = "Run"):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.worker = None
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        self.cancel_button.changed.connect(self.cancel)
+
+    def add_controls(self) -> None:
+        """Append the run/cancel buttons, progress bar and status (after the parameters)."""
+        self.extend([self.run_button, self.cancel_button, self.progress, self.status])
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        job: Callable[[], Generator[Progress, None, object]],
+        on_returned: Callable[[object], None],
+    ) -> None:
+        from napari.qt.threading import create_worker
+
+        if self.busy:
+            return
+        worker = create_worker(job, _start_thread=False)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(on_returned)
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(lambda: self._set_status("cancelled; finished results are kept"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self._set_status("running")
+        worker.start()
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self._set_status("cancelling")
+            self.worker.quit()
+
+    def _on_progress(self, event: Progress) -> None:
+        total = event.total or 0
+        self.progress.max = max(total, 1)
+        self.progress.value = min(event.done, self.progress.max) if total else 0
+        text = event.stage if not event.message else f"{event.stage}: {event.message}"
+        self._set_status(text)
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self._set_status(f"error: {exc}")
+        show_error(str(exc))
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text[:200]
+
+
+def slide_layers(viewer) -> list:
+    """Image layers opened by this plugin's reader (they carry ``slide_path``)."""
+    return [
+        layer
+        for layer in viewer.layers
+        if "slide_path" in layer.metadata and layer.__class__.__name__ == "Image"
+    ]

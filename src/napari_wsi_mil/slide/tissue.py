@@ -1,0 +1,380 @@
+"""Tissue detection on a low-resolution RGB image of a slide.
+
+The method is the one of the CLAM and HistoQC-style pipelines: threshold the
+HSV saturation of a median-blurred thumbnail with Otsu's method, then clean the
+mask with morphology, hole filling and a minimum object area. Three changes make
+it safe on real cohorts:
+
+- the Otsu threshold is clipped to ``[SATURATION_FLOOR, SATURATION_CEILING]``,
+  so an empty slide (whose saturation is only noise) gives an empty mask, and a
+  slide that is nearly all tissue is not split into "dark" and "light" tissue;
+- near-white, near-black and pen-ink pixels are excluded before thresholding;
+- every size is physical (micrometres), so small biopsies survive the minimum
+  object area at any pyramid level.
+
+Everything here works on plain numpy arrays; reading the thumbnail is the
+caller's job. A user-painted napari Labels layer becomes a mask through
+:func:`mask_from_labels` and :func:`resize_mask`.
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "ASSUMED_PIXEL_SIZE_UM",
+    "SATURATION_CEILING",
+    "SATURATION_FLOOR",
+    "TissueMask",
+    "detect_tissue",
+    "mask_from_labels",
+    "pen_mask",
+    "resize_mask",
+]
+
+#: Pixel size assumed when the caller does not know it (a typical thumbnail
+#: level). The physical defaults then become: median 7 px, closing/opening
+#: radius 2 px, minimum tissue 156 px, holes below 78 px filled; pen margin
+#: 6 px, pen window 9 px, smallest ink core 100 px.
+ASSUMED_PIXEL_SIZE_UM = 8.0
+#: Lowest saturation threshold (of [0, 1]); glass, dust and scanner noise stay below.
+SATURATION_FLOOR = 0.07
+#: Highest saturation threshold; pale H&E stroma lies above it.
+SATURATION_CEILING = 0.15
+
+_NEAR_WHITE = 230  # a pixel whose darkest channel is at least this is background
+_NEAR_BLACK = 50  # a pixel whose brightest channel is below this is ink, dirt or an edge
+_MORPH_RADIUS_UM = 16.0  # radius of the closing and opening footprints
+_PEN_MARGIN_UM = 48.0  # ink masks grow by this much: strokes on the coverslip are out of focus
+_PEN_MIN_CORE_UM2 = 6_400.0  # smaller patches of strong ink colour are blood or eosin
+_PEN_WINDOW_UM = 72.0  # window in which 40% of pixels must have strong ink colour
+_MAX_MEDIAN_PX = 31  # caps filter cost on high-resolution input
+_MAX_RADIUS_PX = 10
+
+
+@dataclass
+class TissueMask:
+    """Result of :func:`detect_tissue`.
+
+    Attributes
+    ----------
+    mask : numpy.ndarray
+        Boolean (H, W) array, True on tissue, same shape as the input image.
+    pixel_size_um : float or None
+        Pixel size of the mask in micrometres, as passed by the caller.
+    tissue_fraction : float
+        Fraction of mask pixels that are tissue, in [0, 1].
+    threshold : float
+        Saturation threshold used, in [0, 1].
+    warnings : list of str
+        Human-readable notes, e.g. ``"no tissue found"``; empty when all is well.
+    """
+
+    mask: np.ndarray
+    pixel_size_um: float | None
+    tissue_fraction: float
+    threshold: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def detect_tissue(
+    rgb: np.ndarray,
+    pixel_size_um: float | None = None,
+    *,
+    min_tissue_area_um2: float = 10_000.0,
+    min_hole_area_um2: float = 5_000.0,
+    median_size_um: float = 50.0,
+    remove_pen: bool = True,
+    saturation_threshold: float | None = None,
+) -> TissueMask:
+    """Find tissue in a low-resolution RGB image of a slide.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        (H, W, 3) image, ideally uint8 at about 8-16 um/px. An alpha channel is
+        dropped; other dtypes are converted to uint8.
+    pixel_size_um : float, optional
+        Size of one pixel of ``rgb`` in micrometres. When None,
+        :data:`ASSUMED_PIXEL_SIZE_UM` is used to convert the physical sizes.
+    min_tissue_area_um2 : float
+        Tissue pieces smaller than this are dropped (default 0.01 mm^2, which
+        keeps a 0.5 mm x 0.3 mm biopsy fragment with a wide margin).
+    min_hole_area_um2 : float
+        Holes in tissue smaller than this are filled (default 0.005 mm^2).
+    median_size_um : float
+        Side of the median filter applied to the saturation channel.
+    remove_pen : bool
+        Exclude green, blue and red ink (and its fringe) before thresholding.
+        Bright red blood can look exactly like red ink and is then dropped too;
+        isolated red cells inside tissue come back with the hole filling.
+    saturation_threshold : float, optional
+        Fixed saturation threshold in [0, 1] instead of the clipped Otsu one.
+
+    Returns
+    -------
+    TissueMask
+        An image without tissue (white, black, empty) gives an empty mask and
+        a ``"no tissue found"`` warning, never an exception.
+
+    Raises
+    ------
+    ValueError
+        If ``rgb`` is not an (H, W, 3|4) image or a size argument is invalid.
+    """
+    image = _as_rgb_uint8(rgb)
+    px = _check_pixel_size(pixel_size_um)
+    for name, value in (
+        ("min_tissue_area_um2", min_tissue_area_um2),
+        ("min_hole_area_um2", min_hole_area_um2),
+        ("median_size_um", median_size_um),
+    ):
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if saturation_threshold is not None and not 0.0 <= saturation_threshold <= 1.0:
+        raise ValueError(f"saturation_threshold must be in [0, 1], got {saturation_threshold!r}")
+
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        empty = np.zeros(image.shape[:2], dtype=bool)
+        return TissueMask(empty, pixel_size_um, 0.0, SATURATION_FLOOR, ["empty image"])
+
+    channels = image.astype(np.int16)
+    high = channels.max(axis=2)
+    low = channels.min(axis=2)
+    saturation = np.where(high > 0, (255 * (high - low) + high // 2) // np.maximum(high, 1), 0)
+    saturation = saturation.astype(np.uint8)
+
+    excluded = (low >= _NEAR_WHITE) | (high < _NEAR_BLACK)
+    if remove_pen:
+        excluded |= pen_mask(image, px)
+    saturation[excluded] = 0
+    saturation = _median(saturation, _odd_size_px(median_size_um, px))
+
+    if saturation_threshold is None:
+        threshold = _clipped_otsu(saturation[~excluded])
+    else:
+        threshold = float(saturation_threshold)
+    mask = (saturation > threshold * 255) & ~excluded
+
+    radius = _radius_px(_MORPH_RADIUS_UM, px)
+    footprint = _disk(radius)
+    mask = _close_then_open(mask, footprint)
+    mask = _fill_small_holes(mask, min_hole_area_um2 / px**2)
+    mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2)
+
+    fraction = float(mask.mean())
+    notes = [] if mask.any() else ["no tissue found"]
+    return TissueMask(mask, pixel_size_um, fraction, threshold, notes)
+
+
+def pen_mask(rgb: np.ndarray, pixel_size_um: float | None = None) -> np.ndarray:
+    """Pixels covered by green, blue or red marker ink.
+
+    H&E (and DAB) colours have red as the largest channel and blue above or
+    near green: eosin pink is R > B > G, haematoxylin purple B ~ R > G. Ink is
+    found in two passes: strongly coloured *core* pixels, then every weaker
+    pixel of the same hue connected to a core (the blurred fringe of a stroke,
+    dense dark ink). A core is where over 40% of a 72 um window has strong ink
+    colour; cores smaller than 80 um x 80 um (red blood cells, bright eosin
+    fibres) are ignored, and the ink mask grows by 48 um to cover the blurred
+    edge of a stroke (ink on the coverslip is out of focus).
+
+    - green / teal: G > R + 30 and G >= B - 15 (core); G > R + 10 (fringe).
+      Blue-grey IHC haematoxylin (G a little above R, B well above G) is not
+      green;
+    - blue: B > R + 40, B > G + 40 and G >= R - 10, i.e. not purple (core);
+      the same with 25 (fringe);
+    - red: R the largest channel, hue within about 10 degrees of pure red:
+      (B - G) < 0.16 (R - G) and (G - B) < (R - B) / 6, chroma >= 80 (core);
+      (B - G) < 0.25 (R - G), chroma >= 15 (fringe); dark pixels
+      (max < 130) of red to magenta-red hue also join a red stroke.
+
+    Bright red blood has the hue of red ink, so a large haemorrhage can be
+    taken for ink; eosin has a clearly more magenta hue and is kept.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        (H, W, 3) uint8 image.
+    pixel_size_um : float, optional
+        Pixel size in micrometres; :data:`ASSUMED_PIXEL_SIZE_UM` when None.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean (H, W) mask, True on ink.
+    """
+    image = _as_rgb_uint8(rgb)
+    px = _check_pixel_size(pixel_size_um)
+    r, g, b = (image[..., i].astype(np.int16) for i in range(3))
+    high = np.maximum(np.maximum(r, g), b)
+    chroma = high - np.minimum(np.minimum(r, g), b)
+
+    green_core = (g > r + 30) & (g >= b - 15)
+    green_fringe = (g > r + 10) & (g >= b - 10) & (chroma >= 10)
+    blue_core = (b > r + 40) & (b > g + 40) & (g >= r - 10)
+    blue_fringe = (b > r + 25) & (b > g + 25) & (g >= r - 10)
+    reddish = (r == high) & (6 * (g - b) < (r - b))
+    red_core = reddish & (100 * (b - g) < 16 * (r - g)) & (chroma >= 80)
+    red_fringe = reddish & (chroma >= 15) & (100 * (b - g) < 25 * (r - g))
+    dark_fringe = reddish & (high < 130) & (chroma >= 20) & (10 * (b - g) < 8 * (r - g))
+
+    # A stroke is where strong ink colour is dense, even with nuclei showing
+    # through; scattered red blood cells and bright eosin fibres are not.
+    core = (green_core | blue_core | red_core).astype(np.float32)
+    window = max(3, _odd_size_px(_PEN_WINDOW_UM, px))
+    core = ndi.uniform_filter(core, size=window) > 0.4
+    core = _remove_small_objects(core, _PEN_MIN_CORE_UM2 / px**2)
+    if not core.any():
+        return core
+    fringe = core | green_fringe | blue_fringe | red_fringe | dark_fringe
+    labels, count = ndi.label(fringe, structure=np.ones((3, 3), dtype=bool))
+    touched = np.zeros(count + 1, dtype=bool)
+    touched[labels[core]] = True
+    touched[0] = False
+    ink = touched[labels]
+    return ndi.binary_dilation(ink, structure=_disk(_radius_px(_PEN_MARGIN_UM, px)))
+
+
+def mask_from_labels(labels: np.ndarray) -> np.ndarray:
+    """Boolean tissue mask from a painted labels image (nonzero means tissue).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer (H, W) array, e.g. the data of a napari Labels layer.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean (H, W) array.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D array, got shape {labels.shape}")
+    return labels != 0
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a boolean mask to ``shape`` with nearest-neighbour sampling.
+
+    Each output pixel takes the input pixel under its centre, so a mask painted
+    at one pyramid level can be used at another.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        (H, W) array; nonzero means True.
+    shape : tuple of int
+        Output (height, width).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean array of ``shape``.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be a 2-D array, got shape {mask.shape}")
+    out_h, out_w = (int(n) for n in shape)
+    if out_h < 0 or out_w < 0:
+        raise ValueError(f"shape must be non-negative, got {shape}")
+    in_h, in_w = mask.shape
+    if in_h == 0 or in_w == 0:
+        return np.zeros((out_h, out_w), dtype=bool)
+    rows = np.minimum(((np.arange(out_h) + 0.5) * in_h / max(out_h, 1)).astype(np.intp), in_h - 1)
+    cols = np.minimum(((np.arange(out_w) + 0.5) * in_w / max(out_w, 1)).astype(np.intp), in_w - 1)
+    return mask.astype(bool)[np.ix_(rows, cols)]
+
+
+def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray:
+    image = np.asarray(rgb)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        return image
+    if image.size == 0:
+        return image.astype(np.uint8)
+    from skimage.util import img_as_ubyte
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        if np.issubdtype(image.dtype, np.floating):
+            image = np.clip(np.nan_to_num(image), 0.0, 1.0)
+        return img_as_ubyte(image)
+
+
+def _check_pixel_size(pixel_size_um: float | None) -> float:
+    if pixel_size_um is None:
+        return ASSUMED_PIXEL_SIZE_UM
+    px = float(pixel_size_um)
+    if not np.isfinite(px) or px <= 0:
+        raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
+    return px
+
+
+def _odd_size_px(size_um: float, px: float) -> int:
+    size = int(round(size_um / px))
+    size = min(size, _MAX_MEDIAN_PX)
+    return size + 1 if size % 2 == 0 else size
+
+
+def _radius_px(radius_um: float, px: float) -> int:
+    return int(min(max(round(radius_um / px), 1), _MAX_RADIUS_PX))
+
+
+def _disk(radius: int) -> np.ndarray:
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def _close_then_open(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    # Edge padding keeps tissue that touches the image border from being eroded.
+    pad = footprint.shape[0] // 2
+    padded = np.pad(mask, pad, mode="edge")
+    padded = ndi.binary_closing(padded, structure=footprint)
+    padded = ndi.binary_opening(padded, structure=footprint)
+    return padded[pad:-pad, pad:-pad]
+
+
+def _median(image: np.ndarray, size: int) -> np.ndarray:
+    if size <= 1:
+        return image
+    from skimage.filters.rank import median
+
+    return median(image, footprint=np.ones((size, size), dtype=bool))
+
+
+def _clipped_otsu(values: np.ndarray) -> float:
+    if values.size == 0 or values.min() == values.max():
+        return SATURATION_FLOOR
+    from skimage.filters import threshold_otsu
+
+    otsu = float(threshold_otsu(values)) / 255.0
+    return float(np.clip(otsu, SATURATION_FLOOR, SATURATION_CEILING))
+
+
+def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    if not holes.any():
+        return mask
+    labels, count = ndi.label(holes)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    small = sizes < max_area_px
+    small[0] = False
+    return mask | small[labels]
+
+
+def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
+    labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sizes >= min_area_px
+    keep[0] = False
+    return keep[labels]

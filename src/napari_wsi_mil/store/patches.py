@@ -1,0 +1,143 @@
+"""Torch access to patches: :class:`PatchDataset` and :class:`BagBalancedBatchSampler`.
+
+Imports torch; never imported by the package's ``__init__``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.slide.tiling import TileGrid
+from napari_wsi_mil.store.project import ProjectStore
+
+
+def read_patch(slide, grid: TileGrid, index: int) -> np.ndarray:
+    """One ``(patch_size, patch_size, 3)`` uint8 patch, read at the grid's read level."""
+    from PIL import Image
+
+    geo = grid.geometry
+    x, y = grid.coords[index]
+    region = slide.read_region(geo.read_level, int(x), int(y), geo.read_size, geo.read_size)
+    if geo.read_size != geo.patch_size:
+        region = np.asarray(
+            Image.fromarray(region).resize(
+                (geo.patch_size, geo.patch_size), Image.Resampling.BILINEAR, reducing_gap=2.0
+            )
+        )
+    return region
+
+
+class PatchDataset(Dataset):
+    """Patches of the tiled slides of a project, in each slide's TileGrid order.
+
+    Items are ``(image, slide_index, patch_index)`` with ``image`` a ``(3, H, W)``
+    uint8 tensor. Every loader worker opens its own slide handles (handles are not
+    pickled). ``max_per_slide`` draws a fixed random subset of each slide's patches.
+
+    Parameters
+    ----------
+    project
+        The project store.
+    slide_ids
+        Slides to read (they must be tiled).
+    slide_paths
+        Slide file of each id; defaults to the path recorded at tiling.
+    max_per_slide, seed
+        Optional per-slide subsampling, deterministic from ``seed``.
+    """
+
+    def __init__(
+        self,
+        project: ProjectStore,
+        slide_ids: Sequence[str],
+        slide_paths: dict[str, str | os.PathLike] | None = None,
+        max_per_slide: int | None = None,
+        seed: int = 0,
+    ):
+        self.slide_ids = list(slide_ids)
+        self.grids: list[TileGrid] = []
+        self.paths: list[str] = []
+        rng = np.random.default_rng(seed)
+        slide_index, patch_index = [], []
+        for i, slide_id in enumerate(self.slide_ids):
+            grid, attrs = project.read_tiles(slide_id)
+            self.grids.append(grid)
+            paths = slide_paths or {}
+            self.paths.append(str(paths.get(slide_id, attrs["slide"]["path"])))
+            idx = np.arange(len(grid))
+            if max_per_slide is not None and len(idx) > max_per_slide:
+                idx = np.sort(rng.choice(idx, max_per_slide, replace=False))
+            slide_index.append(np.full(len(idx), i, np.int64))
+            patch_index.append(idx)
+        self.slide_index = np.concatenate(slide_index) if slide_index else np.zeros(0, np.int64)
+        self.patch_index = np.concatenate(patch_index) if patch_index else np.zeros(0, np.int64)
+        self._slides: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.slide_index)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int]:
+        s, p = int(self.slide_index[item]), int(self.patch_index[item])
+        slide = self._slides.get(s)
+        if slide is None:
+            slide = self._slides[s] = open_slide(self.paths[s])
+        patch = read_patch(slide, self.grids[s], p)
+        return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))), s, p
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_slides"] = {}
+        return state
+
+    def close(self) -> None:
+        for slide in self._slides.values():
+            slide.close()
+        self._slides.clear()
+
+
+class BagBalancedBatchSampler(Sampler[list[int]]):
+    """Batches of ``per_class`` items from each bag label, drawn with replacement.
+
+    WeakSupCon's sampling: every batch is half negative-bag patches and half
+    positive-bag patches; an epoch is a fixed number of batches.
+
+    Parameters
+    ----------
+    item_labels
+        The bag label (0/1) of every dataset item.
+    per_class
+        Items drawn from each label per batch.
+    batches
+        Batches per epoch.
+    seed
+        The draw is deterministic from ``seed`` and the epoch (:meth:`set_epoch`).
+    """
+
+    def __init__(self, item_labels: Sequence[int], per_class: int, batches: int, seed: int = 0):
+        labels = np.asarray(item_labels)
+        self.pools = [np.flatnonzero(labels == c) for c in (0, 1)]
+        missing = [c for c, pool in enumerate(self.pools) if len(pool) == 0]
+        if missing:
+            raise ValueError(
+                f"no patches from bags of label {missing[0]}: bag-balanced "
+                "sampling needs negative and positive bags"
+            )
+        self.per_class, self.batches, self.seed, self.epoch = per_class, batches, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for _ in range(self.batches):
+            batch = [rng.choice(pool, self.per_class, replace=True) for pool in self.pools]
+            yield np.concatenate(batch).tolist()
