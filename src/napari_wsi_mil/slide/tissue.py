@@ -68,17 +68,17 @@ class TissueMask:
         Pixel size of the mask in micrometres, as passed by the caller.
     tissue_fraction : float
         Fraction of mask pixels that are tissue, in [0, 1].
-    threshold : float
-        Saturation threshold used, in [0, 1].
     warnings : list of str
         Human-readable notes, e.g. ``"no tissue found"``; empty when all is well.
+    threshold : float
+        Saturation threshold used, in [0, 1].
     """
 
     mask: np.ndarray
     pixel_size_um: float | None
     tissue_fraction: float
-    threshold: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    threshold: float = 0.0
 
 
 def detect_tissue(
@@ -140,7 +140,7 @@ def detect_tissue(
 
     if image.shape[0] == 0 or image.shape[1] == 0:
         empty = np.zeros(image.shape[:2], dtype=bool)
-        return TissueMask(empty, pixel_size_um, 0.0, SATURATION_FLOOR, ["empty image"])
+        return TissueMask(empty, pixel_size_um, 0.0, ["empty image"], SATURATION_FLOOR)
 
     channels = image.astype(np.int16)
     high = channels.max(axis=2)
@@ -168,7 +168,7 @@ def detect_tissue(
 
     fraction = float(mask.mean())
     notes = [] if mask.any() else ["no tissue found"]
-    return TissueMask(mask, pixel_size_um, fraction, threshold, notes)
+    return TissueMask(mask, pixel_size_um, fraction, notes, threshold)
 
 
 def pen_mask(rgb: np.ndarray, pixel_size_um: float | None = None) -> np.ndarray:

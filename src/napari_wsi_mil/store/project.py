@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,19 +25,17 @@ import numpy as np
 
 from napari_wsi_mil.errors import StoreError
 from napari_wsi_mil.jobs import atomic_dir
+from napari_wsi_mil.names import name_problem
 
 STORE_FORMAT = "napari-wsi-mil-store"
 STORE_VERSION = 1
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def check_name(name: str, what: str = "slide id") -> str:
-    """Reject names that are unsafe as directory names (slashes, ``..``, hidden, empty)."""
-    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
-        raise StoreError(
-            f"{what} {name!r} is not usable as a file name: use letters, digits, '.', '_' "
-            "and '-', starting with a letter or digit"
-        )
+    """Return ``name`` or raise :class:`StoreError` when it is unsafe as a directory name."""
+    problem = name_problem(name, what)
+    if problem:
+        raise StoreError(problem)
     return name
 
 

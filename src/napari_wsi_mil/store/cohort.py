@@ -1,0 +1,434 @@
+"""The cohort table: which slides there are, their labels, cases and splits.
+
+A cohort is a CSV file the user writes, one slide per row::
+
+    slide_id,label,path,case_id,split
+    A-01,tumor,slides/A-01.svs,A,train
+    A-02,tumor,slides/A-02.svs,A,train
+    B-01,normal,slides/B-01.svs,B,test
+
+``slide_id`` and ``label`` are required; ``path``, ``case_id`` and ``split``
+are optional columns, and an empty cell takes the default. Column names are
+case-insensitive, other columns are ignored, cells are stripped of whitespace,
+a UTF-8 byte-order mark is tolerated and ``;`` or tab separators are accepted
+when the header has no comma.
+
+- ``label``: binary. ``0``/``normal``/``negative`` and ``1``/``tumor``/
+  ``tumour``/``positive`` (case-insensitive; ``0.0``/``1.0`` too).
+- ``path``: the slide file; a relative path is relative to the CSV's folder.
+- ``case_id``: slides sharing a case form one bag; default: the slide id. All
+  slides of a case must have the same label and the same split.
+- ``split``: ``train`` (default), ``val`` or ``test``; ``training``,
+  ``validation``, ``valid`` and ``testing`` are read as those.
+
+Slide and case ids become file names in the project store, so they must match
+:data:`napari_wsi_mil.names.SAFE_NAME` (letters, digits, ``.``, ``_``, ``-``;
+starting with a letter or digit; no ``..``; no spaces or slashes), the store's rule.
+
+:func:`read_cohort` checks everything and raises one
+:class:`~napari_wsi_mil.errors.CohortError` listing every problem with its CSV
+line number, so a user fixes the table in one go.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from napari_wsi_mil.errors import CohortError
+from napari_wsi_mil.jobs import atomic_file
+from napari_wsi_mil.names import name_problem
+
+__all__ = [
+    "COLUMNS",
+    "SPLITS",
+    "Cohort",
+    "CohortEntry",
+    "parse_label",
+    "parse_split",
+    "read_cohort",
+    "write_cohort",
+]
+
+#: Columns of a cohort table, required ones first.
+COLUMNS = ("slide_id", "label", "path", "case_id", "split")
+REQUIRED_COLUMNS = ("slide_id", "label")
+#: Split names, in the order they are used.
+SPLITS = ("train", "val", "test")
+#: Slide and case ids must match this (and must not contain "..").
+
+_LABELS = {
+    "0": 0,
+    "0.0": 0,
+    "normal": 0,
+    "negative": 0,
+    "1": 1,
+    "1.0": 1,
+    "tumor": 1,
+    "tumour": 1,
+    "positive": 1,
+}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+_EXTRA_SLIDE_EXTENSIONS = (".ome.tif", ".ome.tiff")
+
+
+def parse_label(text: str) -> int:
+    """0 or 1 from a label cell; raises ``ValueError`` for anything else."""
+    key = str(text).strip().lower()
+    if key not in _LABELS:
+        raise ValueError(f"unknown label {text!r}: use 0/1, normal/tumor or negative/positive")
+    return _LABELS[key]
+
+
+def parse_split(text: str) -> str:
+    """``train``, ``val`` or ``test`` from a split cell (empty means ``train``)."""
+    key = str(text).strip().lower() or "train"
+    if key not in _SPLIT_ALIASES:
+        raise ValueError(f"unknown split {text!r}: use train, val or test")
+    return _SPLIT_ALIASES[key]
+
+
+@dataclass(frozen=True)
+class CohortEntry:
+    """One slide of a cohort. ``case_id`` defaults to ``slide_id``."""
+
+    slide_id: str
+    label: int
+    path: Path | None = None
+    case_id: str = ""
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if not self.case_id:
+            object.__setattr__(self, "case_id", self.slide_id)
+        if self.path is not None and not isinstance(self.path, Path):
+            object.__setattr__(self, "path", Path(self.path))
+        problems = [name_problem(self.slide_id, "slide id")]
+        if self.case_id != self.slide_id:
+            problems.append(name_problem(self.case_id, "case id"))
+        problems = [p for p in problems if p]
+        if self.label not in (0, 1) or isinstance(self.label, bool):
+            problems.append(f"label must be 0 or 1, got {self.label!r}")
+        if self.split not in SPLITS:
+            problems.append(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if problems:
+            raise CohortError(f"slide {self.slide_id!r}: " + "; ".join(problems))
+
+
+@dataclass
+class Cohort:
+    """The slides of a study, in table order.
+
+    Constructing one checks what concerns several entries (unique slide ids,
+    one label and one split per case) and raises :class:`CohortError`.
+    """
+
+    entries: list[CohortEntry]
+    source: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.entries = list(self.entries)
+        problems = _cross_entry_problems(self.entries, [None] * len(self.entries))
+        if problems:
+            raise CohortError(_message(self.source or "cohort", problems))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[CohortEntry]:
+        return iter(self.entries)
+
+    @property
+    def slide_ids(self) -> list[str]:
+        """Slide ids in table order."""
+        return [e.slide_id for e in self.entries]
+
+    def by_split(self, split: str) -> list[CohortEntry]:
+        """Entries of one split (``train``, ``val`` or ``test``; aliases accepted)."""
+        name = parse_split(split)
+        return [e for e in self.entries if e.split == name]
+
+    def cases(self) -> dict[str, list[CohortEntry]]:
+        """Entries grouped by case id, cases in order of first appearance."""
+        grouped: dict[str, list[CohortEntry]] = {}
+        for entry in self.entries:
+            grouped.setdefault(entry.case_id, []).append(entry)
+        return grouped
+
+    def labels(self) -> dict[str, int]:
+        """Slide id -> label."""
+        return {e.slide_id: e.label for e in self.entries}
+
+    def case_labels(self) -> dict[str, int]:
+        """Case id -> label (all slides of a case share it)."""
+        return {case: members[0].label for case, members in self.cases().items()}
+
+    def missing_paths(self) -> list[CohortEntry]:
+        """Entries without a path or whose path does not exist."""
+        return [e for e in self.entries if e.path is None or not e.path.exists()]
+
+
+def read_cohort(
+    path: str | os.PathLike,
+    *,
+    require_paths: bool = False,
+    slide_dir: str | os.PathLike | None = None,
+) -> Cohort:
+    """Read and check a cohort CSV.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file.
+    require_paths : bool
+        Every slide must have a path (from the ``path`` column or found in
+        ``slide_dir``) that exists. Without it paths are resolved but not
+        checked, so a table can be used where only extracted features are
+        (see :meth:`Cohort.missing_paths`).
+    slide_dir : str or os.PathLike, optional
+        For rows without a path, look for ``<slide_dir>/<slide_id><ext>`` with a
+        known slide extension (``.svs``, ``.tiff``, ``.ome.tiff``, ...); more
+        than one match is a problem.
+
+    Returns
+    -------
+    Cohort
+
+    Raises
+    ------
+    CohortError
+        Listing every problem found, one line each with its CSV line number;
+        the error's ``problems`` attribute holds the lines.
+    """
+    csv_path = Path(path)
+    try:
+        text = csv_path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise CohortError(f"{csv_path}: no such file") from None
+    except UnicodeDecodeError:
+        raise CohortError(f"{csv_path}: not UTF-8 text; save the table as 'CSV UTF-8'") from None
+    except OSError as exc:
+        raise CohortError(f"{csv_path}: cannot read: {exc.strerror or exc}") from None
+
+    rows, problems = _read_rows(text)
+    if rows is None:
+        _raise(csv_path, problems)
+    folder = csv_path.parent
+    slide_root = Path(slide_dir) if slide_dir is not None else None
+    has_path_column = any("path" in row for _, row in rows)
+
+    entries: list[CohortEntry] = []
+    lines: list[int] = []
+    id_lines: dict[str, int] = {}
+    for line, row in rows:
+        row_problems: list[str] = []
+        slide_id = row.get("slide_id", "")
+        if problem := name_problem(slide_id, "slide id"):
+            row_problems.append(problem)
+        elif slide_id in id_lines:  # found here too when the first row has problems
+            problems.append((line, f"duplicate slide id {slide_id!r}{_also(id_lines[slide_id])}"))
+            continue
+        id_lines.setdefault(slide_id, line)
+        case_id = row.get("case_id", "") or slide_id
+        if row.get("case_id") and (problem := name_problem(case_id, "case id")):
+            row_problems.append(problem)
+        label = split = None
+        try:
+            label = parse_label(row.get("label", ""))
+        except ValueError as exc:
+            row_problems.append(str(exc) if row.get("label") else "empty label")
+        try:
+            split = parse_split(row.get("split", ""))
+        except ValueError as exc:
+            row_problems.append(str(exc))
+        slide_path, problem = _slide_path(row.get("path", ""), folder, slide_id, slide_root)
+        if problem is None and require_paths:
+            if slide_path is None:
+                where = "no path" if has_path_column else "no path column"
+                problem = f"{where} for slide {slide_id!r}" + (
+                    f" and no file for it in {slide_root}" if slide_root else ""
+                )
+            elif not slide_path.exists():
+                problem = f"slide file {slide_path} does not exist"
+        if problem:
+            row_problems.append(problem)
+        problems.extend((line, p) for p in row_problems)
+        if not row_problems:
+            entries.append(CohortEntry(slide_id, label, slide_path, case_id, split))
+            lines.append(line)
+
+    problems.extend(_cross_entry_problems(entries, lines))
+    if problems:
+        _raise(csv_path, problems)
+    return Cohort(entries, source=csv_path)
+
+
+def write_cohort(cohort: Cohort | Iterable[CohortEntry], path: str | os.PathLike) -> Path:
+    """Write a cohort CSV (atomically) that :func:`read_cohort` reads back equal.
+
+    Paths inside the CSV's folder are written relative to it, others absolute.
+    Returns the path written.
+    """
+    if not isinstance(cohort, Cohort):
+        cohort = Cohort(list(cohort))
+    csv_path = Path(path)
+    folder = csv_path.parent.resolve()
+    with atomic_file(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        for e in cohort:
+            cell = ""
+            if e.path is not None:
+                absolute = e.path if e.path.is_absolute() else Path.cwd() / e.path
+                absolute = Path(os.path.normpath(absolute))
+                try:
+                    cell = absolute.relative_to(folder).as_posix()
+                except ValueError:
+                    cell = str(absolute)
+            writer.writerow([e.slide_id, e.label, cell, e.case_id, e.split])
+    return csv_path
+
+
+def _read_rows(text: str) -> tuple[list[tuple[int, dict[str, str]]] | None, list]:
+    """(line, {column: stripped cell}) per data row, or None and the fatal problems."""
+    if not text.strip():
+        return None, [(None, "the file is empty")]
+    first = next(line for line in text.splitlines() if line.strip())
+    delimiter = ","
+    if "," not in first:
+        delimiter = ";" if ";" in first else "\t" if "\t" in first else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+
+    header: list[str] | None = None
+    header_line = 0
+    header_problems = False
+    rows: list[tuple[int, dict[str, str]]] = []
+    problems: list[tuple[int | None, str]] = []
+    previous = 0
+    for cells in reader:
+        line, previous = previous + 1, reader.line_num
+        cells = [c.strip() for c in cells]
+        if not any(cells):
+            continue
+        if header is None:
+            header, header_line = [c.lower() for c in cells], line
+            for name in sorted({c for c in header if c and header.count(c) > 1}):
+                problems.append((line, f"column {name!r} appears more than once"))
+            for name in REQUIRED_COLUMNS:
+                if name not in header:
+                    problems.append((line, f"missing required column {name!r}"))
+            header_problems = bool(problems)
+            continue
+        extra = cells[len(header) :]
+        if any(extra):
+            problems.append(
+                (line, f"{len(header) + len(extra)} values but the header has {len(header)}")
+            )
+        rows.append((line, {name: cell for name, cell in zip(header, cells, strict=False) if name}))
+    if problems and header_problems:  # columns wrong: row-by-row checks would only add noise
+        return None, problems
+    if not rows:
+        problems.append((header_line, "no slides: the table has a header but no rows"))
+        return None, problems
+    return rows, problems
+
+
+def _slide_path(
+    cell: str, folder: Path, slide_id: str, slide_dir: Path | None
+) -> tuple[Path | None, str | None]:
+    if cell:
+        path = Path(cell).expanduser()
+        return (path if path.is_absolute() else folder / path), None
+    if slide_dir is None or name_problem(slide_id, "slide id"):
+        return None, None
+    from napari_wsi_mil.slide.slide import SLIDE_EXTENSIONS
+
+    extensions = {e.lower() for e in (*SLIDE_EXTENSIONS, *_EXTRA_SLIDE_EXTENSIONS)}
+    try:
+        names = sorted(p.name for p in slide_dir.iterdir())
+    except OSError:
+        return None, f"slide folder {slide_dir} cannot be read"
+    matches = [
+        n
+        for n in names
+        if n.startswith(slide_id + ".") and n[len(slide_id) :].lower() in extensions
+    ]
+    if len(matches) > 1:
+        return None, f"several files in {slide_dir} match slide {slide_id!r}: {', '.join(matches)}"
+    return (slide_dir / matches[0] if matches else None), None
+
+
+def _cross_entry_problems(
+    entries: list[CohortEntry], lines: list[int | None]
+) -> list[tuple[int | None, str]]:
+    problems: list[tuple[int | None, str]] = []
+    seen_ids: dict[str, int | None] = {}
+    seen_paths: dict[Path, tuple[str, int | None]] = {}
+    case_first: dict[str, tuple[CohortEntry, int | None]] = {}
+    for entry, line in zip(entries, lines, strict=True):
+        if entry.slide_id in seen_ids:
+            problems.append(
+                (line, f"duplicate slide id {entry.slide_id!r}{_also(seen_ids[entry.slide_id])}")
+            )
+            continue
+        seen_ids[entry.slide_id] = line
+        if entry.path is not None:
+            key = Path(os.path.normpath(entry.path))
+            if key in seen_paths:
+                other, other_line = seen_paths[key]
+                problems.append(
+                    (line, f"path {entry.path} is also slide {other!r}{_also(other_line)}")
+                )
+            else:
+                seen_paths[key] = (entry.slide_id, line)
+        first, first_line = case_first.setdefault(entry.case_id, (entry, line))
+        if entry.label != first.label:
+            problems.append(
+                (
+                    line,
+                    f"case {entry.case_id!r} has label {entry.label} here but "
+                    f"{first.label} for slide {first.slide_id!r}{_also(first_line)}",
+                )
+            )
+        if entry.split != first.split:
+            problems.append(
+                (
+                    line,
+                    f"case {entry.case_id!r} is in split {entry.split!r} here but in "
+                    f"{first.split!r} for slide {first.slide_id!r}{_also(first_line)}",
+                )
+            )
+    return problems
+
+
+def _also(line: int | None) -> str:
+    return f" (line {line})" if line is not None else ""
+
+
+def _problem_lines(problems: list[tuple[int | None, str]]) -> list[str]:
+    return [f"line {line}: {text}" if line is not None else text for line, text in problems]
+
+
+def _message(source: str | os.PathLike, problems: list[tuple[int | None, str]]) -> str:
+    count = len(problems)
+    head = f"{os.fspath(source)}: {count} problem{'s' if count != 1 else ''}"
+    return "\n  ".join([head, *_problem_lines(problems)])
+
+
+def _raise(source: Path, problems: list[tuple[int | None, str]]) -> None:
+    problems = sorted(problems, key=lambda problem: problem[0] or 0)  # stable: by line
+    error = CohortError(_message(source, problems))
+    error.problems = _problem_lines(problems)  # type: ignore[attr-defined]
+    raise error
