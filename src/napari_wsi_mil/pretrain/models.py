@@ -1,0 +1,260 @@
+"""Encoder trunk and heads for patch-level pretraining.
+
+All methods share a torchvision ResNet-18 trunk with ``fc`` removed (512-d output
+``h``); downstream MIL uses ``h``, never a projection. SimCLR, SupCon and
+WeakSupCon add :class:`ProjectionHead`; CluSiam adds :class:`SimSiamProjector`,
+:class:`SimSiamPredictor` and :class:`ClusterAssigner` (Wu et al.'s reference).
+
+Shapes: ``N`` images, ``K`` clusters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_wsi_mil.errors import WsiMilError
+
+#: Trunk output size (ResNet-18 after global average pooling).
+TRUNK_DIM = 512
+#: Methods :class:`ContrastiveModel` supports.
+METHODS = ("simclr", "supcon", "weaksupcon", "clusiam")
+#: Trunk initialisations :func:`resnet18_trunk` supports.
+INITS = ("random", "imagenet")
+
+
+def imagenet_weights_path() -> Path:
+    """Where torch hub caches torchvision's ImageNet ResNet-18 weights.
+
+    Returns
+    -------
+    pathlib.Path
+        ``torch.hub.get_dir()/checkpoints/resnet18-f37072fd.pth`` (the basename of
+        ``ResNet18_Weights.IMAGENET1K_V1.url``).
+    """
+    from torchvision.models import ResNet18_Weights
+
+    name = os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def resnet18_trunk(init: str = "random") -> nn.Module:
+    """Torchvision ResNet-18 with ``fc`` replaced by identity: ``[N,3,H,W] -> [N,512]``.
+
+    Parameters
+    ----------
+    init : {"random", "imagenet"}
+        ``"imagenet"`` loads torchvision's ``IMAGENET1K_V1`` weights from torch
+        hub's local cache (:func:`imagenet_weights_path`) with
+        ``weights_only=True``. Nothing is ever downloaded.
+
+    Returns
+    -------
+    torch.nn.Module
+        The trunk.
+
+    Raises
+    ------
+    WsiMilError
+        ``init="imagenet"`` and the weights file is missing or unreadable; the
+        message names the file and where to put it.
+    ValueError
+        Unknown ``init``.
+    """
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}; got {init!r}")
+    trunk = resnet18(weights=None)
+    trunk.fc = nn.Identity()
+    if init == "imagenet":
+        path = imagenet_weights_path()
+        if not path.is_file():
+            raise WsiMilError(
+                f"{path}: ImageNet ResNet-18 weights not found; napari-wsi-mil never "
+                f"downloads. Download {ResNet18_Weights.IMAGENET1K_V1.url} on a machine "
+                f"with internet access and put the file {path.name} at {path} "
+                f"(torch hub's checkpoints folder), or use init='random'."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            trunk.load_state_dict(state, strict=True)
+        except Exception as exc:  # any failure means a bad file
+            raise WsiMilError(f"{path}: not a torchvision ResNet-18 state dict ({exc})") from exc
+    return trunk
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR projection ``Linear(512,512) - ReLU - Linear(512,128)``: ``[N,512] -> [N,128]``.
+
+    The output is not normalised; :class:`ContrastiveModel` L2-normalises it.
+    """
+
+    def __init__(self, in_dim: int = TRUNK_DIM, hidden_dim: int = 512, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [N, in_dim] -> [N, out_dim]``."""
+        return self.net(h)
+
+
+class SimSiamProjector(nn.Module):
+    """CluSiam projector: ``[N,512] -> z [N,2048]``.
+
+    ``Linear(512,512,no bias)-BN-ReLU-Linear(512,512,no bias)-BN-ReLU-Linear(512,2048)
+    -BN(affine=False)``. As in the reference, the last Linear keeps a bias that
+    is frozen (``requires_grad=False``), since the following BatchNorm cancels it.
+    """
+
+    def __init__(self, in_dim: int = TRUNK_DIM, out_dim: int = 2048):
+        super().__init__()
+        last = nn.Linear(in_dim, out_dim)
+        last.bias.requires_grad_(False)
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, in_dim, bias=False),
+            nn.BatchNorm1d(in_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(in_dim, in_dim, bias=False),
+            nn.BatchNorm1d(in_dim),
+            nn.ReLU(inplace=True),
+            last,
+            nn.BatchNorm1d(out_dim, affine=False),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [N, in_dim] -> z [N, out_dim]``."""
+        return self.net(h)
+
+
+class SimSiamPredictor(nn.Module):
+    """CluSiam predictor ``Linear(2048,512,no bias)-BN-ReLU-Linear(512,2048)``: ``z -> p``."""
+
+    def __init__(self, dim: int = 2048, hidden_dim: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, dim),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``z [N, dim] -> p [N, dim]``."""
+        return self.net(z)
+
+
+class ClusterAssigner(nn.Module):
+    """CluSiam cluster assigner ``Linear(2048,512)-BN-ReLU-Linear(512,K)``: ``z -> logits``.
+
+    At inference a patch's cluster is ``logits.argmax(1)`` (no Gumbel noise).
+    """
+
+    def __init__(self, in_dim: int = 2048, hidden_dim: int = 512, k: int = 100):
+        super().__init__()
+        if k < 2:
+            raise ValueError(f"k must be at least 2; got {k}")
+        self.k = k
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, k),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``z [N, in_dim] -> logits [N, K]``."""
+        return self.net(z)
+
+
+class ClusterHead(nn.Module):
+    """CluSiam projector + assigner: trunk features ``h [N,512] -> logits [N,K]``.
+
+    Saved apart from the trunk so cluster ids can be computed later from stored
+    512-d features: ``ClusterHead(k).load_state_dict(...)``, ``eval()``, then
+    ``head(h).argmax(1)``.
+    """
+
+    def __init__(self, k: int = 100):
+        super().__init__()
+        self.projector = SimSiamProjector()
+        self.assigner = ClusterAssigner(k=k)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [N, 512] -> logits [N, K]``."""
+        return self.assigner(self.projector(h))
+
+
+class ContrastiveModel(nn.Module):
+    """ResNet-18 trunk plus the heads one pretraining method needs.
+
+    ``forward(images [N,3,H,W] float)`` returns a dict:
+
+    - every method: ``h`` ``[N,512]`` trunk features;
+    - simclr / supcon / weaksupcon: ``z`` ``[N,128]`` L2-normalised projection;
+    - clusiam: ``z`` ``[N,2048]`` projector output (not normalised, as in SimSiam),
+      ``p`` ``[N,2048]`` predictor output and ``logits`` ``[N,K]`` assigner logits
+      (computed from the non-detached ``z``).
+
+    Batching follows the references: WeakSupCon passes all views of the negative
+    and positive groups in one call (shared BatchNorm statistics); CluSiam calls
+    the model once per view.
+
+    Parameters
+    ----------
+    method : {"simclr", "supcon", "weaksupcon", "clusiam"}
+        Pretraining method.
+    init : {"random", "imagenet"}
+        Trunk initialisation (see :func:`resnet18_trunk`).
+    k : int
+        Number of clusters (upper bound) for clusiam.
+    """
+
+    def __init__(self, method: str, init: str = "random", k: int = 100):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+        self.method = method
+        self.trunk = resnet18_trunk(init)
+        if method == "clusiam":
+            self.cluster_head = ClusterHead(k)
+            self.predictor = SimSiamPredictor()
+        else:
+            self.head = ProjectionHead()
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Trunk features and head outputs of ``images [N,3,H,W]`` (see the class doc)."""
+        h = self.trunk(images)
+        if self.method != "clusiam":
+            return {"h": h, "z": F.normalize(self.head(h), dim=1)}
+        z = self.cluster_head.projector(h)
+        return {
+            "h": h,
+            "z": z,
+            "p": self.predictor(z),
+            "logits": self.cluster_head.assigner(z),
+        }
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trunk's state dict: what downstream feature extraction loads into
+        ``resnet18_trunk()``."""
+        return self.trunk.state_dict()
+
+    def cluster_head_state_dict(self) -> dict[str, torch.Tensor]:
+        """CluSiam projector + assigner state dict, for :class:`ClusterHead`.
+
+        Raises
+        ------
+        ValueError
+            The method is not clusiam.
+        """
+        if self.method != "clusiam":
+            raise ValueError(f"{self.method} has no cluster head")
+        return self.cluster_head.state_dict()

@@ -1,0 +1,96 @@
+import json
+
+import h5py
+import numpy as np
+
+from napari_wsi_mil.cli import main
+from napari_wsi_mil.store.project import ProjectStore
+
+
+def test_info_json(shared_data, capsys):
+    assert main(["info", str(shared_data / "slides" / "CMU-1-Small-Region.svs"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mpp"] == 0.499 and info["dimensions"] == [2220, 2967]
+    assert info["vendor"] == "aperio" and info["objective_power"] == 20.0
+
+
+def test_info_bad_file_exits_2_with_message(shared_data, capsys):
+    assert main(["info", str(shared_data / "bad" / "png-renamed.svs")]) == 2
+    err = capsys.readouterr().err
+    assert "png-renamed.svs" in err and "PNG" in err and "Traceback" not in err
+
+
+def test_synth_tile_cohort_and_export(tmp_path, capsys):
+    out = tmp_path / "cohort"
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--slides",
+                "4",
+                "--width",
+                "1536",
+                "--height",
+                "1024",
+                "--lesion-fraction",
+                "0.2",
+            ]
+        )
+        == 0
+    )
+    project = tmp_path / "proj"
+    assert (
+        main(
+            [
+                "tile",
+                "--cohort",
+                str(out / "cohort.csv"),
+                "--project",
+                str(project),
+                "--patch-size",
+                "128",
+            ]
+        )
+        == 0
+    )
+    store = ProjectStore(project)
+    assert len(store.slide_ids()) == 4
+    printed = capsys.readouterr().out
+    assert "patches" in printed
+    # resume: a second run skips every slide
+    assert main(["tile", "--cohort", str(out / "cohort.csv"), "--project", str(project)]) == 0
+    assert "(skipped): 4 slides" in capsys.readouterr().out
+    assert main(["export-tiles", "--project", str(project), "--out", str(tmp_path / "h5")]) == 0
+    slide_id = store.slide_ids()[0]
+    grid, _ = store.read_tiles(slide_id)
+    with h5py.File(tmp_path / "h5" / f"{slide_id}.h5") as h5:
+        np.testing.assert_array_equal(h5["coords"][:], grid.coords)
+        attrs = dict(h5["coords"].attrs)
+    assert attrs["patch_size"] == 128 and attrs["patch_level"] == 0
+    assert attrs["patch_size_level0"] == 128 and attrs["target_mpp"] == 0.5
+
+
+def test_tile_skip_errors_reports_and_exits_1(tmp_path, shared_data, capsys):
+    from napari_wsi_mil.slide.synthetic import write_synthetic_slide
+
+    good = write_synthetic_slide(tmp_path / "good.tiff", width=1024, height=768).path
+    args = [
+        "tile",
+        str(good),
+        str(shared_data / "bad" / "truncated-CMU-1.svs"),
+        "--project",
+        str(tmp_path / "p"),
+        "--skip-errors",
+    ]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "FAILED truncated-CMU-1" in captured.err and "good:" in captured.out
+
+
+def test_tile_without_mpp_explains_fix(tmp_path, shared_data, capsys):
+    args = ["tile", str(shared_data / "slides" / "boxes.tiff"), "--project", str(tmp_path / "p")]
+    assert main(args) == 2
+    assert "--slide-mpp" in capsys.readouterr().err
+    assert main([*args, "--level", "0", "--patch-size", "32", "--min-tissue", "0"]) == 0
