@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -16,6 +17,8 @@ def drive(job: Job):
     from tqdm import tqdm
 
     bars: dict[str, tqdm] = {}
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 reports
+        return run_job(job)
 
     def show(event: Progress) -> None:
         bar = bars.get(event.stage)
@@ -202,11 +205,90 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
+    from napari_wsi_mil.store.cohort import read_cohort
+    from napari_wsi_mil.store.project import ProjectStore
+
+    config = PretrainConfig(
+        method=args.method,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        init=args.init,
+        image_size=args.image_size,
+        max_patches_per_slide=args.max_patches_per_slide,
+        amp=args.amp,
+        grad_accum=args.grad_accum,
+        num_workers=args.workers,
+        device=args.device,
+        seed=args.seed,
+        tau=args.tau,
+        clusters=args.clusters,
+    )
+    job = pretrain_job(
+        ProjectStore(args.project),
+        read_cohort(args.cohort),
+        config,
+        args.out,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+    )
+    result = drive(job)
+    if int(os.environ.get("RANK", "0")) > 0:
+        return 0
+    if result.epoch_losses:
+        losses = ", ".join(f"{x:.4f}" for x in result.epoch_losses)
+        print(f"epoch losses: {losses}")
+    print(f"encoder: {result.encoder_path} (checkpoint {result.checkpoint_path})")
+    return 0
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from napari_wsi_mil.pretrain import METHODS
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a patch encoder (WeakSupCon, SimCLR, ...)",
+        description="Pretrain a ResNet-18 patch encoder on the split=train "
+        "slides of a cohort. Runs under torchrun for several GPUs or nodes.",
+    )
+    p.add_argument("--project", required=True)
+    p.add_argument("--cohort", required=True, help="cohort CSV with slide labels and splits")
+    p.add_argument("--method", choices=METHODS, default="weaksupcon")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=64, help="patches per step, all ranks")
+    p.add_argument("--lr", type=float, help="learning rate (method default scaled by batch)")
+    p.add_argument("--optimizer", choices=["sgd", "lars", "adam"])
+    p.add_argument("--schedule", choices=["cosine", "step", "constant"])
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--init", choices=["random", "imagenet"], default="random")
+    p.add_argument("--image-size", type=int, default=224, help="augmented view size (224)")
+    p.add_argument("--max-patches-per-slide", type=int)
+    p.add_argument("--tau", type=float, default=0.1, help="temperature (0.1)")
+    p.add_argument("--clusters", type=int, default=100, help="CluSiam clusters (100)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="patch loader workers (2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="default: <out>-checkpoints beside --out")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--out", required=True, help="encoder file to write (.safetensors)")
+    p.set_defaults(func=_cmd_pretrain)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_synth,
     _add_tile,
     _add_export_tiles,
+    _add_pretrain,
 ]
 
 

@@ -1,4 +1,4 @@
-"""Patch-level encoder pretraining: augmentations, contrastive losses and models.
+"""Patch-level encoder pretraining: augmentations, contrastive losses, models, trainer.
 
 Submodules (import them directly; importing this package loads nothing heavy):
 
@@ -7,4 +7,11 @@ Submodules (import them directly; importing this package loads nothing heavy):
 - :mod:`napari_wsi_mil.pretrain.losses`: NT-Xent, SupCon, WeakSupCon and CluSiam losses.
 - :mod:`napari_wsi_mil.pretrain.models`: the ResNet-18 trunk, the heads and
   :class:`~napari_wsi_mil.pretrain.models.ContrastiveModel`.
+- :mod:`napari_wsi_mil.pretrain.optim`: LARS and the learning-rate schedules.
+- :mod:`napari_wsi_mil.pretrain.distributed`: torchrun/DDP helpers (all-gather with grad).
+- :mod:`napari_wsi_mil.pretrain.trainer`: the pretraining job.
+- :mod:`napari_wsi_mil.pretrain.encoder_file`: encoder files (safetensors + metadata).
 """
+
+#: The pretraining methods, in the order the papers introduce them.
+METHODS = ("simclr", "supcon", "weaksupcon", "clusiam")

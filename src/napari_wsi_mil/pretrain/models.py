@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.pretrain import METHODS
 
 #: Trunk output size (ResNet-18 after global average pooling).
 TRUNK_DIM = 512
-#: Methods :class:`ContrastiveModel` supports.
-METHODS = ("simclr", "supcon", "weaksupcon", "clusiam")
 #: Trunk initialisations :func:`resnet18_trunk` supports.
 INITS = ("random", "imagenet")
 

@@ -141,3 +141,42 @@ class BagBalancedBatchSampler(Sampler[list[int]]):
         for _ in range(self.batches):
             batch = [rng.choice(pool, self.per_class, replace=True) for pool in self.pools]
             yield np.concatenate(batch).tolist()
+
+
+class RandomBatchSampler(Sampler[list[int]]):
+    """``batches`` batches of ``batch_size`` items drawn uniformly with replacement,
+    deterministic from ``seed`` and the epoch (SimCLR, SupCon and CluSiam batches)."""
+
+    def __init__(self, n_items: int, batch_size: int, batches: int, seed: int = 0):
+        if n_items == 0:
+            raise ValueError("no patches to sample from")
+        self.n_items, self.batch_size, self.batches = n_items, batch_size, batches
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for _ in range(self.batches):
+            yield rng.integers(0, self.n_items, self.batch_size).tolist()
+
+
+class RankSlice(Sampler[list[int]]):
+    """Every rank's share of a global batch sampler: positions ``rank::world_size``."""
+
+    def __init__(self, sampler, rank: int, world_size: int):
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.sampler:
+            yield batch[self.rank :: self.world_size]

@@ -1,0 +1,366 @@
+"""The pretraining job: SimCLR, SupCon, WeakSupCon or CluSiam on a project's patches.
+
+Trains on the cohort's ``split == train`` slides only (val/test slides never enter
+pretraining). Randomness is a pure function of ``(seed, epoch, step, rank)``, and
+checkpoints are written atomically after every epoch with the optimiser state, so a
+killed run resumed with ``resume=True`` ends with the same weights as an
+uninterrupted one. Runs single-process or under ``torchrun`` (DDP; features gathered
+across ranks, see :mod:`napari_wsi_mil.pretrain.distributed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.jobs import Job, Progress, atomic_file
+from napari_wsi_mil.pretrain import METHODS
+from napari_wsi_mil.pretrain import distributed as ddp
+from napari_wsi_mil.pretrain.augment import HISTOLOGY, IMAGENET_MEAN, IMAGENET_STD, two_views
+from napari_wsi_mil.pretrain.encoder_file import EncoderFile, save_encoder
+from napari_wsi_mil.pretrain.losses import clusiam_loss, nt_xent, supcon, weaksupcon
+from napari_wsi_mil.pretrain.models import ContrastiveModel
+from napari_wsi_mil.pretrain.optim import build_optimizer, learning_rate
+
+#: Per-method defaults from the papers: learning rate per 256 patches, optimiser, schedule.
+METHOD_DEFAULTS = {
+    "simclr": {"lr_per_256": 0.3, "optimizer": "lars", "schedule": "cosine", "weight_decay": 1e-6},
+    "supcon": {"lr_per_256": 0.1, "optimizer": "sgd", "schedule": "cosine", "weight_decay": 1e-4},
+    # WeakSupCon reference: SGD lr 0.2 at batch 512, momentum 0.9, wd 1e-4, step decay
+    "weaksupcon": {"lr_per_256": 0.1, "optimizer": "sgd", "schedule": "step", "weight_decay": 1e-4},
+    "clusiam": {"lr_per_256": 0.05, "optimizer": "sgd", "schedule": "cosine", "weight_decay": 1e-4},
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining settings. ``None`` means the method's default (:data:`METHOD_DEFAULTS`).
+
+    ``batch_size`` is the global number of patches per optimiser micro-step (two views
+    each); with ``grad_accum`` > 1 gradients of several micro-batches are summed before
+    a step, and contrastive negatives come from within each micro-batch.
+    """
+
+    method: str = "weaksupcon"
+    epochs: int = 10
+    steps_per_epoch: int = 50
+    batch_size: int = 64
+    lr: float | None = None
+    optimizer: str | None = None
+    schedule: str | None = None
+    warmup_epochs: float = 1.0
+    step_every_epochs: int = 3
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    tau: float = 0.1
+    base_tau: float = 0.07
+    clusters: int = 100
+    alpha: float = 0.5
+    init: str = "random"
+    image_size: int = 224
+    max_patches_per_slide: int | None = None
+    amp: str = "auto"  # auto | bf16 | fp16 | off (CUDA only)
+    channels_last: bool = True  # CUDA only
+    grad_accum: int = 1
+    num_workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise WsiMilError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.method == "weaksupcon" and self.batch_size % 2:
+            raise WsiMilError("WeakSupCon needs an even batch size (half negative, half positive)")
+        if self.batch_size < 2 or self.epochs < 1 or self.steps_per_epoch < 1:
+            raise WsiMilError("batch_size >= 2, epochs >= 1 and steps_per_epoch >= 1 please")
+        defaults = METHOD_DEFAULTS[self.method]
+        if self.lr is None:
+            self.lr = defaults["lr_per_256"] * self.batch_size * self.grad_accum / 256
+        self.optimizer = self.optimizer or defaults["optimizer"]
+        self.schedule = self.schedule or defaults["schedule"]
+        if self.weight_decay is None:
+            self.weight_decay = defaults["weight_decay"]
+
+
+@dataclass
+class PretrainResult:
+    encoder_path: Path
+    checkpoint_path: Path
+    epoch_losses: list[float] = field(default_factory=list)
+    patches_per_second: float = 0.0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA when present, else Apple MPS, else CPU (or exactly what ``name`` says)."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext(), None
+    dtype = torch.bfloat16
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        dtype = torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def contrastive_loss(
+    model: nn.Module,
+    v1: torch.Tensor,
+    v2: torch.Tensor,
+    labels: torch.Tensor,
+    config: PretrainConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One step's loss on this rank's two views, with features gathered over ranks.
+
+    SimCLR/SupCon/WeakSupCon put both views through one forward pass (shared
+    BatchNorm statistics, as the WeakSupCon reference); CluSiam one pass per view.
+    """
+    gather = ddp.gather_with_grad
+    if config.method == "clusiam":
+        o1, o2 = model(v1), model(v2)
+        logits = torch.cat([gather(o1["logits"]), gather(o2["logits"])]).float()
+        out = clusiam_loss(
+            gather(o1["p"]).float(),
+            gather(o2["p"]).float(),
+            gather(o1["z"]).float(),
+            gather(o2["z"]).float(),
+            logits,
+            alpha=config.alpha,
+            generator=generator,
+        )
+        return out.loss, {
+            "invariance": float(out.invariance.detach()),
+            "cluster": float(out.cluster.detach()),
+        }
+    n = len(v1)
+    z = model(torch.cat([v1, v2]))["z"].float()
+    z1, z2 = gather(z[:n]), gather(z[n:])
+    all_labels = ddp.gather_no_grad(labels)
+    if config.method == "simclr":
+        return nt_xent(z1, z2, config.tau), {}
+    views = torch.stack([z1, z2], dim=1)
+    if config.method == "supcon":
+        return supcon(views, all_labels, config.tau, config.base_tau), {}
+    out = weaksupcon(views, all_labels, config.tau, config.base_tau)
+    return out.loss, {
+        "similarity": float(out.similarity.detach()),
+        "simclr": float(out.simclr.detach()),
+    }
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    return int(np.random.default_rng([seed, epoch, step, rank]).integers(2**62))
+
+
+def _training_slides(project, cohort) -> tuple[list[str], dict[str, str], dict[str, int]]:
+    train = [e for e in cohort if e.split == "train"]
+    if not train:
+        raise WsiMilError("the cohort has no split=train slides to pretrain on")
+    untiled = [e.slide_id for e in train if not project.has_tiles(e.slide_id)]
+    if untiled:
+        raise WsiMilError(
+            f"{len(untiled)} training slides are not tiled yet "
+            f"({', '.join(untiled[:5])}...); run wsi-mil tile first"
+        )
+    paths = {e.slide_id: str(e.path) for e in train if e.path is not None}
+    return [e.slide_id for e in train], paths, {e.slide_id: e.label for e in train}
+
+
+def _build_loader(dataset, item_labels, config: PretrainConfig, info: ddp.DistInfo):
+    from torch.utils.data import DataLoader
+
+    from napari_wsi_mil.store.patches import BagBalancedBatchSampler, RandomBatchSampler, RankSlice
+
+    if config.method == "weaksupcon":
+        try:
+            sampler = BagBalancedBatchSampler(
+                item_labels, config.batch_size // 2, config.steps_per_epoch, config.seed
+            )
+        except ValueError as exc:
+            raise WsiMilError(f"WeakSupCon needs training slides of both labels: {exc}") from exc
+    else:
+        sampler = RandomBatchSampler(
+            len(dataset), config.batch_size, config.steps_per_epoch, config.seed
+        )
+    sampler = RankSlice(sampler, info.rank, info.world_size)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return loader, sampler
+
+
+def pretrain_job(
+    project,
+    cohort,
+    config: PretrainConfig,
+    out: str | os.PathLike,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> Job[PretrainResult]:
+    """Pretrain an encoder and write it to ``out`` (safetensors, see ``encoder_file``).
+
+    Yields one :class:`Progress` per step with ``info`` = loss, its parts, learning
+    rate and patches/s. A checkpoint ``<checkpoint_dir>/last.pt`` (default: beside
+    ``out``) is written after each epoch; ``resume`` continues from it.
+    """
+    from napari_wsi_mil.store.patches import PatchDataset
+
+    out = Path(out)
+    checkpoint_path = Path(checkpoint_dir or out.parent / f"{out.stem}-checkpoints") / "last.pt"
+    device = pick_device(config.device)
+    info = ddp.init_from_env(device)
+    if config.batch_size % info.world_size:
+        raise WsiMilError(
+            f"batch size {config.batch_size} must be a multiple of the {info.world_size} processes"
+        )
+    slide_ids, paths, labels = _training_slides(project, cohort)
+    dataset = PatchDataset(project, slide_ids, paths, config.max_patches_per_slide, config.seed)
+    if len(dataset) == 0:
+        raise WsiMilError("the training slides have no patches")
+    slide_labels = torch.tensor([labels[s] for s in slide_ids])
+    item_labels = slide_labels[torch.from_numpy(dataset.slide_index)].numpy()
+    loader, sampler = _build_loader(dataset, item_labels, config, info)
+
+    torch.manual_seed(config.seed)
+    model = ContrastiveModel(config.method, config.init, config.clusters).to(device)
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if info.enabled:
+        if device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(
+        config.optimizer, model, config.lr, config.momentum, config.weight_decay
+    )
+    autocast, scaler = _autocast(device, config.amp)
+    start_epoch, epoch_losses = 0, []
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["config"] != asdict(config):
+            raise WsiMilError(
+                f"{checkpoint_path}: was written with other settings; "
+                "start without --resume or use the same settings"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, epoch_losses = state["epoch"] + 1, list(state["epoch_losses"])
+
+    total_steps = config.epochs * config.steps_per_epoch
+    throughput = 0.0
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        losses, seen, started = [], 0, time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for step, (images, slide_index, _) in enumerate(loader):
+            lr = learning_rate(
+                epoch * config.steps_per_epoch + step,
+                total_steps,
+                config.steps_per_epoch,
+                config.lr,
+                config.warmup_epochs,
+                config.schedule,
+                config.step_every_epochs,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            seed = _step_seed(config.seed, epoch, step, info.rank)
+            torch.manual_seed(seed)
+            generator = torch.Generator(device).manual_seed(seed)
+            images = images.to(device, non_blocking=True)
+            v1, v2 = two_views(images, config.image_size, HISTOLOGY, generator=generator)
+            if device.type == "cuda" and config.channels_last:
+                v1 = v1.contiguous(memory_format=torch.channels_last)
+                v2 = v2.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss, parts = contrastive_loss(
+                    net, v1, v2, slide_labels[slide_index].to(device), config, generator
+                )
+            scaled = loss / config.grad_accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            if (step + 1) % config.grad_accum == 0 or step + 1 == config.steps_per_epoch:
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            seen += len(images) * info.world_size
+            throughput = seen / max(time.perf_counter() - started, 1e-9)
+            yield Progress(
+                f"epoch {epoch + 1}/{config.epochs}",
+                step + 1,
+                config.steps_per_epoch,
+                message=f"loss {losses[-1]:.4f}, {throughput:.0f} patches/s",
+                info={
+                    "epoch": epoch,
+                    "step": step,
+                    "loss": losses[-1],
+                    "lr": lr,
+                    "patches_per_second": throughput,
+                    **parts,
+                },
+            )
+        epoch_losses.append(ddp.all_reduce_mean(float(np.mean(losses))))
+        if info.is_main:
+            with atomic_file(checkpoint_path) as tmp:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "epoch_losses": epoch_losses,
+                        "config": asdict(config),
+                    },
+                    tmp,
+                )
+    dataset.close()
+    if info.is_main:
+        save_encoder(out, _encoder_file(model, config, project, slide_ids[0]))
+    return PretrainResult(out, checkpoint_path, epoch_losses, throughput)
+
+
+def _encoder_file(
+    model: ContrastiveModel, config: PretrainConfig, project, slide_id: str
+) -> EncoderFile:
+    geometry = project.read_tiles(slide_id)[1]["geometry"]
+    metadata = {
+        "arch": "resnet18",
+        "method": config.method,
+        "input_size": config.image_size,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "target_mpp": geometry["target_mpp"],
+        "patch_size": geometry["patch_size"],
+        "epochs": config.epochs,
+        "init": config.init,
+    }
+    head = {}
+    if config.method == "clusiam":
+        metadata["clusters"] = config.clusters
+        head = model.cluster_head_state_dict()
+    return EncoderFile(model.encoder_state_dict(), metadata, head)
