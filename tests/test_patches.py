@@ -25,7 +25,8 @@ def test_dataset_matches_direct_reads_with_workers(cmu_store):
     grid, _ = store.read_tiles("cmu")
     assert len(ds) == len(grid) > 10
     loader = DataLoader(ds, batch_size=8, num_workers=2)
-    images, slides, patches = next(iter(loader))
+    images, slides, patches, ok = next(iter(loader))
+    assert ok.all()
     assert images.shape == (8, 3, 224, 224) and images.dtype == torch.uint8
     with open_slide(path) as slide:
         for img, p in zip(images, patches, strict=True):

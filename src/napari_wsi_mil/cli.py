@@ -283,12 +283,152 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_pretrain)
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.store.project import ProjectStore
+
+    store = ProjectStore(args.project)
+    ids = args.slides or store.slide_ids()
+    if args.cohort:
+        from napari_wsi_mil.store.cohort import read_cohort
+
+        ids = [e.slide_id for e in read_cohort(args.cohort)]
+    name = args.name or _default_feature_name(args.encoder)
+    options = dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    if args.scheduler or args.dask:
+        from napari_wsi_mil.features.distributed import extract_with_dask_job
+
+        job = extract_with_dask_job(
+            store,
+            ids,
+            args.encoder,
+            name,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            **options,
+        )
+    else:
+        from napari_wsi_mil.features.extract import extract_features_job
+
+        job = extract_features_job(
+            store,
+            ids,
+            args.encoder,
+            name,
+            num_workers=args.workers,
+            overwrite=args.overwrite,
+            skip_errors=args.skip_errors,
+            **options,
+        )
+    report = drive(job)
+    print(
+        f"feature set {name!r}: {len(report.extracted)} slides extracted, "
+        f"{len(report.skipped)} already done"
+    )
+    for slide_id, warnings in report.warnings.items():
+        print(f"  {slide_id}: {'; '.join(warnings)}")
+    for slide_id, error in report.failed.items():
+        print(f"FAILED {slide_id}: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _default_feature_name(encoder: str) -> str:
+    from pathlib import Path
+
+    return encoder if encoder in ("random", "imagenet") else Path(encoder).stem
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="extract patch features with an encoder",
+        description="Run an encoder over every patch of the tiled slides and "
+        "store N x D features per slide under a feature-set name.",
+    )
+    p.add_argument("--project", required=True)
+    p.add_argument(
+        "--encoder",
+        required=True,
+        help="encoder file (.safetensors, TorchScript, .pt2, ResNet-18 state "
+        "dict), 'imagenet' or 'random'",
+    )
+    p.add_argument("--name", help="feature-set name (default: encoder file stem)")
+    p.add_argument("--slides", nargs="*", help="slide ids (default: all tiled slides)")
+    p.add_argument("--cohort", help="extract the slides of this cohort CSV")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="loader workers (or Dask workers of the local cluster)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--scheduler", help="Dask distributed scheduler address (one task/slide)")
+    p.add_argument("--dask", action="store_true", help="use a local Dask cluster")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--skip-errors", action="store_true")
+    p.set_defaults(func=_cmd_extract)
+
+
+def _cmd_import_features(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.store.h5_interop import import_features_job
+    from napari_wsi_mil.store.project import ProjectStore
+
+    store = ProjectStore(args.project, create=True)
+    done = drive(
+        import_features_job(
+            args.h5_dir,
+            store,
+            args.name,
+            patch_size_level0=args.patch_size_level0,
+            overwrite=args.overwrite,
+        )
+    )
+    print(f"imported {len(done)} slides as feature set {args.name!r}")
+    return 0
+
+
+def _add_import_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-features", help="import CLAM/TRIDENT .h5 features")
+    p.add_argument("h5_dir", help="folder of <slide_id>.h5 files (features, coords)")
+    p.add_argument("--project", required=True)
+    p.add_argument("--name", required=True, help="feature-set name")
+    p.add_argument(
+        "--patch-size-level0",
+        type=int,
+        help="patch size at level 0 when the files do not record it",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import_features)
+
+
+def _cmd_export_features(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.store.h5_interop import export_features_job
+    from napari_wsi_mil.store.project import ProjectStore
+
+    written = drive(export_features_job(ProjectStore(args.project), args.name, args.out))
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _add_export_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-features", help="write features as CLAM/TRIDENT .h5 files")
+    p.add_argument("--project", required=True)
+    p.add_argument("--name", required=True, help="feature-set name")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export_features)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_synth,
     _add_tile,
     _add_export_tiles,
     _add_pretrain,
+    _add_extract,
+    _add_import_features,
+    _add_export_features,
 ]
 
 

@@ -275,7 +275,7 @@ def pretrain_job(
         net.train()
         losses, seen, started = [], 0, time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        for step, (images, slide_index, _) in enumerate(loader):
+        for step, (images, slide_index, _, _) in enumerate(loader):
             lr = learning_rate(
                 epoch * config.steps_per_epoch + step,
                 total_steps,

@@ -48,3 +48,142 @@ def export_tiles_job(
         written.append(path)
     yield Progress("export", len(ids), len(ids))
     return written
+
+
+def export_features_job(
+    project: ProjectStore, name: str, out_dir: str | os.PathLike, slide_ids: list[str] | None = None
+) -> Job[list[Path]]:
+    """Write ``<out_dir>/<slide_id>.h5`` with ``coords`` and ``features`` of a feature set."""
+    from napari_wsi_mil.features.extract import FEATURES
+
+    out_dir = Path(out_dir)
+    ids = slide_ids if slide_ids is not None else project.result_ids(FEATURES, name)
+    written = []
+    for i, slide_id in enumerate(ids):
+        yield Progress("export", i, len(ids), message=slide_id)
+        grid, _ = project.read_tiles(slide_id)
+        arrays, _ = project.read_result(FEATURES, name, slide_id)
+        write_h5(out_dir / f"{slide_id}.h5", grid, arrays["features"])
+        written.append(out_dir / f"{slide_id}.h5")
+    yield Progress("export", len(ids), len(ids))
+    return written
+
+
+def read_h5_features(path: Path, patch_size_level0: int | None = None):
+    """``(coords, features, geometry kwargs)`` of a CLAM/TRIDENT file, validated."""
+    import h5py
+
+    from napari_wsi_mil.errors import WsiMilError
+
+    def bad(reason: str) -> WsiMilError:
+        return WsiMilError(f"{path}: {reason}")
+
+    try:
+        with h5py.File(path, "r") as h5:
+            if "features" not in h5 or "coords" not in h5:
+                raise bad("needs 'features' (N x D) and 'coords' (N x 2) datasets")
+            features = np.asarray(h5["features"][...])
+            coords = np.asarray(h5["coords"][...])
+            attrs = {
+                k: v.item() if hasattr(v, "item") else v for k, v in h5["coords"].attrs.items()
+            }
+    except OSError as exc:
+        raise bad(f"not a readable HDF5 file ({exc})") from exc
+    if features.ndim == 3 and features.shape[0] == 1:  # some tools keep a batch axis
+        features = features[0]
+    if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2:
+        raise bad(f"features {features.shape} / coords {coords.shape} are not N x D / N x 2")
+    if len(features) != len(coords):
+        raise bad(f"{len(features)} feature rows but {len(coords)} coordinates")
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        raise bad(
+            f"{int((~finite).sum())} feature rows contain NaN or inf "
+            f"(first at row {int(np.flatnonzero(~finite)[0])})"
+        )
+    if len(np.unique(coords, axis=0)) != len(coords):
+        raise bad("duplicate patch coordinates")
+    size0 = patch_size_level0 or attrs.get("patch_size_level0")
+    if not size0:
+        raise bad("the patch size at level 0 is not in the file's attrs; give --patch-size-level0")
+    size0 = int(size0)
+    target = attrs.get("target_mpp")
+    target = None if target is None or not np.isfinite(target) else float(target)
+    read_size = int(attrs.get("patch_size", size0))
+    geometry = dict(
+        source_mpp=None,
+        target_mpp=target,
+        patch_size=int(attrs.get("output_patch_size", read_size)),
+        patch_size_level0=size0,
+        stride_level0=size0,
+        read_level=int(attrs.get("patch_level", 0)),
+        read_size=read_size,
+    )
+    return coords.astype(np.int64), features, geometry
+
+
+def import_features_job(
+    h5_dir: str | os.PathLike,
+    project: ProjectStore,
+    name: str,
+    *,
+    patch_size_level0: int | None = None,
+    overwrite: bool = False,
+) -> Job[list[str]]:
+    """Import ``<slide_id>.h5`` files into the store as feature set ``name``.
+
+    A slide not tiled in the store gets its TileGrid from the file's coordinates (the
+    slide file itself is optional: MIL needs only features); a tiled slide must have
+    exactly the same coordinates in the same order.
+    """
+    from napari_wsi_mil.errors import WsiMilError
+    from napari_wsi_mil.features.extract import FEATURES
+    from napari_wsi_mil.slide.tiling import PatchGeometry, TiledSlide
+    from napari_wsi_mil.store.project import check_name
+
+    files = sorted(Path(h5_dir).glob("*.h5"))
+    if not files:
+        raise WsiMilError(f"{h5_dir}: no .h5 files")
+    ids = [check_name(p.stem) for p in files]
+    clashes = {i for i in ids if ids.count(i) > 1}
+    if clashes:
+        raise WsiMilError(f"{h5_dir}: duplicate slides {sorted(clashes)}")
+    imported = []
+    with project.lock():
+        for i, (path, slide_id) in enumerate(zip(files, ids, strict=True)):
+            yield Progress("import", i, len(files), message=slide_id)
+            coords, features, geometry = read_h5_features(path, patch_size_level0)
+            if project.has_tiles(slide_id):
+                grid, _ = project.read_tiles(slide_id)
+                if not np.array_equal(grid.coords, coords):
+                    raise WsiMilError(
+                        f"{path}: coordinates differ from the store's tiling of "
+                        f"{slide_id!r}; import into a new project"
+                    )
+            else:
+                geo = PatchGeometry(**geometry)
+                step = geo.stride_level0
+                shape = (int(coords[:, 1].max()) // step + 1, int(coords[:, 0].max()) // step + 1)
+                grid = TileGrid(coords, np.ones(len(coords), np.float32), geo, shape)
+                tiled = TiledSlide(
+                    grid, np.zeros((1, 1), bool), (1.0, 1.0), [f"imported from {path.name}"]
+                )
+                project.write_tiles(slide_id, tiled, {"path": None}, {"imported": str(path)})
+            if project.has_result(FEATURES, name, slide_id) and not overwrite:
+                raise WsiMilError(
+                    f"feature set {name!r} already has slide {slide_id!r}; use --overwrite"
+                )
+            attrs = {
+                "encoder": f"imported:{path.name}",
+                "dim": int(features.shape[1]),
+                "dtype": str(features.dtype),
+                "n_patches": len(features),
+                "target_mpp": geometry["target_mpp"],
+                "patch_size": geometry["patch_size"],
+            }
+            project.write_result(
+                FEATURES, name, slide_id, {"features": features}, attrs, overwrite=overwrite
+            )
+            imported.append(slide_id)
+        yield Progress("import", len(files), len(files))
+    return imported

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from napari_wsi_mil.errors import SlideError
 from napari_wsi_mil.slide import open_slide
 from napari_wsi_mil.slide.tiling import TileGrid
 from napari_wsi_mil.store.project import ProjectStore
@@ -36,9 +37,11 @@ def read_patch(slide, grid: TileGrid, index: int) -> np.ndarray:
 class PatchDataset(Dataset):
     """Patches of the tiled slides of a project, in each slide's TileGrid order.
 
-    Items are ``(image, slide_index, patch_index)`` with ``image`` a ``(3, H, W)``
+    Items are ``(image, slide_index, patch_index, ok)`` with ``image`` a ``(3, H, W)``
     uint8 tensor. Every loader worker opens its own slide handles (handles are not
     pickled). ``max_per_slide`` draws a fixed random subset of each slide's patches.
+    With ``skip_errors`` a slide that cannot be read gives blank images and
+    ``ok=False`` instead of raising, so one bad slide does not stop a loader.
 
     Parameters
     ----------
@@ -50,6 +53,8 @@ class PatchDataset(Dataset):
         Slide file of each id; defaults to the path recorded at tiling.
     max_per_slide, seed
         Optional per-slide subsampling, deterministic from ``seed``.
+    skip_errors
+        Return blank patches flagged ``ok=False`` for unreadable slides.
     """
 
     def __init__(
@@ -59,7 +64,9 @@ class PatchDataset(Dataset):
         slide_paths: dict[str, str | os.PathLike] | None = None,
         max_per_slide: int | None = None,
         seed: int = 0,
+        skip_errors: bool = False,
     ):
+        self.skip_errors = skip_errors
         self.slide_ids = list(slide_ids)
         self.grids: list[TileGrid] = []
         self.paths: list[str] = []
@@ -82,13 +89,19 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.slide_index)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int, bool]:
         s, p = int(self.slide_index[item]), int(self.patch_index[item])
-        slide = self._slides.get(s)
-        if slide is None:
-            slide = self._slides[s] = open_slide(self.paths[s])
-        patch = read_patch(slide, self.grids[s], p)
-        return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))), s, p
+        try:
+            slide = self._slides.get(s)
+            if slide is None:
+                slide = self._slides[s] = open_slide(self.paths[s])
+            patch = read_patch(slide, self.grids[s], p)
+        except SlideError:
+            if not self.skip_errors:
+                raise
+            size = self.grids[s].geometry.patch_size
+            return torch.zeros(3, size, size, dtype=torch.uint8), s, p, False
+        return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))), s, p, True
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
