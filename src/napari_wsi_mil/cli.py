@@ -420,6 +420,42 @@ def _add_export_features(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export_features)
 
 
+def _cmd_pca(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.features.embedding import embedding_job, plot_embedding
+    from napari_wsi_mil.store.cohort import read_cohort
+    from napari_wsi_mil.store.project import ProjectStore
+
+    table = drive(
+        embedding_job(
+            ProjectStore(args.project),
+            read_cohort(args.cohort),
+            args.features,
+            max_per_slide=args.max_per_slide or None,
+            method=args.method,
+            seed=args.seed,
+        )
+    )
+    out = plot_embedding(table, args.out, title=args.title)
+    print(
+        f"{len(table)} patches from {len(table.slide_ids())} slides "
+        f"({table.method.upper()} fitted on {table.attrs['fit_split']}); wrote {out}"
+    )
+    return 0
+
+
+def _add_pca(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pca", help="PCA (or UMAP) figure of patch features, train vs test")
+    p.add_argument("--project", required=True)
+    p.add_argument("--cohort", required=True, help="cohort CSV (labels and splits)")
+    p.add_argument("--features", required=True, help="feature-set name")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--max-per-slide", type=int, default=500, help="patches per slide (0 = all)")
+    p.add_argument("--method", choices=["pca", "umap"], default="pca")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--title")
+    p.set_defaults(func=_cmd_pca)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_synth,
@@ -429,6 +465,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_extract,
     _add_import_features,
     _add_export_features,
+    _add_pca,
 ]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 #: ImageNet channel mean and standard deviation (inputs of ImageNet-initialised trunks).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -301,8 +302,6 @@ def augment_batch(
     # Crop + resize of the whole batch; adaptive sampling averages when shrinking.
     boxes = crop_boxes(n, height, width, params.crop_scale, params.crop_ratio, generator, device)
     index = torch.arange(n, dtype=x.dtype, device=device)[:, None]
-    from torchvision.ops import roi_align
-
     x = roi_align(x, torch.cat([index, boxes.to(x.dtype)], dim=1), out_size, aligned=True)
 
     u = _rand(5 * n, generator, device).reshape(5, n)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.pretrain import METHODS
@@ -35,8 +36,6 @@ def imagenet_weights_path() -> Path:
         ``torch.hub.get_dir()/checkpoints/resnet18-f37072fd.pth`` (the basename of
         ``ResNet18_Weights.IMAGENET1K_V1.url``).
     """
-    from torchvision.models import ResNet18_Weights
-
     name = os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
@@ -64,8 +63,6 @@ def resnet18_trunk(init: str = "random") -> nn.Module:
     ValueError
         Unknown ``init``.
     """
-    from torchvision.models import ResNet18_Weights, resnet18
-
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}; got {init!r}")
     trunk = resnet18(weights=None)

@@ -1,0 +1,64 @@
+import pytest
+
+from napari_wsi_mil._napari.widgets.pretrain_widget import PretrainWidget
+from napari_wsi_mil.pretrain.encoder_file import load_encoder
+from pretrain_fixtures import tiny_cohort
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return tiny_cohort(tmp_path_factory.mktemp("pretrain-widget"))
+
+
+def _widget(viewer, cohort, tmp_path, **values):
+    store, table = cohort
+    widget = PretrainWidget(viewer)
+    widget.project.value = store.root
+    widget.cohort.value = table.source
+    widget.out.value = tmp_path / "enc.safetensors"
+    widget.image_size.value = 32
+    widget.batch_size.value = 8
+    widget.device.value = "cpu"
+    for key, value in values.items():
+        getattr(widget, key).value = value
+    return widget
+
+
+def test_trains_and_plots_loss(make_napari_viewer_proxy, qtbot, cohort, tmp_path):
+    viewer = make_napari_viewer_proxy()
+    widget = _widget(viewer, cohort, tmp_path, epochs=1, steps=3)
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert "encoder written" in widget.status.value, widget.status.value
+    assert len(widget.canvas.series["loss"][0]) == 3
+    assert load_encoder(tmp_path / "enc.safetensors").metadata["method"] == "weaksupcon"
+
+
+def test_cancel_keeps_viewer_responsive(make_napari_viewer_proxy, qtbot, cohort, tmp_path):
+    viewer = make_napari_viewer_proxy()
+    widget = _widget(viewer, cohort, tmp_path, epochs=50, steps=50, method="simclr")
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: len(widget.canvas.series.get("loss", ([], []))[0]) >= 1, timeout=60_000)
+    widget.pause_button.clicked.emit()
+    assert widget.pause_button.text == "Resume"
+    widget.pause_button.clicked.emit()
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "cancel" in widget.status.value
+    assert not (tmp_path / "enc.safetensors").exists()
+
+
+def test_clusiam_clusters_on_slide(make_napari_viewer_proxy, qtbot, cohort, tmp_path):
+    store, table = cohort
+    viewer = make_napari_viewer_proxy()
+    widget = _widget(viewer, cohort, tmp_path, epochs=1, steps=1, method="clusiam")
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    path = table.entries[0].path
+    viewer.open(path, plugin="napari-wsi-mil")
+    widget.clusters_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    layer = viewer.layers[f"{path.stem} clusters"]
+    grid, _ = store.read_tiles(path.stem)
+    assert (layer.data > 0).sum() == len(grid)
+    assert "clusters occupied" in widget.status.value
