@@ -1,0 +1,23 @@
+"""Slide-level multiple-instance learning (MIL) on frozen patch features.
+
+Submodules (import them directly; importing this package loads nothing heavy):
+
+- :mod:`napari_wsi_mil.mil.base`: :class:`~napari_wsi_mil.mil.base.MilOutput` (the one
+  output type of every model) and :class:`~napari_wsi_mil.mil.base.MilModel`.
+- :mod:`napari_wsi_mil.mil.blocks`: shared building blocks (gated attention, instance
+  encoder, attention pooling, smooth top-1 SVM loss, normalised entropy).
+- :mod:`napari_wsi_mil.mil.abmil`: gated attention MIL (Ilse et al. 2018).
+- :mod:`napari_wsi_mil.mil.clam`: CLAM-SB (Lu et al. 2021).
+- :mod:`napari_wsi_mil.mil.dtfd`: DTFD-MIL (Zhang et al. 2022).
+- :mod:`napari_wsi_mil.mil.weno`: WENO (Qu et al. 2022) and its pseudo-label rules.
+- :mod:`napari_wsi_mil.mil.msclam`: MS-CLAM (Tourniaire et al. 2023) and its samplers.
+- :mod:`napari_wsi_mil.mil.registry`: ``build_model`` and per-model default
+  hyperparameters (architecture and training), the one place a trainer or CLI reads.
+
+Output convention (all models): two-class logits ``[2]`` (index 1 = positive /
+tumour), ``probability = softmax(logit)[1]``; see
+:class:`~napari_wsi_mil.mil.base.MilOutput`.
+"""
+
+#: The MIL models, by registry name.
+MODELS = ("abmil", "clam", "dtfd", "weno", "msclam")
