@@ -456,6 +456,144 @@ def _add_pca(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_pca)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.mil.train import MilConfig, train_mil_job
+    from napari_wsi_mil.store.cohort import read_cohort
+    from napari_wsi_mil.store.project import ProjectStore
+
+    hparams = json.loads(args.hparams) if args.hparams else {}
+    config = MilConfig(
+        model=args.model,
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        folds=args.folds,
+        balance=not args.no_balance,
+        tile_label_fraction=args.tile_label_fraction,
+        hparams=hparams,
+        threads=args.threads,
+    )
+    result = drive(
+        train_mil_job(
+            ProjectStore(args.project),
+            read_cohort(args.cohort),
+            args.features,
+            args.out,
+            config,
+            annotations=args.annotations,
+        )
+    )
+    for split in ("train", "val", "test"):
+        if split in result.metrics:
+            shown = {
+                k: round(v, 4) for k, v in result.metrics[split].items() if isinstance(v, float)
+            }
+            print(f"{split}: {shown}")
+    if "cv" in result.metrics:
+        summary = result.metrics["cv"]["summary"]
+        for key in ("auc", "instance_auc", "dice", "specificity"):
+            if summary.get(key, {}).get("mean") is not None:
+                print(f"cv {key}: {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}")
+    print(f"run folder: {result.out_dir}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from napari_wsi_mil.mil import MODELS
+
+    p = sub.add_parser(
+        "train",
+        help="train a MIL model on stored features",
+        description="Train a MIL model on the split=train cases; val/test "
+        "cases are evaluated. Defaults per model follow the papers.",
+    )
+    p.add_argument("--project", required=True)
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--features", required=True, help="feature-set name")
+    p.add_argument("--model", choices=MODELS, default="abmil")
+    p.add_argument("--annotations", help="folder of <slide_id>.geojson tumour outlines")
+    p.add_argument(
+        "--tile-label-fraction",
+        type=float,
+        default=1.0,
+        help="fraction of annotated tumour cases MS-CLAM may use (1.0)",
+    )
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=1, help="k-fold cross-validation (1 = off)")
+    p.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
+    p.add_argument("--hparams", help="architecture overrides as JSON, e.g. '{\"dropout\": 0.1}'")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", required=True, help="run folder")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.mil.infer import infer_job
+    from napari_wsi_mil.store.project import ProjectStore
+
+    cohort = None
+    if args.cohort:
+        from napari_wsi_mil.store.cohort import read_cohort
+
+        cohort = read_cohort(args.cohort)
+    report = drive(
+        infer_job(
+            ProjectStore(args.project),
+            args.model,
+            slide_ids=args.slides,
+            cohort=cohort,
+            out_dir=args.out,
+            name=args.name,
+        )
+    )
+    for slide_id, p in report.probabilities.items():
+        print(f"{slide_id}: P(positive) = {p:.4f} -> {report.predictions[slide_id]}")
+    print(f"predictions {report.name!r} stored in the project; files in {args.out}")
+    return 0
+
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="predict slides with a trained MIL model")
+    p.add_argument("--project", required=True)
+    p.add_argument("--model", required=True, help="RUN_DIR/model.safetensors")
+    p.add_argument("--slides", nargs="*", help="slide ids (default: all with features)")
+    p.add_argument("--cohort", help="group slides into case bags as in training")
+    p.add_argument("--name", help="prediction name in the store (default: run folder name)")
+    p.add_argument("--out", required=True, help="prediction folder (slides.csv, tiles/)")
+    p.set_defaults(func=_cmd_infer)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.mil.infer import evaluate_predictions, write_metrics
+    from napari_wsi_mil.store.cohort import read_cohort
+
+    metrics = evaluate_predictions(
+        args.pred,
+        read_cohort(args.cohort),
+        annotations=args.annotations,
+        min_coverage=args.min_coverage,
+    )
+    write_metrics(args.out, metrics)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="bag, instance and localisation metrics of predictions")
+    p.add_argument("--pred", required=True, help="prediction folder of wsi-mil infer")
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--annotations", help="folder of <slide_id>.geojson tumour outlines")
+    p.add_argument(
+        "--min-coverage", type=float, default=0.2, help="tumour fraction for a positive tile (0.2)"
+    )
+    p.add_argument("--out", required=True, help="metrics JSON file")
+    p.set_defaults(func=_cmd_evaluate)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_synth,
@@ -466,6 +604,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_import_features,
     _add_export_features,
     _add_pca,
+    _add_train,
+    _add_infer,
+    _add_evaluate,
 ]
 
 

@@ -10,7 +10,6 @@ trained on, ``clusters`` (CluSiam).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from napari_wsi_mil.errors import WsiMilError
-from napari_wsi_mil.jobs import atomic_file
+from napari_wsi_mil.weights_file import load_tensors, save_tensors
 
 ENCODER_FORMAT = "napari-wsi-mil-encoder"
 CLUSTER_PREFIX = "cluster_head."
@@ -34,36 +33,15 @@ class EncoderFile:
 
 
 def save_encoder(path: str | os.PathLike, encoder: EncoderFile) -> None:
-    """Write atomically; metadata values are stored as JSON strings."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.trunk_state.items()}
-    tensors.update(
-        {
-            CLUSTER_PREFIX + k: v.detach().cpu().contiguous()
-            for k, v in encoder.cluster_head_state.items()
-        }
-    )
-    meta = {"format": ENCODER_FORMAT}
-    meta.update({k: json.dumps(v) for k, v in encoder.metadata.items()})
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    """Write an encoder file atomically."""
+    tensors = dict(encoder.trunk_state)
+    tensors.update({CLUSTER_PREFIX + k: v for k, v in encoder.cluster_head_state.items()})
+    save_tensors(path, tensors, encoder.metadata, ENCODER_FORMAT)
 
 
 def load_encoder(path: str | os.PathLike) -> EncoderFile:
     """Read an encoder file written by :func:`save_encoder` (no code is executed)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw_meta = fh.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WsiMilError(f"{path}: not a readable safetensors encoder file ({exc})") from exc
-    if raw_meta.get("format") != ENCODER_FORMAT:
-        raise WsiMilError(f"{path}: not a napari-wsi-mil encoder file (no format tag)")
-    metadata = {k: json.loads(v) for k, v in raw_meta.items() if k != "format"}
+    tensors, metadata = load_tensors(path, ENCODER_FORMAT)
     trunk = {k: v for k, v in tensors.items() if not k.startswith(CLUSTER_PREFIX)}
     head = {k[len(CLUSTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(CLUSTER_PREFIX)}
     return EncoderFile(trunk, metadata, head)

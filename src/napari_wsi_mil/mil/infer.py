@@ -1,0 +1,208 @@
+"""Inference with a trained MIL model, and evaluation of the predictions.
+
+``infer_job`` writes, for each slide, its probability and per-patch attention and
+instance probability into the store (``predictions/<name>/<slide_id>``, read by the
+viewer) and, with ``out_dir``, as files::
+
+    PRED_DIR/slides.csv               slide_id, case_id, probability, prediction,
+                                      n_patches, patch_size_level0
+    PRED_DIR/tiles/<slide_id>.csv     index, x, y, attention, instance_probability
+
+With a cohort, the slides of one case form one bag (as in training); the case's
+probability is every slide's probability and its attention maps back to each slide.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.jobs import Job, Progress, atomic_file
+from napari_wsi_mil.store.project import ProjectStore
+
+PREDICTIONS = "predictions"
+
+
+@dataclass
+class InferenceReport:
+    name: str
+    probabilities: dict[str, float] = field(default_factory=dict)  # slide id -> P(positive)
+    predictions: dict[str, int] = field(default_factory=dict)
+    threshold: float = 0.5
+
+
+def _groups(slide_ids: list[str], cohort) -> list[tuple[str, list[str]]]:
+    if cohort is None:
+        return [(s, [s]) for s in slide_ids]
+    case_of = {e.slide_id: e.case_id for e in cohort}
+    groups: dict[str, list[str]] = {}
+    for s in slide_ids:
+        groups.setdefault(case_of.get(s, s), []).append(s)
+    return list(groups.items())
+
+
+def infer_job(
+    project: ProjectStore,
+    model_path: str | os.PathLike,
+    *,
+    slide_ids: list[str] | None = None,
+    cohort=None,
+    out_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> Job[InferenceReport]:
+    """Predict every slide (or case) with the model in ``model_path`` (see module doc)."""
+    from napari_wsi_mil.features.extract import FEATURES, read_features
+    from napari_wsi_mil.mil.predict import load_model, predict_bag
+
+    model, meta = load_model(model_path)
+    feature_name = meta["features"]
+    name = name or Path(model_path).resolve().parent.name
+    ids = slide_ids or project.result_ids(FEATURES, feature_name)
+    missing = [s for s in ids if not project.has_result(FEATURES, feature_name, s)]
+    if missing:
+        raise WsiMilError(
+            f"no features {feature_name!r} (the model's feature set) for "
+            f"{', '.join(missing[:8])}; run wsi-mil extract with the encoder "
+            f"{meta['feature_attrs'].get('encoder')!r} first"
+        )
+    if not ids:
+        raise WsiMilError(f"the project has no slides with features {feature_name!r}")
+    threshold = float(meta.get("threshold", 0.5))
+    report = InferenceReport(name, threshold=threshold)
+    groups = _groups(ids, cohort)
+    rows = []
+    for i, (case_id, members) in enumerate(groups):
+        yield Progress("infer", i, len(groups), message=case_id)
+        parts = [read_features(project, feature_name, s).astype(np.float32) for s in members]
+        sizes = [len(p) for p in parts]
+        if sum(sizes) == 0:
+            continue
+        pred = predict_bag(model, np.concatenate(parts))
+        bounds = np.cumsum([0, *sizes])
+        for k, slide_id in enumerate(members):
+            sl = slice(bounds[k], bounds[k + 1])
+            prediction = int(pred.probability >= threshold)
+            attrs = {
+                "probability": pred.probability,
+                "prediction": prediction,
+                "threshold": threshold,
+                "case_id": case_id,
+                "model": str(model_path),
+                "model_name": meta["model"],
+                "features": feature_name,
+            }
+            project.write_result(
+                PREDICTIONS,
+                name,
+                slide_id,
+                {
+                    "attention": pred.attention[sl],
+                    "instance_probability": pred.instance_probability[sl],
+                },
+                attrs,
+                overwrite=True,
+            )
+            report.probabilities[slide_id] = pred.probability
+            report.predictions[slide_id] = prediction
+            rows.append((slide_id, case_id, pred, sl))
+    yield Progress("infer", len(groups), len(groups))
+    if out_dir is not None:
+        _write_prediction_files(project, Path(out_dir), rows, threshold)
+    return report
+
+
+def _write_prediction_files(project: ProjectStore, out_dir: Path, rows, threshold) -> None:
+    (out_dir / "tiles").mkdir(parents=True, exist_ok=True)
+    with atomic_file(out_dir / "slides.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            ["slide_id", "case_id", "probability", "prediction", "n_patches", "patch_size_level0"]
+        )
+        for slide_id, case_id, pred, sl in rows:
+            grid, _ = project.read_tiles(slide_id)
+            writer.writerow(
+                [
+                    slide_id,
+                    case_id,
+                    f"{pred.probability:.6f}",
+                    int(pred.probability >= threshold),
+                    len(grid),
+                    grid.geometry.patch_size_level0,
+                ]
+            )
+            with (
+                atomic_file(out_dir / "tiles" / f"{slide_id}.csv") as tile_tmp,
+                open(tile_tmp, "w", newline="") as tile_fh,
+            ):
+                tiles = csv.writer(tile_fh)
+                tiles.writerow(["index", "x", "y", "attention", "instance_probability"])
+                for j, ((x, y), a, p) in enumerate(
+                    zip(grid.coords, pred.attention[sl], pred.instance_probability[sl], strict=True)
+                ):
+                    tiles.writerow([j, int(x), int(y), f"{a:.6g}", f"{p:.6f}"])
+
+
+def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
+    """Rows of ``slides.csv`` with each slide's tiles table attached as arrays."""
+    pred_dir = Path(pred_dir)
+    path = pred_dir / "slides.csv"
+    if not path.exists():
+        raise WsiMilError(f"{pred_dir}: no slides.csv (run wsi-mil infer --out first)")
+    with open(path, newline="") as fh:
+        slides = list(csv.DictReader(fh))
+    for row in slides:
+        with open(pred_dir / "tiles" / f"{row['slide_id']}.csv", newline="") as fh:
+            tiles = list(csv.DictReader(fh))
+        row["coords"] = np.array([[int(t["x"]), int(t["y"])] for t in tiles], np.int64)
+        row["instance_probability"] = np.array([float(t["instance_probability"]) for t in tiles])
+    return slides
+
+
+def evaluate_predictions(
+    pred_dir: str | os.PathLike,
+    cohort,
+    annotations: str | os.PathLike | None = None,
+    min_coverage: float = 0.2,
+) -> dict:
+    """Bag metrics per slide; instance and localisation metrics where tile labels are
+    known (GeoJSON annotations; every tile of a negative slide is normal)."""
+    from napari_wsi_mil.mil.metrics import bag_metrics, instance_metrics, localisation_metrics
+    from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
+    from napari_wsi_mil.store.geojson import read_geojson_polygons
+    from napari_wsi_mil.store.tile_labels import tile_labels_from_polygons
+
+    labels = cohort.labels()
+    slides = [row for row in read_prediction_dir(pred_dir) if row["slide_id"] in labels]
+    if not slides:
+        raise WsiMilError(f"{pred_dir}: none of its slides is in the cohort")
+    y = [labels[row["slide_id"]] for row in slides]
+    metrics = bag_metrics(y, [float(r["probability"]) for r in slides])
+    tile_sets = []
+    for row, label in zip(slides, y, strict=True):
+        size0 = int(row["patch_size_level0"])
+        tiles = np.full(len(row["coords"]), 0 if label == 0 else -1, np.int8)
+        geojson = Path(annotations) / f"{row['slide_id']}.geojson" if annotations else None
+        if label == 1 and geojson is not None and geojson.exists():
+            geo = PatchGeometry(None, None, size0, size0, size0, 0, size0)
+            grid = TileGrid(row["coords"], np.ones(len(tiles), np.float32), geo, (1, 1))
+            tiles = tile_labels_from_polygons(grid, read_geojson_polygons(geojson), min_coverage)
+        tile_sets.append((label, tiles, row["instance_probability"]))
+    metrics.update(
+        instance_metrics(
+            np.concatenate([t for _, t, _ in tile_sets]),
+            np.concatenate([s for _, _, s in tile_sets]),
+        )
+    )
+    metrics.update(localisation_metrics(tile_sets))
+    return metrics
+
+
+def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(json.dumps(metrics, indent=2))

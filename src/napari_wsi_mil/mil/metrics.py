@@ -1,0 +1,94 @@
+"""Metrics the MIL papers report: bag, instance and localisation, and their spread.
+
+- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)).
+- Instance: AUC and average precision of instance scores against known tile labels.
+- Localisation, on tile masks thresholded at 0.5: Dice on positive slides (with tile
+  labels) and specificity on negative slides (the fraction of their tiles called normal).
+Undefined values (one class only, no labelled tiles) are ``None``, never a crash.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
+
+
+def bag_metrics(labels, probabilities, threshold: float = 0.5) -> dict[str, float | None]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    y = np.asarray(labels, int)
+    p = np.asarray(probabilities, float)
+    pred = (p >= threshold).astype(int)
+    if len(y) == 0:
+        return {"auc": None, "accuracy": None, "balanced_accuracy": None, "f1": None, "n": 0}
+    return {
+        "auc": _auc(y, p),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": (
+            float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) == 2 else None
+        ),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "n": int(len(y)),
+    }
+
+
+def instance_metrics(tile_labels, scores) -> dict[str, float | None]:
+    """AUC and AP over tiles whose label is known (``tile_labels`` of -1 are ignored)."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(tile_labels)
+    s = np.asarray(scores, float)
+    known = y >= 0
+    y, s = y[known].astype(int), s[known]
+    both = len(np.unique(y)) == 2
+    return {
+        "instance_auc": _auc(y, s) if both else None,
+        "instance_ap": float(average_precision_score(y, s)) if both else None,
+        "instance_n": int(known.sum()),
+    }
+
+
+def dice(truth: np.ndarray, predicted: np.ndarray) -> float | None:
+    truth, predicted = np.asarray(truth, bool), np.asarray(predicted, bool)
+    total = truth.sum() + predicted.sum()
+    return None if total == 0 else float(2 * (truth & predicted).sum() / total)
+
+
+def localisation_metrics(
+    slides: list[tuple[int, np.ndarray, np.ndarray]], threshold: float = 0.5
+) -> dict[str, float | None]:
+    """Mean Dice over positive slides with known tiles, mean specificity over negative
+    slides. ``slides`` holds ``(slide label, tile labels, instance scores)``."""
+    dices, specificities = [], []
+    for label, tiles, scores in slides:
+        predicted = np.asarray(scores) >= threshold
+        known = np.asarray(tiles) >= 0
+        if label == 1 and (np.asarray(tiles) == 1).any():
+            value = dice(np.asarray(tiles)[known] == 1, predicted[known])
+            if value is not None:
+                dices.append(value)
+        elif label == 0 and len(scores):
+            specificities.append(float((~predicted).mean()))
+    return {
+        "dice": float(np.mean(dices)) if dices else None,
+        "specificity": float(np.mean(specificities)) if specificities else None,
+    }
+
+
+def summarise(runs: list[dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+    """Mean, standard deviation and count of every metric over repeated runs or folds."""
+    keys = sorted({k for run in runs for k in run})
+    out = {}
+    for key in keys:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = {
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values)) if values else None,
+            "runs": len(values),
+        }
+    return out

@@ -1,0 +1,65 @@
+"""Running a trained MIL model on bags, and MIL model files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_wsi_mil.mil.bags import Bag
+from napari_wsi_mil.weights_file import load_tensors, save_tensors
+
+MODEL_FORMAT = "napari-wsi-mil-mil-model"
+
+
+@dataclass
+class BagPrediction:
+    probability: float
+    attention: np.ndarray  # (N,) sums to 1
+    instance_probability: np.ndarray  # (N,)
+
+
+def predict_bag(model, features: np.ndarray, seed: int = 0) -> BagPrediction:
+    """The model's slide probability, attention and instance probabilities for one bag.
+
+    Models with random inference (DTFD-MIL's pseudo-bags) get a fixed generator, so a
+    prediction is reproducible.
+    """
+    model.eval()
+    x = torch.as_tensor(features, dtype=torch.float32)
+    with torch.inference_mode():
+        out = model(x, **generator_kwarg(model.forward, torch.Generator().manual_seed(seed)))
+    return BagPrediction(
+        float(out.probability),
+        out.attention.numpy().astype(np.float32),
+        out.instance_probability.numpy().astype(np.float32),
+    )
+
+
+def generator_kwarg(method, generator: torch.Generator) -> dict:
+    """``{"generator": generator}`` for model methods that draw random numbers, else ``{}``."""
+    import inspect
+
+    return {"generator": generator} if "generator" in inspect.signature(method).parameters else {}
+
+
+def predict_bags(model, bags: list[Bag]) -> list[BagPrediction]:
+    return [predict_bag(model, b.features) for b in bags]
+
+
+def save_model(path: str | os.PathLike, model, metadata: dict) -> None:
+    """``metadata`` holds ``model`` (name), ``in_dim``, ``hparams``, ``threshold`` and the
+    feature set's facts (``features``, ``feature_attrs``)."""
+    save_tensors(path, model.state_dict(), metadata, MODEL_FORMAT)
+
+
+def load_model(path: str | os.PathLike):
+    """``(model in eval mode, metadata)`` from a file written by :func:`save_model`."""
+    from napari_wsi_mil.mil.registry import build_model
+
+    state, meta = load_tensors(path, MODEL_FORMAT)
+    model = build_model(meta["model"], int(meta["in_dim"]), **meta["hparams"])
+    model.load_state_dict(state)
+    return model.eval(), meta

@@ -1,0 +1,354 @@
+"""The MIL training job: fixed seeds, optional k-fold cross-validation over the training
+cases, per-epoch metrics, and a run folder with the config, metrics and model.
+
+Run folder::
+
+    RUN_DIR/config.json      what was asked for, with the defaults filled in
+    RUN_DIR/history.csv      epoch, loss parts, validation metrics
+    RUN_DIR/metrics.json     cross-validation summary (mean, std), val and test metrics
+    RUN_DIR/model.safetensors  the final model (trained on all training cases)
+
+Class imbalance is handled by sampling each epoch's bags with weights inverse to their
+class frequency (``balance``), which works for every model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.jobs import Job, Progress, atomic_file
+from napari_wsi_mil.mil.bags import Bag, check_trainable, load_bags
+from napari_wsi_mil.mil.metrics import (
+    bag_metrics,
+    instance_metrics,
+    localisation_metrics,
+    summarise,
+)
+from napari_wsi_mil.mil.predict import generator_kwarg, predict_bags, save_model
+from napari_wsi_mil.mil.registry import build_model, training_defaults
+
+
+@dataclass
+class MilConfig:
+    """MIL training settings; ``None`` means the model's default (``mil.registry``)."""
+
+    model: str = "abmil"
+    epochs: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    seed: int = 0
+    folds: int = 1
+    balance: bool = True
+    tile_label_fraction: float = 1.0  # positive training cases whose tile labels MS-CLAM sees
+    hparams: dict = field(default_factory=dict)  # architecture overrides
+    threads: int | None = None
+
+
+@dataclass
+class MilRunResult:
+    out_dir: Path
+    model_path: Path
+    metrics: dict
+    history: list[dict]
+
+
+def _tensor(bag: Bag) -> torch.Tensor:
+    return torch.from_numpy(bag.features)
+
+
+def _epoch_order(bags: list[Bag], balance: bool, rng: np.random.Generator) -> np.ndarray:
+    if not balance:
+        return rng.permutation(len(bags))
+    labels = np.array([b.label for b in bags])
+    counts = np.bincount(labels, minlength=2)
+    p = 1.0 / counts[labels]
+    return rng.choice(len(bags), size=len(bags), replace=True, p=p / p.sum())
+
+
+def _optimizers(name: str, model, hp: dict) -> list[torch.optim.Optimizer]:
+    lr, wd = hp["lr"], hp["weight_decay"]
+    if name == "dtfd":
+        return [
+            torch.optim.Adam(model.tier1_parameters(), lr=lr, weight_decay=wd),
+            torch.optim.Adam(model.tier2_parameters(), lr=lr, weight_decay=wd),
+        ]
+    if hp["optimizer"] == "sgd":
+        return [
+            torch.optim.SGD(
+                model.parameters(), lr=lr, momentum=hp.get("momentum", 0.9), weight_decay=wd
+            )
+        ]
+    return [torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)]
+
+
+def _step(optimizers, loss, clip: float | None, model) -> None:
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    for opt in optimizers:
+        opt.step()
+
+
+def _plain_epoch(model, bags, optimizers, hp, config, rng, generator) -> dict[str, float]:
+    parts_sum: dict[str, float] = {}
+    order = _epoch_order(bags, config.balance, rng)
+    for i in order:
+        loss, parts = model.loss(
+            _tensor(bags[i]), bags[i].label, **generator_kwarg(model.loss, generator)
+        )
+        _step(optimizers, loss, hp.get("grad_clip"), model)
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v / len(order)
+    return parts_sum
+
+
+def _msclam_epoch(model, bags, optimizers, hp, epoch, supervised, rng, generator):
+    from napari_wsi_mil.mil.msclam import paired_batches, tumour_slide_weights
+
+    labels = np.array([b.label for b in bags])
+    weights = tumour_slide_weights(supervised, epoch, hp["sampling_weight"], hp["sampling_gamma"])
+    total, pairs = 0.0, paired_batches(labels, weights, rng)
+    for normal, tumour in pairs:
+        tiles = (
+            torch.from_numpy(bags[tumour].tile_labels.astype(np.int64))
+            if supervised[tumour]
+            else None
+        )
+        loss, _ = model.paired_loss(
+            _tensor(bags[normal]), _tensor(bags[tumour]), tiles, generator=generator
+        )
+        _step(optimizers, loss, None, model)
+        total += float(loss.detach()) / len(pairs)
+    return {"loss": total}
+
+
+def _weno_epoch(model, bags, optimizers, hp, epoch, config, rng):
+    from napari_wsi_mil.mil.weno import (
+        attention_logit_range,
+        hard_positive_mask,
+        soft_pseudo_labels,
+    )
+
+    teacher = 0.0
+    order = _epoch_order(bags, config.balance, rng)
+    for i in order:
+        x, keep = _tensor(bags[i]), None
+        if epoch >= hp["hpm_start_epoch"] and bags[i].label == 1:
+            with torch.no_grad():
+                model.eval()
+                keep = hard_positive_mask(model.student_probabilities(x)[:, 1], hp["hpm_threshold"])
+                model.train()
+        loss, _ = model.loss(x, bags[i].label, keep=keep)
+        _step(optimizers, loss, None, model)
+        teacher += float(loss.detach()) / len(order)
+    model.eval()
+    with torch.no_grad():
+        logits = [model.attention_logits(_tensor(b)) for b in bags]
+    model.train()
+    lo, hi = attention_logit_range(logits)
+    targets = torch.cat(soft_pseudo_labels(logits, [b.label for b in bags], lo, hi))
+    features = torch.from_numpy(np.concatenate([b.features for b in bags]))
+    perm = torch.from_numpy(rng.permutation(len(features)))
+    student, batch = 0.0, hp["student_batch_size"]
+    steps = range(0, len(perm), batch)
+    for start in steps:
+        rows = perm[start : start + batch]
+        if len(rows) < 2:  # BatchNorm needs two instances
+            continue
+        loss, _ = model.student_step(features[rows], targets[rows], hp["student_negative_weight"])
+        _step(optimizers, loss, None, model)
+        student += float(loss.detach()) / len(steps)
+    return {"loss": teacher + student, "teacher": teacher, "student": student}
+
+
+def evaluate_bags(model, bags: list[Bag], threshold: float = 0.5) -> dict:
+    """Bag, instance and localisation metrics of ``model`` on ``bags``."""
+    if not bags:
+        return {}
+    preds = predict_bags(model, bags)
+    labels = [b.label for b in bags]
+    probs = [p.probability for p in preds]
+    metrics = bag_metrics(labels, probs, threshold)
+    tiles = np.concatenate([b.tile_labels for b in bags])
+    scores = np.concatenate([p.instance_probability for p in preds])
+    metrics.update(instance_metrics(tiles, scores))
+    metrics.update(
+        localisation_metrics(
+            [
+                (b.label, b.tile_labels, p.instance_probability)
+                for b, p in zip(bags, preds, strict=True)
+            ]
+        )
+    )
+    return metrics
+
+
+def fit_threshold(labels, probabilities) -> float:
+    """The P(positive) cut that maximises balanced accuracy (Youden's J) on these bags."""
+    from sklearn.metrics import roc_curve
+
+    if len(set(labels)) < 2:
+        return 0.5
+    fpr, tpr, cuts = roc_curve(labels, probabilities)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(1.0, cuts[best]))
+
+
+def fit_job(
+    config: MilConfig, train: list[Bag], val: list[Bag], stage: str
+) -> Job[tuple[object, list[dict], float]]:
+    """Train one model; yields one progress event per epoch; returns (model, history,
+    decision threshold)."""
+    name = config.model
+    hp = training_defaults(name)
+    for key in ("epochs", "lr", "weight_decay"):
+        if getattr(config, key) is not None:
+            hp[key] = getattr(config, key)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = build_model(name, train[0].features.shape[1], **config.hparams)
+    optimizers = _optimizers(name, model, hp)
+    schedulers = (
+        [
+            torch.optim.lr_scheduler.MultiStepLR(o, list(hp["lr_milestones"]), hp["lr_gamma"])
+            for o in optimizers
+        ]
+        if "lr_milestones" in hp
+        else []
+    )
+    supervised = _supervised_mask(train, config.tile_label_fraction, rng)
+    history = []
+    for epoch in range(hp["epochs"]):
+        started = time.perf_counter()
+        model.train()
+        if name == "msclam":
+            parts = _msclam_epoch(model, train, optimizers, hp, epoch, supervised, rng, generator)
+        elif name == "weno":
+            parts = _weno_epoch(model, train, optimizers, hp, epoch, config, rng)
+        else:
+            parts = _plain_epoch(model, train, optimizers, hp, config, rng, generator)
+        for scheduler in schedulers:
+            scheduler.step()
+        row = {"epoch": epoch + 1, **parts, "seconds": time.perf_counter() - started}
+        if val:
+            row.update(
+                {
+                    f"val_{k}": v
+                    for k, v in evaluate_bags(model, val).items()
+                    if k in ("auc", "balanced_accuracy", "instance_auc")
+                }
+            )
+        history.append(row)
+        message = f"loss {parts['loss']:.4f}" + (
+            f", val AUC {row['val_auc']:.3f}" if row.get("val_auc") is not None else ""
+        )
+        yield Progress(stage, epoch + 1, hp["epochs"], message=message, info=row)
+    threshold = 0.5
+    if name == "weno":  # the student's max p1 is not calibrated at 0.5
+        threshold = fit_threshold(
+            [b.label for b in train], [p.probability for p in predict_bags(model, train)]
+        )
+    return model, history, threshold
+
+
+def _supervised_mask(bags: list[Bag], fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Which training bags lend their tile labels to mixed supervision."""
+    candidates = np.flatnonzero([b.label == 1 and b.has_tile_labels for b in bags])
+    keep = rng.permutation(candidates)[: int(round(fraction * len(candidates)))]
+    mask = np.zeros(len(bags), bool)
+    mask[keep] = True
+    return mask
+
+
+def _folds(bags: list[Bag], k: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = [b.label for b in bags]
+    if min(np.bincount(labels)) < k:
+        raise WsiMilError(f"{k} folds need at least {k} training cases of each label")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(list(a), list(b)) for a, b in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def train_mil_job(
+    project,
+    cohort,
+    feature_name: str,
+    out_dir: str | os.PathLike,
+    config: MilConfig,
+    annotations: str | os.PathLike | None = None,
+) -> Job[MilRunResult]:
+    """Train ``config.model`` on the cohort's ``split=train`` cases (see the module doc)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out_dir = Path(out_dir)
+    bags = [b for b in load_bags(project, cohort, feature_name, annotations=annotations) if len(b)]
+    train = [b for b in bags if b.split == "train"]
+    val = [b for b in bags if b.split == "val"]
+    test = [b for b in bags if b.split == "test"]
+    warnings = check_trainable(train)
+    metrics: dict = {"warnings": warnings}
+    if config.folds > 1:
+        fold_metrics = []
+        for k, (fit_idx, held_idx) in enumerate(_folds(train, config.folds, config.seed)):
+            model, _, threshold = yield from fit_job(
+                config, [train[i] for i in fit_idx], [], f"fold {k + 1}/{config.folds}"
+            )
+            fold_metrics.append(evaluate_bags(model, [train[i] for i in held_idx], threshold))
+        metrics["cv"] = {"folds": fold_metrics, "summary": summarise(fold_metrics)}
+    model, history, threshold = yield from fit_job(config, train, val, "train")
+    metrics["threshold"] = threshold
+    for split, split_bags in (("train", train), ("val", val), ("test", test)):
+        if split_bags:
+            metrics[split] = evaluate_bags(model, split_bags, threshold)
+    first = train[0].slide_ids[0]
+    feature_attrs = project.read_result("features", feature_name, first)[1]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model": config.model,
+        "in_dim": int(train[0].features.shape[1]),
+        "hparams": config.hparams,
+        "threshold": threshold,
+        "features": feature_name,
+        "feature_attrs": feature_attrs,
+        "config": asdict(config),
+    }
+    model_path = out_dir / "model.safetensors"
+    save_model(model_path, model, meta)
+    _write_json(
+        out_dir / "config.json",
+        {
+            **asdict(config),
+            "features": feature_name,
+            "annotations": str(annotations) if annotations else None,
+            "project": str(project.root),
+        },
+    )
+    _write_json(out_dir / "metrics.json", metrics)
+    _write_history(out_dir / "history.csv", history)
+    return MilRunResult(out_dir, model_path, metrics, history)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=float))
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
