@@ -1,0 +1,83 @@
+"""The "Extract features" dock widget: an encoder over the project's tiled slides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit, SpinBox
+
+from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
+
+
+class ExtractWidget(JobWidget):
+    """Extract patch features (all tiled slides, or only the slide on screen).
+
+    The encoder is a file from pretraining (or any supported encoder file), or
+    ``random`` / ``imagenet`` typed into the encoder field.
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer, run_text="Extract")
+        home = Path.home()
+        self.project = FileEdit(label="project", mode="d", value=home / "wsi-mil-project")
+        self.encoder = LineEdit(
+            label="encoder (file, random, imagenet)", value=str(home / "encoder.safetensors")
+        )
+        self.name = LineEdit(label="feature-set name (empty = encoder name)", value="")
+        self.batch_size = SpinBox(label="batch size", value=64, min=1, max=4096)
+        self.workers = SpinBox(label="loader workers", value=2, min=0, max=64)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.current_only = CheckBox(label="only the slide on screen", value=False)
+        self.extend(
+            [
+                self.project,
+                self.encoder,
+                self.name,
+                self.batch_size,
+                self.workers,
+                self.device,
+                self.current_only,
+            ]
+        )
+        self.add_controls()
+        self.run_button.changed.connect(self.run)
+
+    def run(self) -> None:
+        # imported on the main thread (torch's import is not thread-safe under Qt)
+        from napari_wsi_mil.features.extract import extract_features_job
+        from napari_wsi_mil.store.project import ProjectStore
+        from napari_wsi_mil.store.tiling_job import slide_id_for
+
+        encoder = self.encoder.value.strip()
+        name = self.name.value.strip() or (
+            encoder if encoder in ("random", "imagenet") else Path(encoder).stem
+        )
+        project = Path(self.project.value)
+        only = None
+        if self.current_only.value:
+            layers = slide_layers(self.viewer)
+            if not layers:
+                self._on_error(ValueError("open a slide first (File > Open)"))
+                return
+            only = [slide_id_for(layers[-1].metadata["slide_path"])]
+        options = dict(
+            batch_size=self.batch_size.value,
+            num_workers=self.workers.value,
+            device=self.device.value,
+        )
+
+        def job():
+            store = ProjectStore(project)
+            ids = only or store.slide_ids()
+            return (yield from extract_features_job(store, ids, encoder, name, **options))
+
+        self.start(job, self._finished)
+
+    def _finished(self, report) -> None:
+        note = (
+            f"{len(report.extracted)} slides extracted, {len(report.skipped)} already "
+            f"done, {report.patches_per_second:.0f} patches/s"
+        )
+        if report.failed:
+            note += f"; failed: {', '.join(report.failed)}"
+        self._set_status(note)

@@ -1,0 +1,117 @@
+"""The "Train MIL" dock widget: a MIL model on stored features, with live curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, SpinBox
+
+from napari_wsi_mil._napari.widgets.job_widget import JobWidget
+from napari_wsi_mil._napari.widgets.plot_canvas import CurveCanvas
+from napari_wsi_mil.mil import MODELS
+
+
+class TrainMilWidget(JobWidget):
+    """Train AB-MIL, CLAM-SB, DTFD-MIL, WENO or MS-CLAM on a project's features.
+
+    Zero epochs or learning rate mean the model's default from the papers. The loss
+    and, when the cohort has ``split=val`` cases, the validation AUC are plotted live.
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer, run_text="Train")
+        home = Path.home()
+        self.project = FileEdit(label="project", mode="d", value=home / "wsi-mil-project")
+        self.cohort = FileEdit(
+            label="cohort CSV", mode="r", filter="*.csv", value=home / "cohort.csv"
+        )
+        self.features = ComboBox(label="feature set", choices=self._feature_choices)
+        self.model = ComboBox(label="model", choices=list(MODELS), value="abmil")
+        self.epochs = SpinBox(label="epochs (0 = default)", value=0, min=0, max=10_000)
+        self.lr = FloatSpinBox(
+            label="learning rate (0 = default)", value=0.0, min=0.0, max=1.0, step=1e-4
+        )
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.annotations = FileEdit(label="annotations (optional)", mode="d", value="")
+        self.out = FileEdit(label="run folder", mode="d", value=home / "wsi-mil-run")
+        self.extend(
+            [
+                self.project,
+                self.cohort,
+                self.features,
+                self.model,
+                self.epochs,
+                self.lr,
+                self.seed,
+                self.annotations,
+                self.out,
+            ]
+        )
+        self.add_controls()
+        self.canvas = CurveCanvas(napari_viewer, xlabel="epoch", ylabel="loss / AUC")
+        self.native.layout().addWidget(self.canvas)
+        self.project.changed.connect(self.features.reset_choices)
+        self.run_button.changed.connect(self.run)
+
+    def _feature_choices(self, _widget=None) -> list[str]:
+        folder = Path(self.project.value) / "features" if hasattr(self, "project") else None
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+    def config(self):
+        from napari_wsi_mil.mil.train import MilConfig
+
+        return MilConfig(
+            model=self.model.value,
+            epochs=self.epochs.value or None,
+            lr=self.lr.value or None,
+            seed=self.seed.value,
+        )
+
+    def run(self) -> None:
+        from napari_wsi_mil.mil.train import train_mil_job
+        from napari_wsi_mil.store.cohort import read_cohort
+        from napari_wsi_mil.store.project import ProjectStore
+
+        if not self.features.value:
+            self._on_error(ValueError("the project has no features yet: extract them first"))
+            return
+        project, cohort = Path(self.project.value), Path(self.cohort.value)
+        annotations = str(self.annotations.value).strip()
+        annotations = annotations if annotations not in ("", ".") else None
+        features, out, config = self.features.value, Path(self.out.value), self.config()
+
+        def job():
+            return (
+                yield from train_mil_job(
+                    ProjectStore(project),
+                    read_cohort(cohort),
+                    features,
+                    out,
+                    config,
+                    annotations=annotations,
+                )
+            )
+
+        self.canvas.clear()
+        self.start(job, self._finished)
+
+    def _on_progress(self, event) -> None:
+        super()._on_progress(event)
+        info = event.info or {}
+        if "loss" in info and event.stage == "train":
+            self.canvas.add_point("loss", info["epoch"], info["loss"])
+            if info.get("val_auc") is not None:
+                self.canvas.add_point("val AUC", info["epoch"], info["val_auc"])
+            self.canvas.redraw()
+
+    def _finished(self, result) -> None:
+        shown = []
+        for split in ("val", "test"):
+            auc = result.metrics.get(split, {}).get("auc")
+            if auc is not None:
+                shown.append(f"{split} AUC {auc:.3f}")
+        self._set_status(
+            f"model: {result.model_path}" + (f" ({', '.join(shown)})" if shown else "")
+        )

@@ -1,0 +1,54 @@
+import pytest
+
+from mil_fixtures import feature_cohort
+from napari_wsi_mil._napari.widgets.extract_widget import ExtractWidget
+from napari_wsi_mil._napari.widgets.train_widget import TrainMilWidget
+from napari_wsi_mil.features.extract import read_features
+from napari_wsi_mil.store.cohort import write_cohort
+from pretrain_fixtures import tiny_cohort
+
+
+def test_extract_widget_all_slides_and_current_slide(make_napari_viewer_proxy, qtbot, tmp_path):
+    store, cohort = tiny_cohort(tmp_path, n_slides=2)
+    viewer = make_napari_viewer_proxy()
+    widget = ExtractWidget(viewer)
+    widget.project.value = store.root
+    widget.encoder.value = "random"
+    widget.workers.value = 0
+    widget.device.value = "cpu"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert "2 slides extracted" in widget.status.value, widget.status.value
+    assert read_features(store, "random", store.slide_ids()[0]).shape[1] == 512
+    # only the slide on screen, under another name
+    viewer.open(cohort.entries[1].path, plugin="napari-wsi-mil")
+    widget.current_only.value = True
+    widget.name.value = "one"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert store.result_ids("features", "one") == [cohort.entries[1].slide_id]
+
+
+def test_train_widget_trains_and_plots(make_napari_viewer_proxy, qtbot, tmp_path):
+    store, cohort, _ = feature_cohort(tmp_path, n_cases=12)
+    csv = write_cohort(cohort, tmp_path / "cohort.csv")
+    viewer = make_napari_viewer_proxy()
+    widget = TrainMilWidget(viewer)
+    widget.project.value = store.root
+    assert widget.features.choices == ("f",)
+    widget.features.value = "f"
+    widget.cohort.value = csv
+    widget.epochs.value = 4
+    widget.out.value = tmp_path / "run"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert "model:" in widget.status.value and "test AUC" in widget.status.value
+    assert len(widget.canvas.series["loss"][0]) == 4
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_train_widget_without_features_explains(make_napari_viewer_proxy, tmp_path):
+    widget = TrainMilWidget(make_napari_viewer_proxy())
+    widget.project.value = tmp_path
+    widget.run_button.clicked.emit()
+    assert "extract them first" in widget.status.value
