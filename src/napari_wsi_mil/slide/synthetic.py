@@ -3,8 +3,11 @@
 Used by the napari sample data, the tests, the benchmarks and the demo. A slide
 is a pyramidal, tiled, JPEG-compressed TIFF (levels as SubIFDs) with its
 resolution in the TIFF tags; it is rendered tile by tile, so even a
-60000 x 60000 slide needs little memory. Positive slides carry lesions (denser,
-larger, darker nuclei) whose outlines are returned and written as GeoJSON.
+60000 x 60000 slide needs little memory. Positive slides carry lesions whose
+outlines are returned and written as GeoJSON; lesions differ from normal tissue
+mainly by texture (larger, pleomorphic, irregular, vesicular, crowded nuclei)
+and only slightly by mean colour, and every slide has its own random stain
+(``stain_variation``), so colour alone does not tell lesion from normal tissue.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_wsi_mil.jobs import Job, Progress, atomic_file, run_job
-from napari_wsi_mil.slide.synthetic_render import SlideLayout, TileRenderer
+from napari_wsi_mil.slide.synthetic_render import SlideLayout, Stain, TileRenderer
 from napari_wsi_mil.store.geojson import write_geojson
 
 DESCRIPTION = "napari-wsi-mil synthetic slide"
-SAMPLE_NAME = "synthetic_sample_v1"
+SAMPLE_NAME = "synthetic_sample_v2"
 
 
 @dataclass
@@ -31,7 +34,8 @@ class SyntheticSlide:
     """What was written: the file, its geometry and its ground truth.
 
     ``lesion_fraction`` is measured (lesion area over tissue area) and
-    ``lesion_polygons`` are ``(K, 2)`` float arrays of level-0 (x, y).
+    ``lesion_polygons`` are ``(K, 2)`` float arrays of level-0 (x, y); ``stain``
+    is the slide's stain draw (:meth:`Stain.as_dict`).
     """
 
     path: Path
@@ -42,6 +46,7 @@ class SyntheticSlide:
     lesion_fraction: float
     tissue_fraction: float
     lesion_polygons: list[np.ndarray] = field(default_factory=list)
+    stain: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +89,7 @@ def write_synthetic_slide(
     lesion_fraction: float = 0.0,
     tile_size: int = 256,
     background: str = "white",
+    stain_variation: float = 1.0,
 ) -> SyntheticSlide:
     """Write one synthetic slide (atomically) and return its description.
 
@@ -103,6 +109,11 @@ def write_synthetic_slide(
         TIFF tile side, a power of two in [16, 1024].
     background
         Glass colour: ``"white"``, ``"gray"`` or ``"black"``.
+    stain_variation
+        Spread of the slide's random stain (H&E vectors and amounts, thickness,
+        scanner gains; drawn from ``seed``), relative to the default; 0 gives the
+        reference stain. At 1 the mean tissue colour varies between slides by
+        more than it differs between lesion and normal tissue.
     """
     if width < 1 or height < 1 or mpp <= 0:
         raise ValueError(f"invalid slide size {width}x{height} or mpp {mpp}")
@@ -110,7 +121,8 @@ def write_synthetic_slide(
 
     fraction = float(np.clip(lesion_fraction, 0.0, 1.0))
     layout = SlideLayout.build(width, height, seed, fraction)
-    renderer = TileRenderer(layout, seed, tile_size, background)
+    stain = Stain.draw(seed, stain_variation)
+    renderer = TileRenderer(layout, seed, tile_size, background, stain)
     shapes = pyramid_shapes(width, height)
     path = Path(path)
     with (
@@ -132,7 +144,8 @@ def write_synthetic_slide(
             )
             if level == 0:
                 options.update(
-                    subifds=len(shapes) - 1, description=_description(mpp, seed, fraction)
+                    subifds=len(shapes) - 1,
+                    description=_description(mpp, seed, fraction, stain_variation),
                 )
             else:
                 options.update(subfiletype=1)
@@ -146,11 +159,18 @@ def write_synthetic_slide(
         lesion_fraction=layout.lesion_fraction,
         tissue_fraction=layout.tissue_fraction,
         lesion_polygons=layout.lesion_polygons(),
+        stain=stain.as_dict(),
     )
 
 
 def _is_synthetic(
-    path: Path, width: int, height: int, mpp: float, seed: int, fraction: float
+    path: Path,
+    width: int,
+    height: int,
+    mpp: float,
+    seed: int,
+    fraction: float,
+    stain_variation: float = 1.0,
 ) -> bool:
     """Whether ``path`` is a readable synthetic slide written with these settings."""
     if not path.is_file():
@@ -161,14 +181,17 @@ def _is_synthetic(
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             return page.shape[:2] == (height, width) and page.description == _description(
-                mpp, seed, fraction
+                mpp, seed, fraction, stain_variation
             )
     except Exception:  # unreadable: regenerate it
         return False
 
 
-def _description(mpp: float, seed: int, lesion_fraction: float) -> str:
-    return f"{DESCRIPTION}|mpp={mpp}|seed={seed}|lesion_fraction={lesion_fraction:g}"
+def _description(mpp: float, seed: int, lesion_fraction: float, stain_variation: float) -> str:
+    return (
+        f"{DESCRIPTION}|mpp={mpp}|seed={seed}|lesion_fraction={lesion_fraction:g}"
+        f"|stain_variation={stain_variation:g}"
+    )
 
 
 def _assign_cases(
@@ -202,6 +225,7 @@ def make_cohort_job(
     mpp: float = 0.5,
     slides_per_case: int = 1,
     test_fraction: float = 0.25,
+    stain_variation: float = 1.0,
     overwrite: bool = False,
 ) -> Job[SyntheticCohort]:
     """Generate a labelled cohort; yields ``Progress("synth", i, n)`` per slide.
@@ -210,9 +234,13 @@ def make_cohort_job(
     empty FeatureCollection for negatives) and ``cohort.csv`` with columns
     ``slide_id,label,path,case_id,split`` (paths relative to ``out_dir``).
     Labels and splits are per case (stratified by label); lesion fractions
-    cycle over the positive slides. Slides that already exist are kept
-    (resume) unless ``overwrite``. Everything is determined by ``seed``.
+    cycle over the positive slides; every slide has its own random stain of
+    spread ``stain_variation`` (see :func:`write_synthetic_slide`). Slides that
+    already exist are kept (resume) unless ``overwrite``. Everything is
+    determined by ``seed``.
     """
+    if stain_variation < 0:
+        raise ValueError(f"stain_variation must be >= 0, not {stain_variation}")
     if n_slides < 1 or slides_per_case < 1 or not lesion_fractions:
         raise ValueError(
             "need n_slides >= 1, slides_per_case >= 1 and at least one lesion fraction"
@@ -235,7 +263,7 @@ def make_cohort_job(
             n_positive += 1
         slide_path = root / "slides" / f"{slide_id}.tiff"
         if not overwrite and _is_synthetic(
-            slide_path, width, height, mpp, slide_seeds[i], fraction
+            slide_path, width, height, mpp, slide_seeds[i], fraction, stain_variation
         ):
             layout = SlideLayout.build(width, height, slide_seeds[i], fraction)
             slide = SyntheticSlide(
@@ -247,6 +275,7 @@ def make_cohort_job(
                 layout.lesion_fraction,
                 layout.tissue_fraction,
                 layout.lesion_polygons(),
+                Stain.draw(slide_seeds[i], stain_variation).as_dict(),
             )
         else:
             slide = write_synthetic_slide(
@@ -256,6 +285,7 @@ def make_cohort_job(
                 mpp=mpp,
                 seed=slide_seeds[i],
                 lesion_fraction=fraction,
+                stain_variation=stain_variation,
             )
         geojson = root / "annotations" / f"{slide_id}.geojson"
         write_geojson(geojson, slide.lesion_polygons if label else [])

@@ -7,6 +7,13 @@ inside) from which every pyramid level is rendered tile by tile by a
 parameters come from a hash of (seed, cell index), so they are identical across
 tile borders and independent of the rendering order. Fine levels (downsample
 <= 2) draw every nucleus; coarser levels draw the mean colour of the nuclei.
+
+Lesions differ from normal tissue mostly by texture (larger, pleomorphic,
+irregular, vesicular nuclei with a dark rim and a nucleolus, more crowded and
+less regularly spaced) and only a little by mean colour. Every slide gets its
+own :class:`Stain` (H&E vectors, stain amounts, section thickness, scanner
+gains), drawn from the seed, which shifts its colours by more than the
+lesion/normal difference in mean colour, as between slides of a real cohort.
 """
 
 from __future__ import annotations
@@ -36,19 +43,114 @@ class NucleusKind:
     irregular: float  # amplitude of the boundary wobble
     alpha: tuple[float, float]  # peak opacity range
     color: tuple[float, float, float]
+    jitter: float = 1.0  # displacement range within the grid cell (0: on a lattice)
+    rim: float = 0.0  # vesicular chromatin: centre opacity is (1 - rim) of the rim's
+    nucleolus: float = 0.0  # opacity of a central nucleolus (0: none)
 
     @property
     def coverage(self) -> float:
         """Expected fraction of the area covered, times the mean opacity."""
         area = np.pi * np.mean(self.radius) ** 2 * np.mean(self.aspect)
-        return float((1 - np.exp(-self.p * area / self.cell**2)) * np.mean(self.alpha))
+        profile = 1 - self.rim / 2  # mean of (1 - rim * (1 - q**2)) over the disc
+        return float((1 - np.exp(-self.p * area / self.cell**2)) * np.mean(self.alpha) * profile)
 
 
-NORMAL = NucleusKind(1, 20.0, 0.6, (3.8, 5.5), (0.6, 0.9), 0.05, (0.7, 0.9), (88, 48, 138))
-LESION = NucleusKind(2, 14.0, 0.9, (6.0, 8.5), (0.55, 0.9), 0.12, (0.85, 1.0), (58, 22, 104))
+# normal: small, dark, round, evenly spaced nuclei
+NORMAL = NucleusKind(
+    salt=1,
+    cell=15.0,
+    p=0.7,
+    radius=(3.2, 4.6),
+    aspect=(0.75, 0.95),
+    irregular=0.03,
+    alpha=(0.75, 0.95),
+    color=(88, 48, 138),
+    jitter=0.55,
+)
+# lesion: large, pleomorphic, irregular, vesicular nuclei with a nucleolus; about
+# the same optical coverage as normal tissue, so the mean colour hardly changes
+LESION = NucleusKind(
+    salt=2,
+    cell=20.0,
+    p=0.8,
+    radius=(5.0, 9.5),
+    aspect=(0.45, 0.95),
+    irregular=0.22,
+    alpha=(0.6, 0.85),
+    color=(70, 34, 122),
+    rim=0.45,
+    nucleolus=0.9,
+)
 STROMA = np.array([232.0, 150.0, 192.0], np.float32)
-LESION_STROMA = np.array([205.0, 128.0, 188.0], np.float32)
+LESION_STROMA = np.array([229.0, 147.0, 194.0], np.float32)
 GAP = np.array([246.0, 226.0, 236.0], np.float32)
+
+# Optical-density directions of haematoxylin and eosin (Ruifrok & Johnston 2001).
+_H_REF = np.array([0.650, 0.704, 0.286])
+_E_REF = np.array([0.072, 0.990, 0.105])
+
+
+@dataclass(frozen=True)
+class Stain:
+    """A slide's staining and scanning: how the reference palette looks on it.
+
+    Colours are unmixed (Beer-Lambert, optical density) into haematoxylin, eosin
+    and a residual, then remixed with this slide's stain vectors, stain amounts
+    and section thickness, and multiplied by per-channel scanner gains. The
+    reference stain (all variation 0) leaves colours unchanged.
+    """
+
+    hematoxylin: tuple[float, float, float]  # unit OD vector
+    eosin: tuple[float, float, float]
+    amounts: tuple[float, float]  # haematoxylin, eosin concentration factors
+    thickness: float  # scales all optical densities
+    gain: tuple[float, float, float]  # scanner gain per RGB channel
+
+    @classmethod
+    def draw(cls, seed: int, variation: float = 1.0) -> Stain:
+        """A random stain from ``seed``; ``variation`` scales every spread (0: reference)."""
+        if variation < 0:
+            raise ValueError(f"stain_variation must be >= 0, not {variation}")
+        rng = np.random.default_rng([seed, 5209])
+        z = rng.standard_normal(12) * variation
+
+        def vector(ref, dz):
+            v = np.clip(ref + 0.07 * dz, 0.01, None)
+            return tuple(float(x) for x in v / np.linalg.norm(v))
+
+        return cls(
+            hematoxylin=vector(_H_REF / np.linalg.norm(_H_REF), z[0:3]),
+            eosin=vector(_E_REF / np.linalg.norm(_E_REF), z[3:6]),
+            amounts=(float(np.exp(0.2 * z[6])), float(np.exp(0.2 * z[7]))),
+            thickness=float(np.exp(0.12 * z[8])),
+            gain=tuple(float(np.exp(0.03 * x)) for x in z[9:12]),
+        )
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """Reference colours ``(..., 3)`` in 0-255 as they appear with this stain (float32)."""
+        h_ref, e_ref = _H_REF / np.linalg.norm(_H_REF), _E_REF / np.linalg.norm(_E_REF)
+        residual = np.cross(h_ref, e_ref)
+        residual /= np.linalg.norm(residual)
+        od = -np.log(np.clip(np.asarray(rgb, np.float64), 1.0, 255.0) / 255.0)
+        conc = od @ np.linalg.inv(np.stack([h_ref, e_ref, residual]))
+        basis = np.stack(
+            [
+                np.asarray(self.hematoxylin) * self.amounts[0],
+                np.asarray(self.eosin) * self.amounts[1],
+                residual,
+            ]
+        )
+        out = 255.0 * np.exp(-self.thickness * (conc @ basis)) * np.asarray(self.gain)
+        return np.clip(out, 0, 255).astype(np.float32)
+
+    def as_dict(self) -> dict:
+        return {
+            "hematoxylin": list(self.hematoxylin),
+            "eosin": list(self.eosin),
+            "amounts": list(self.amounts),
+            "thickness": self.thickness,
+            "gain": list(self.gain),
+        }
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -184,7 +286,14 @@ def _bilinear_points(field: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndar
 class TileRenderer:
     """Render ``tile x tile`` RGB tiles of any pyramid level of a layout."""
 
-    def __init__(self, layout: SlideLayout, seed: int, tile: int = 256, background: str = "white"):
+    def __init__(
+        self,
+        layout: SlideLayout,
+        seed: int,
+        tile: int = 256,
+        background: str = "white",
+        stain: Stain | None = None,
+    ):
         if background not in _BACKGROUNDS:
             raise ValueError(
                 f"background must be one of {sorted(_BACKGROUNDS)}, not {background!r}"
@@ -192,6 +301,11 @@ class TileRenderer:
         if tile & (tile - 1) or not 16 <= tile <= _TEX:
             raise ValueError(f"tile size must be a power of two in [16, {_TEX}], not {tile}")
         self.layout, self.seed, self.tile = layout, seed, tile
+        self.stain = stain if stain is not None else Stain.draw(seed, 0.0)
+        self.stroma = self.stain.apply(STROMA)
+        self.lesion_stroma = self.stain.apply(LESION_STROMA)
+        self.gap = self.stain.apply(GAP)
+        self.nucleus_color = {k.salt: self.stain.apply(k.color) for k in (NORMAL, LESION)}
         rng = np.random.default_rng([seed, 104729])
         white = rng.standard_normal((_TEX, _TEX)).astype(np.float32)
         self.fine = ndimage.gaussian_filter(white, 0.7, mode="wrap")
@@ -227,12 +341,12 @@ class TileRenderer:
 
         coarse, fine = self._tex(self.coarse, x0, y0), self._tex(self.fine, x0, y0)
         shade = 1 + 0.05 * coarse + 0.035 * self._tex(self.fiber, x0, y0)
-        stroma = STROMA + (LESION_STROMA - STROMA) * lesion[..., None]
+        stroma = self.stroma + (self.lesion_stroma - self.stroma) * lesion[..., None]
         color = stroma * shade[..., None]
         gap = np.clip((self._tex(self.coarse, x0, y0, _TEX // 2) - 1.5) * 1.5, 0, 0.8) * (
             1 - lesion
         )
-        color += (GAP - color) * gap[..., None]
+        color += (self.gap - color) * gap[..., None]
         chromatin = np.clip(0.85 + 0.15 * fine, 0, 1)
         for kind in (NORMAL, LESION):
             if d <= 2:
@@ -241,7 +355,7 @@ class TileRenderer:
                 region = lesion if kind is LESION else 1 - lesion
                 alpha = kind.coverage * region * (1 + 0.25 * coarse)
             alpha *= chromatin
-            color += (np.asarray(kind.color, np.float32) - color) * alpha[..., None]
+            color += (self.nucleus_color[kind.salt] - color) * alpha[..., None]
         color += 3.0 * fine[..., None]
         bg = self._tex(self.background, x0, y0).astype(np.float32)
         out = bg + (color - bg) * tissue[..., None]
@@ -255,8 +369,10 @@ class TileRenderer:
         ci = np.arange(np.floor((x0 * d - reach) / c), np.floor(((x0 + t) * d + reach) / c) + 1)
         cj = np.arange(np.floor((y0 * d - reach) / c), np.floor(((y0 + t) * d + reach) / c) + 1)
         ii, jj = (a.ravel().astype(np.int64) for a in np.meshgrid(ci, cj))
-        h = _hash_uniform(self.seed, kind.salt, ii, jj, 8)
-        cx, cy = (ii + h[:, 0]) * c, (jj + h[:, 1]) * c
+        h = _hash_uniform(self.seed, kind.salt, ii, jj, 9)
+        lo = 0.5 - kind.jitter / 2
+        cx = (ii + lo + kind.jitter * h[:, 0]) * c
+        cy = (jj + lo + kind.jitter * h[:, 1]) * c
         keep = h[:, 2] < kind.p
         mu, mv = cx / lay.scale - 0.5, cy / lay.scale - 0.5
         in_lesion = _bilinear_points(lay.lesion, mv, mu) > 0
@@ -280,8 +396,16 @@ class TileRenderer:
         q = np.sqrt((along / a) ** 2 + (across / b) ** 2)
         if kind.irregular:
             angle = np.arctan2(across, along)
-            q /= 1 + kind.irregular * np.cos(3 * angle + 6.2832 * h[:, 7, None, None])
-        alpha = (np.clip((1 - q) * b / d + 0.5, 0, 1) * peak).astype(np.float32)
+            wobble = np.cos(3 * angle + 6.2832 * h[:, 7, None, None])
+            wobble += 0.6 * np.cos(2 * angle + 6.2832 * h[:, 8, None, None])
+            q /= 1 + kind.irregular * wobble / 1.6
+        alpha = np.clip((1 - q) * b / d + 0.5, 0, 1) * peak
+        if kind.rim:
+            alpha *= 1 - kind.rim * (1 - np.minimum(q, 1) ** 2)
+        if kind.nucleolus:
+            dot = np.clip((0.22 - q) * b / d + 0.5, 0, 1) * kind.nucleolus
+            alpha = np.maximum(alpha, dot)
+        alpha = alpha.astype(np.float32)
         lx, ly = (px - x0)[:, None, :], (py - y0)[:, :, None]
         valid = (lx >= 0) & (lx < t) & (ly >= 0) & (ly < t) & (alpha > 0)
         flat = np.broadcast_to(ly * t + lx, alpha.shape)
