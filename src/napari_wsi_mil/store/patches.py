@@ -114,7 +114,24 @@ class PatchDataset(Dataset):
         self._slides.clear()
 
 
-class BagBalancedBatchSampler(Sampler[list[int]]):
+class _EpochBatchSampler(Sampler[list[int]]):
+    """A fixed number of batches per epoch, drawn from a generator seeded by
+    ``(seed, epoch)``, so every epoch's draw is reproducible (and resumable)."""
+
+    def __init__(self, batches: int, seed: int):
+        self.batches, self.seed, self.epoch = batches, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+
+class BagBalancedBatchSampler(_EpochBatchSampler):
     """Batches of ``per_class`` items from each bag label, drawn with replacement.
 
     WeakSupCon's sampling: every batch is half negative-bag patches and half
@@ -141,39 +158,28 @@ class BagBalancedBatchSampler(Sampler[list[int]]):
                 f"no patches from bags of label {missing[0]}: bag-balanced "
                 "sampling needs negative and positive bags"
             )
-        self.per_class, self.batches, self.seed, self.epoch = per_class, batches, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches
+        super().__init__(batches, seed)
+        self.per_class = per_class
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = self._rng()
         for _ in range(self.batches):
             batch = [rng.choice(pool, self.per_class, replace=True) for pool in self.pools]
             yield np.concatenate(batch).tolist()
 
 
-class RandomBatchSampler(Sampler[list[int]]):
+class RandomBatchSampler(_EpochBatchSampler):
     """``batches`` batches of ``batch_size`` items drawn uniformly with replacement,
     deterministic from ``seed`` and the epoch (SimCLR, SupCon and CluSiam batches)."""
 
     def __init__(self, n_items: int, batch_size: int, batches: int, seed: int = 0):
         if n_items == 0:
             raise ValueError("no patches to sample from")
-        self.n_items, self.batch_size, self.batches = n_items, batch_size, batches
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches
+        super().__init__(batches, seed)
+        self.n_items, self.batch_size = n_items, batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = self._rng()
         for _ in range(self.batches):
             yield rng.integers(0, self.n_items, self.batch_size).tolist()
 
