@@ -18,15 +18,17 @@ def _float_or_none(value: str | None) -> float | None:
     return result if result is not None and result > 0 else None
 
 
-def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """Composite non-premultiplied RGBA over white (OpenSlide marks empty areas transparent)."""
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3:4]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha.astype(np.float32) / 255.0
-    out = rgb.astype(np.float32) * a + 255.0 * (1.0 - a)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+def rgba_to_rgb(region) -> np.ndarray:
+    """An OpenSlide RGBA PIL image as RGB, composited over white where transparent
+    (OpenSlide marks areas outside the scanned region transparent). The result is a
+    writable array (torch tensors are made from it without another copy)."""
+    from PIL import Image
+
+    if region.getextrema()[3][0] < 255:
+        background = Image.new("RGBA", region.size, (255, 255, 255, 255))
+        background.alpha_composite(region)
+        region = background
+    return np.asarray(region)[..., :3].copy()
 
 
 class OpenSlideBackend(SlideBackend):
@@ -76,7 +78,7 @@ class OpenSlideBackend(SlideBackend):
             raise SlideError(
                 self.path, f"cannot read level {level} at ({x}, {y}) size {width}x{height}: {exc}"
             ) from exc
-        return rgba_to_rgb(np.asarray(region))
+        return rgba_to_rgb(region)
 
     def _reopen(self, failed) -> None:
         with self._lock:

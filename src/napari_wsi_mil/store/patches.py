@@ -101,7 +101,7 @@ class PatchDataset(Dataset):
                 raise
             size = self.grids[s].geometry.patch_size
             return torch.zeros(3, size, size, dtype=torch.uint8), s, p, False
-        return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))), s, p, True
+        return torch.from_numpy(patch).permute(2, 0, 1), s, p, True  # a view; collate copies
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

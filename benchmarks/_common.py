@@ -1,0 +1,202 @@
+"""Shared helpers for the benchmarks: synthetic slide cache, fresh-subprocess runs, output.
+
+Not a benchmark itself. Every benchmark script imports this module (it sits next to
+them, so ``python benchmarks/<name>.py`` finds it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "_data"
+RESULTS = HERE / "results"
+CMU = Path(os.environ.get("WSI_MIL_CMU", "/work/shared/data/slides/CMU-1-Small-Region.svs"))
+
+#: Synthetic slides used by the benchmarks: name -> (side, mpp, seed, lesion_fraction).
+SYNTHETIC = {
+    "synthetic-15k": (15000, 0.25, 0, 0.05),
+    "synthetic-60k": (60000, 0.25, 0, 0.05),
+}
+
+
+def _cached(path: Path, side: int, mpp: float, seed: int, fraction: float) -> bool:
+    """Whether ``path`` is a readable synthetic slide of this size and these settings.
+
+    Only the prefix of the description that the writer has always written is checked
+    (later versions append more settings, e.g. the stain), so a cached slide survives
+    changes to the renderer: the benchmarks need its geometry and JPEG tiling, not its
+    exact pixels.
+    """
+    if not path.is_file():
+        return False
+    import tifffile
+
+    prefix = f"napari-wsi-mil synthetic slide|mpp={mpp}|seed={seed}|lesion_fraction={fraction:g}"
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return page.shape[:2] == (side, side) and (page.description or "").startswith(prefix)
+    except Exception:  # unreadable: regenerate it
+        return False
+
+
+def synthetic_slide(name: str) -> Path:
+    """Path of a cached synthetic slide in ``benchmarks/_data``, generated when missing."""
+    side, mpp, seed, fraction = SYNTHETIC[name]
+    path = DATA / f"{name}.tiff"
+    if _cached(path, side, mpp, seed, fraction):
+        return path
+    from napari_wsi_mil.slide.synthetic import write_synthetic_slide
+
+    minutes = " (this takes several minutes; it is cached for later runs)" if side > 20000 else ""
+    print(f"note: generating {path.name}, {side}x{side} px{minutes} ...", flush=True)
+    t0 = time.perf_counter()
+    DATA.mkdir(parents=True, exist_ok=True)
+    write_synthetic_slide(
+        path, width=side, height=side, mpp=mpp, seed=seed, lesion_fraction=fraction
+    )
+    print(
+        f"note: generated {path.name} in {time.perf_counter() - t0:.0f} s "
+        f"({path.stat().st_size / 2**20:.0f} MiB)",
+        flush=True,
+    )
+    return path
+
+
+def describe_slides(paths: dict[str, Path]) -> dict:
+    """Path, size on disk and (for TIFFs) the description of each slide, for the results."""
+    out = {}
+    for name, path in paths.items():
+        info = {"path": str(path), "bytes": path.stat().st_size}
+        if path.suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                info["description"] = tif.pages[0].description
+        out[name] = info
+    return out
+
+
+def slides(names=("cmu", "synthetic-15k", "synthetic-60k")) -> dict[str, Path]:
+    """The benchmark slides that are available (CMU is skipped when absent)."""
+    out = {}
+    for name in names:
+        if name == "cmu":
+            if CMU.is_file():
+                out[name] = CMU
+            else:
+                print(f"note: {CMU} not found; skipping CMU-1-Small-Region", flush=True)
+        else:
+            out[name] = synthetic_slide(name)
+    return out
+
+
+def run_child(script: str | os.PathLike, *args: str) -> dict:
+    """Run ``python <script> --child <args>`` in a fresh interpreter and parse its result.
+
+    The child prints one JSON object as its last stdout line. A fresh process per
+    measurement makes its peak RSS (``VmHWM``, see :func:`peak_rss_mib`) mean something.
+    """
+    cmd = [sys.executable, str(script), "--child", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: on Linux that survives ``fork``/``exec``,
+    so a child started by ``subprocess`` reports at least its parent's RSS at the
+    fork (the kernel keeps the old address space's high-water mark in
+    ``signal->maxrss``). ``VmHWM`` belongs to the child's own address space. Falls
+    back to ``ru_maxrss`` where ``/proc`` is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_result(payload: dict) -> None:
+    """Print a child's result as the last stdout line."""
+    print(json.dumps(payload), flush=True)
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    import dask
+    import numpy
+
+    return {
+        "nproc": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "ram_gib": mem,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "dask": dask.__version__,
+        "gpu": "none",
+        "git_head": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty_files": len(_git("status", "--porcelain").splitlines()),
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE, check=False)
+    return proc.stdout.strip()
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        if isinstance(v, bool):
+            return "PASS" if v else "FAIL"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {
+        "benchmark": name,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **payload,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nresults written to {path.relative_to(HERE.parent)}")
+    return path
