@@ -548,8 +548,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             cohort=cohort,
             out_dir=args.out,
             name=args.name,
+            geojson_dir=args.geojson,
+            heatmap_tiff_dir=args.heatmap_tiff,
+            mask_threshold=args.mask_threshold,
+            attention_mode=args.attention_scale,
         )
     )
+
     for slide_id, p in report.probabilities.items():
         print(f"{slide_id}: P(positive) = {p:.4f} -> {report.predictions[slide_id]}")
     print(f"predictions {report.name!r} stored in the project; files in {args.out}")
@@ -564,6 +569,31 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort", help="group slides into case bags as in training")
     p.add_argument("--name", help="prediction name in the store (default: run folder name)")
     p.add_argument("--out", required=True, help="prediction folder (slides.csv, tiles/)")
+    p.add_argument(
+        "--geojson",
+        metavar="DIR",
+        help="also write QuPath GeoJSON per slide: <slide_id>.tiles.geojson (tiles "
+        "as detections with attention, attention_rank, probability) and "
+        "<slide_id>.mask.geojson (predicted tumour as annotations)",
+    )
+    p.add_argument(
+        "--heatmap-tiff",
+        metavar="DIR",
+        help="also write <slide_id>.heatmap.ome.tif: pyramidal OME-TIFF, channels "
+        "attention and probability, one pixel per patch, calibrated in um",
+    )
+    p.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=0.5,
+        help="instance probability of a tumour tile in the GeoJSON (0.5)",
+    )
+    p.add_argument(
+        "--attention-scale",
+        choices=("raw", "minmax", "rank"),
+        default="rank",
+        help="normalisation of the heatmap's attention channel (rank)",
+    )
     p.set_defaults(func=_cmd_infer)
 
 

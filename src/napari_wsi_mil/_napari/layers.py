@@ -81,3 +81,225 @@ def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = No
         "metadata": {"slide_path": str(slide.path), "kind": "patch_grid"},
     }
     return grid.grid_raster(values), kwargs, "labels"
+
+
+# -- result layers: every one a patch-grid raster placed by raster_transform ---------
+
+#: Colours of the result Labels layers (RGBA in 0-1). The predicted mask is magenta, apart
+#: from every colour of the attention heatmap's turbo colormap; painted tumour is red.
+MASK_COLOR = (1.0, 0.0, 1.0, 1.0)
+TUMOUR_COLOR = (0.95, 0.1, 0.1, 1.0)
+PAINT_COLORS = {None: "transparent", 0: "transparent", 1: TUMOUR_COLOR, 2: (0.0, 0.8, 0.4, 1.0)}
+
+
+def patch_grid_transform(
+    grid, slide_scale: tuple[float, float], slide_translate: tuple[float, float] = (0.0, 0.0)
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(scale, translate)`` of a patch-grid raster over a slide layer with ``slide_scale``
+    (and ``slide_translate``, 0 for slides opened by the reader)."""
+    step = grid.geometry.stride_level0
+    scale, translate = raster_transform((step, step), slide_scale)
+    return scale, (translate[0] + slide_translate[0], translate[1] + slide_translate[1])
+
+
+def _grid_kwargs(grid, slide_scale, slide_translate, name, kind, **extra) -> dict:
+    scale, translate = patch_grid_transform(grid, slide_scale, slide_translate)
+    metadata = {"kind": kind, **extra.pop("metadata", {})}
+    return {"name": name, "scale": scale, "translate": translate, "metadata": metadata, **extra}
+
+
+def attention_layer_data(
+    grid,
+    attention,
+    slide_scale: tuple[float, float],
+    *,
+    mode: str = "rank",
+    name: str = "attention",
+    colormap: str = "turbo",
+    opacity: float = 0.55,
+    slide_translate: tuple[float, float] = (0.0, 0.0),
+    metadata: dict | None = None,
+) -> tuple:
+    """Attention heatmap Image layer: normalised with ``mode`` (raw, minmax, rank), NaN
+    (transparent) off tissue, explicit contrast limits."""
+    from napari_wsi_mil.review.heatmap import contrast_limits, heatmap_raster, normalise
+
+    shown = normalise(attention, mode)
+    kwargs = _grid_kwargs(
+        grid,
+        slide_scale,
+        slide_translate,
+        name,
+        "attention",
+        colormap=colormap,
+        opacity=opacity,
+        blending="translucent",
+        interpolation2d="nearest",
+        contrast_limits=contrast_limits(shown, mode),
+        metadata={"normalisation": mode, **(metadata or {})},
+    )
+    return heatmap_raster(grid, shown), kwargs, "image"
+
+
+def probability_layer_data(
+    grid,
+    probability,
+    slide_scale: tuple[float, float],
+    *,
+    name: str = "instance probability",
+    colormap: str = "viridis",
+    opacity: float = 0.55,
+    slide_translate: tuple[float, float] = (0.0, 0.0),
+    metadata: dict | None = None,
+) -> tuple:
+    """Instance-probability heatmap Image layer on [0, 1], NaN off tissue."""
+    from napari_wsi_mil.review.heatmap import heatmap_raster
+
+    kwargs = _grid_kwargs(
+        grid,
+        slide_scale,
+        slide_translate,
+        name,
+        "instance_probability",
+        colormap=colormap,
+        opacity=opacity,
+        blending="translucent",
+        interpolation2d="nearest",
+        contrast_limits=(0.0, 1.0),
+        metadata=metadata or {},
+    )
+    return heatmap_raster(grid, probability), kwargs, "image"
+
+
+def tumour_mask_raster(grid, probability, threshold: float):
+    """uint8 patch-grid raster: 1 where a patch's probability reaches ``threshold``."""
+    import numpy as np
+
+    from napari_wsi_mil.review.heatmap import tumour_mask
+
+    return grid.grid_raster(tumour_mask(probability, threshold), fill=np.uint8(0))
+
+
+def tumour_mask_layer_data(
+    grid,
+    probability,
+    threshold: float,
+    slide_scale: tuple[float, float],
+    *,
+    name: str = "predicted tumour",
+    opacity: float = 0.7,
+    slide_translate: tuple[float, float] = (0.0, 0.0),
+    metadata: dict | None = None,
+) -> tuple:
+    """Predicted tumour mask Labels layer (label 1 = tumour, magenta) at ``threshold``."""
+    kwargs = _grid_kwargs(
+        grid,
+        slide_scale,
+        slide_translate,
+        name,
+        "tumour_mask",
+        opacity=opacity,
+        colormap={None: "transparent", 0: "transparent", 1: MASK_COLOR},
+        metadata={"threshold": float(threshold), **(metadata or {})},
+    )
+    return tumour_mask_raster(grid, probability, threshold), kwargs, "labels"
+
+
+def clusters_layer_data(
+    grid,
+    clusters,
+    slide_scale: tuple[float, float],
+    *,
+    name: str = "clusters",
+    opacity: float = 0.5,
+    slide_translate: tuple[float, float] = (0.0, 0.0),
+    metadata: dict | None = None,
+) -> tuple:
+    """CluSiam clusters Labels layer: label ``k + 1`` for cluster ``k``, 0 off tissue."""
+    import numpy as np
+
+    values = np.asarray(clusters).astype(np.int32) + 1
+    kwargs = _grid_kwargs(
+        grid,
+        slide_scale,
+        slide_translate,
+        name,
+        "clusters",
+        opacity=opacity,
+        metadata=metadata or {},
+    )
+    return grid.grid_raster(values, fill=np.int32(0)), kwargs, "labels"
+
+
+def annotation_layer_data(
+    slide_size: tuple[int, int],
+    level0_per_pixel: int,
+    slide_scale: tuple[float, float],
+    *,
+    name: str = "annotations",
+    slide_translate: tuple[float, float] = (0.0, 0.0),
+    metadata: dict | None = None,
+) -> tuple:
+    """An empty paint Labels layer covering the slide (1 tumour, 2 normal), with square
+    pixels of ``level0_per_pixel`` level-0 pixels (a fraction of a patch)."""
+    import numpy as np
+
+    from napari_wsi_mil.review.annotations import annotation_raster_shape
+
+    f = int(level0_per_pixel)
+    scale, translate = raster_transform((f, f), slide_scale)
+    kwargs = {
+        "name": name,
+        "scale": scale,
+        "translate": (translate[0] + slide_translate[0], translate[1] + slide_translate[1]),
+        "opacity": 0.5,
+        "colormap": dict(PAINT_COLORS),
+        "metadata": {"kind": "annotations", "level0_per_pixel": f, **(metadata or {})},
+    }
+    return np.zeros(annotation_raster_shape(slide_size, f), np.uint8), kwargs, "labels"
+
+
+def analysis_layer_data(
+    analysis, slide_scale: tuple[float, float], *, mode: str = "rank", threshold=None
+) -> list[tuple]:
+    """Every result layer of a :class:`~napari_wsi_mil.review.analyse.SlideAnalysis`:
+    attention, instance probability, predicted tumour mask (at ``threshold``, default
+    :data:`~napari_wsi_mil.review.heatmap.DEFAULT_MASK_THRESHOLD`) and (when present)
+    clusters, named ``"<slide_id> <what>"``."""
+    from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
+
+    grid, sid = analysis.grid, analysis.slide_id
+    meta = {"slide_id": sid, "prediction": analysis.prediction_name}
+    threshold = DEFAULT_MASK_THRESHOLD if threshold is None else threshold
+    layers = [
+        attention_layer_data(
+            grid,
+            analysis.attention,
+            slide_scale,
+            mode=mode,
+            name=f"{sid} attention",
+            metadata=meta,
+        ),
+        probability_layer_data(
+            grid,
+            analysis.instance_probability,
+            slide_scale,
+            name=f"{sid} probability",
+            metadata=meta,
+        ),
+        tumour_mask_layer_data(
+            grid,
+            analysis.instance_probability,
+            threshold,
+            slide_scale,
+            name=f"{sid} predicted tumour",
+            metadata=meta,
+        ),
+    ]
+    if analysis.clusters is not None:
+        layers.append(
+            clusters_layer_data(
+                grid, analysis.clusters, slide_scale, name=f"{sid} clusters", metadata=meta
+            )
+        )
+    return layers

@@ -8,6 +8,12 @@ viewer) and, with ``out_dir``, as files::
                                       n_patches, patch_size_level0
     PRED_DIR/tiles/<slide_id>.csv     index, x, y, attention, instance_probability
 
+With ``geojson_dir`` and ``heatmap_tiff_dir`` it also writes, per slide, QuPath GeoJSON
+(``<slide_id>.tiles.geojson``: every tile a detection with measurements attention,
+attention_rank and probability; ``<slide_id>.mask.geojson``: the predicted tumour mask
+as annotations) and the heatmap as a pyramidal OME-TIFF (``<slide_id>.heatmap.ome.tif``,
+channels attention and probability); see :mod:`napari_wsi_mil.review.export`.
+
 With a cohort, the slides of one case form one bag (as in training); the case's
 probability is every slide's probability and its attention maps back to each slide.
 """
@@ -55,8 +61,17 @@ def infer_job(
     cohort=None,
     out_dir: str | os.PathLike | None = None,
     name: str | None = None,
+    geojson_dir: str | os.PathLike | None = None,
+    heatmap_tiff_dir: str | os.PathLike | None = None,
+    mask_threshold: float | None = None,
+    attention_mode: str = "rank",
 ) -> Job[InferenceReport]:
-    """Predict every slide (or case) with the model in ``model_path`` (see module doc)."""
+    """Predict every slide (or case) with the model in ``model_path`` (see module doc).
+
+    ``mask_threshold`` (default 0.5) is the instance probability of a tumour tile in the
+    GeoJSON exports; ``attention_mode`` the normalisation of the heatmap's attention
+    channel (raw, minmax, rank).
+    """
     from napari_wsi_mil.features.extract import FEATURES, read_features
     from napari_wsi_mil.mil.predict import load_model, predict_bag
 
@@ -111,10 +126,40 @@ def infer_job(
             report.probabilities[slide_id] = pred.probability
             report.predictions[slide_id] = prediction
             rows.append((slide_id, case_id, pred, sl))
+            if geojson_dir is not None or heatmap_tiff_dir is not None:
+                _export_slide(
+                    project,
+                    slide_id,
+                    pred,
+                    sl,
+                    geojson_dir,
+                    heatmap_tiff_dir,
+                    mask_threshold,
+                    attention_mode,
+                )
     yield Progress("infer", len(groups), len(groups))
     if out_dir is not None:
         _write_prediction_files(project, Path(out_dir), rows, threshold)
     return report
+
+
+def _export_slide(
+    project, slide_id, pred, sl, geojson_dir, heatmap_dir, mask_threshold, attention_mode
+) -> None:
+    from napari_wsi_mil.review.export import export_slide_predictions
+    from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
+
+    grid, _ = project.read_tiles(slide_id)
+    export_slide_predictions(
+        grid,
+        pred.attention[sl],
+        pred.instance_probability[sl],
+        DEFAULT_MASK_THRESHOLD if mask_threshold is None else mask_threshold,
+        slide_id,
+        geojson_dir=geojson_dir,
+        heatmap_dir=heatmap_dir,
+        attention_mode=attention_mode,
+    )
 
 
 def _write_prediction_files(project: ProjectStore, out_dir: Path, rows, threshold) -> None:

@@ -1,0 +1,176 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_wsi_mil._napari.widgets.analyse_widget import AnalyseWidget
+from napari_wsi_mil.jobs import run_job
+from napari_wsi_mil.store.project import ProjectStore
+from pretrain_fixtures import tiny_cohort
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny ABMIL model on random-encoder features of 32-px patches at 1 um/px."""
+    from napari_wsi_mil.features.extract import extract_features_job
+    from napari_wsi_mil.mil.train import MilConfig, train_mil_job
+
+    root = tmp_path_factory.mktemp("analyse-widget")
+    store, cohort = tiny_cohort(root, n_slides=4)
+    run_job(extract_features_job(store, store.slide_ids(), "random", "rand", num_workers=0))
+    result = run_job(
+        train_mil_job(store, cohort, "rand", root / "run", MilConfig(epochs=5, threads=1))
+    )
+    return result.model_path
+
+
+@pytest.fixture(scope="module")
+def lesion(tmp_path_factory):
+    from napari_wsi_mil.slide.synthetic import write_synthetic_slide
+
+    path = tmp_path_factory.mktemp("analyse-slide") / "lesion.tiff"
+    return write_synthetic_slide(path, width=1024, height=768, seed=11, lesion_fraction=0.15)
+
+
+def _analysed(viewer, qtbot, project, model, lesion):
+    (slide_layer,) = viewer.open(lesion.path, plugin="napari-wsi-mil")
+    widget = AnalyseWidget(viewer)
+    assert widget.slide.value is slide_layer
+    widget.project.value = project
+    widget.model.value = model
+    widget.device.value = "cpu"
+    widget.k.value = 4
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert "patches analysed" in widget.status.value, widget.status.value
+    return widget, slide_layer
+
+
+def test_analyse_shows_result_layers_and_gallery(
+    make_napari_viewer_proxy, qtbot, tmp_path, model, lesion
+):
+    viewer = make_napari_viewer_proxy()
+    widget, slide_layer = _analysed(viewer, qtbot, tmp_path / "proj", model, lesion)
+    a = widget.analysis
+    assert "P(tumour) = " in widget.result.value
+    att = viewer.layers["lesion attention"]
+    prob = viewer.layers["lesion probability"]
+    mask = viewer.layers["lesion predicted tumour"]
+    assert att.data.shape == prob.data.shape == mask.data.shape == a.grid.grid_shape
+    assert tuple(att.contrast_limits) == (0.0, 1.0) and att.metadata["normalisation"] == "rank"
+    assert viewer.layers.selection.active.name == slide_layer.name
+    # normalisation and threshold are live
+    widget.normalisation.value = "raw"
+    assert att.contrast_limits[1] == pytest.approx(float(a.attention.max()))
+    assert np.nanmax(att.data) == pytest.approx(float(a.attention.max()))
+    widget.threshold.value = 0.0
+    assert mask.data.sum() == len(a.grid)
+    widget.threshold.value = 1.0
+    assert mask.data.sum() == (a.instance_probability >= 1.0).sum()
+    # alignment: a patch's box on the slide is its pixel's box in every result layer
+    size0 = a.grid.geometry.patch_size_level0
+    for (x, y), (r, c) in zip(a.grid.coords[:3], a.grid.grid_index[:3], strict=True):
+        for layer in (att, prob, mask):
+            np.testing.assert_allclose(
+                layer.data_to_world((r - 0.5, c - 0.5)),
+                slide_layer.data_to_world((y - 0.5, x - 0.5)),
+            )
+            np.testing.assert_allclose(
+                layer.data_to_world((r + 0.5, c + 0.5)),
+                slide_layer.data_to_world((y + size0 - 0.5, x + size0 - 0.5)),
+            )
+    # gallery: k most and least attended; a click centres the view on the patch
+    top = widget.gallery.indices["top"]
+    assert len(top) == 4 and len(widget.gallery.indices["bottom"]) == 4
+    assert a.attention[top[0]] == a.attention.max()
+    widget.gallery.buttons["top"][1].click()
+    x, y = a.grid.coords[top[1]]
+    centre = slide_layer.data_to_world((y + size0 / 2 - 0.5, x + size0 / 2 - 0.5))
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], centre)
+    widget.k.value = 2
+    assert len(widget.gallery.buttons["top"]) == 2
+    # analysing again updates the layers in place
+    n_layers = len(viewer.layers)
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert len(viewer.layers) == n_layers and "patches analysed" in widget.status.value
+
+
+def test_painted_and_drawn_annotations_become_tile_labels(
+    make_napari_viewer_proxy, qtbot, tmp_path, model, lesion
+):
+    from napari_wsi_mil.mil.bags import slide_tile_labels
+
+    viewer = make_napari_viewer_proxy()
+    widget, slide_layer = _analysed(viewer, qtbot, tmp_path / "proj", model, lesion)
+    grid = widget.analysis.grid
+    widget.paint_button.clicked.emit()
+    paint = viewer.layers["lesion annotations"]
+    assert paint.mode == "paint" and paint.selected_label == 1
+    f = paint.metadata["level0_per_pixel"]  # 16 level-0 px: a quarter of a 64-px patch
+    assert f == grid.geometry.stride_level0 // 4
+    (x0, y0), (x1, y1) = grid.coords[0], grid.coords[1]
+    data = paint.data.copy()
+    data[y0 // f : (y0 + 64) // f, x0 // f : (x0 + 64) // f] = 1  # patch 0: tumour
+    data[y1 // f : (y1 + 64) // f, x1 // f : (x1 + 64) // f] = 2  # patch 1: normal
+    paint.data = data
+    # a normal rectangle drawn in world coordinates over patch 2
+    widget.shapes_button.clicked.emit()
+    widget.shape_class.value = "normal"
+    shapes = viewer.layers["lesion annotation shapes"]
+    x2, y2 = grid.coords[2]
+    corners = [(y2, x2), (y2 + 64, x2 + 64)]  # level-0 continuous (y, x)
+    world = [np.asarray(slide_layer.data_to_world((y - 0.5, x - 0.5))) for y, x in corners]
+    shapes.add_rectangles(np.array([shapes.world_to_data(w) for w in world]))
+    assert shapes.features["label"].tolist() == ["normal"]
+    widget.labels_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "tile labels stored: 1 tumour, 2 normal" in widget.status.value, widget.status.value
+    stored = slide_tile_labels(ProjectStore(tmp_path / "proj"), "lesion", 1, None)
+    assert stored[:3].tolist() == [1, 0, 0] and (stored[3:] == -1).all()
+
+
+def test_export_writes_qupath_geojson_tiff_and_png(
+    make_napari_viewer_proxy, qtbot, tmp_path, model, lesion
+):
+    import tifffile
+    from matplotlib.image import imread
+
+    from test_review_core import check_qupath_geojson
+
+    viewer = make_napari_viewer_proxy()
+    widget, _ = _analysed(viewer, qtbot, tmp_path / "proj", model, lesion)
+    widget.threshold.value = 0.6
+    widget.export_dir.value = tmp_path / "out"
+    widget.export_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "exported 4 files" in widget.status.value, widget.status.value
+    out = tmp_path / "out"
+    tiles = json.loads((out / "lesion.tiles.geojson").read_text())
+    check_qupath_geojson(tiles, "detection", 1024, 768)
+    mask = json.loads((out / "lesion.mask.geojson").read_text())
+    check_qupath_geojson(mask, "annotation", 1024, 768)
+    n_positive = int((widget.analysis.instance_probability >= 0.6).sum())
+    assert sum(f["properties"]["measurements"]["tiles"] for f in mask["features"]) == n_positive
+    with tifffile.TiffFile(out / "lesion.heatmap.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].shape == (2, *widget.analysis.grid.grid_shape)
+    assert imread(out / "lesion.snapshot.png").shape[1] == 1400
+
+
+def test_cancel_and_missing_inputs(make_napari_viewer_proxy, qtbot, tmp_path, model, lesion):
+    viewer = make_napari_viewer_proxy()
+    widget = AnalyseWidget(viewer)
+    widget.run_button.clicked.emit()
+    assert "open a slide" in widget.status.value
+    viewer.open(lesion.path, plugin="napari-wsi-mil")
+    widget.run_button.clicked.emit()
+    assert "choose a trained model" in widget.status.value
+    widget.paint_button.clicked.emit()
+    assert "analyse the slide first" in widget.status.value
+    widget.project.value = tmp_path / "proj"
+    widget.model.value = model
+    widget.run_button.clicked.emit()
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "cancel" in widget.status.value and widget.analysis is None
+    assert not (tmp_path / "proj" / "predictions").exists()
