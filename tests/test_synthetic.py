@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from skimage import measure
 from skimage.draw import polygon2mask
 
 from napari_wsi_mil.errors import WsiMilError
@@ -21,7 +22,7 @@ from napari_wsi_mil.slide.synthetic import (
     sample_slide_path,
     write_synthetic_slide,
 )
-from napari_wsi_mil.slide.synthetic_render import SlideLayout, TileRenderer
+from napari_wsi_mil.slide.synthetic_render import SlideLayout, Stain, TileRenderer
 from napari_wsi_mil.store.geojson import read_geojson_polygons, write_geojson
 
 
@@ -57,7 +58,9 @@ def test_pyramid_levels_tags_and_description(tmp_path):
         assert 1e4 / (num / den) == pytest.approx(0.25, rel=1e-4)
         num, den = page.tags["YResolution"].value
         assert 1e4 / (num / den) == pytest.approx(0.25, rel=1e-4)
-        assert page.description == f"{DESCRIPTION}|mpp=0.25|seed=3|lesion_fraction=0"
+        assert page.description == (
+            f"{DESCRIPTION}|mpp=0.25|seed=3|lesion_fraction=0|stain_variation=1"
+        )
         # nearly white glass outside tissue, pink tissue in the middle
         thumb = levels[2].asarray()
     assert np.all(np.abs(thumb[:5, :5].astype(int) - 241) < 12)
@@ -105,21 +108,130 @@ def test_lesion_fraction_close_to_request(fraction):
     assert all(np.array_equal(p[0], p[-1]) for p in polygons)
 
 
-def test_lesion_pixels_are_darker_with_more_nuclei(tmp_path):
+def _nuclei(mask, nuclear):
+    """Area, area coefficient of variation and solidity of the nuclei centred in ``mask``."""
+    props = [
+        r
+        for r in measure.regionprops(measure.label(nuclear))
+        if r.area >= 4 and mask[int(r.centroid[0]), int(r.centroid[1])]
+    ]
+    areas = np.array([r.area for r in props], float)
+    return areas.mean(), areas.std() / areas.mean(), np.mean([r.solidity for r in props])
+
+
+def test_lesions_differ_by_texture_more_than_by_colour(tmp_path):
+    """Lesion nuclei are larger, pleomorphic and irregular; the mean colour hardly moves."""
     slide = write_synthetic_slide(
-        tmp_path / "pos.tiff", width=1024, height=768, seed=1, lesion_fraction=0.15
+        tmp_path / "pos.tiff",
+        width=1024,
+        height=768,
+        seed=1,
+        lesion_fraction=0.15,
+        stain_variation=0,
     )
     rgb = _level(slide.path).astype(float)
     lesion = _polygon_mask(slide.lesion_polygons, rgb.shape[:2])
-    tissue = rgb.mean(axis=2) < 225
+    gray = rgb.mean(axis=2)
+    tissue = gray < 225
     normal = tissue & ~lesion
     assert lesion.sum() > 1000 and normal.sum() > 10000
-    gray = rgb.mean(axis=2)
-    assert gray[lesion].mean() < gray[normal].mean() - 30
-    # nuclear (dark purple) pixel density
-    nuclear = rgb[..., 0] < 140
-    assert nuclear[lesion].mean() > 3 * nuclear[normal].mean()
     assert (lesion & tissue).sum() / lesion.sum() > 0.95  # lesions lie inside tissue
+    # only a little darker (the stain varies more between slides, see below)
+    assert 0 < gray[normal].mean() - gray[lesion].mean() < 12
+    nuclear = rgb[..., 0] < 165  # dark purple
+    assert nuclear[lesion].mean() > nuclear[normal].mean()
+    lesion_area, lesion_cv, lesion_solidity = _nuclei(lesion, nuclear)
+    normal_area, normal_cv, normal_solidity = _nuclei(normal, nuclear)
+    assert lesion_area > 1.5 * normal_area  # larger
+    assert lesion_cv > 2 * normal_cv  # pleomorphic
+    assert lesion_solidity < normal_solidity - 0.1  # irregular outlines, vesicular
+
+
+def test_stain_draw_and_reference():
+    white = np.array([[255.0, 255.0, 255.0], [232.0, 150.0, 192.0], [88.0, 48.0, 138.0]])
+    # the reference stain leaves the palette unchanged
+    assert np.allclose(Stain.draw(3, 0.0).apply(white), white, atol=1e-3)
+    a, b = Stain.draw(3, 1.0), Stain.draw(3, 1.0)
+    assert a == b and a != Stain.draw(4, 1.0)
+    assert a.as_dict() == b.as_dict() and set(a.as_dict()) == {
+        "hematoxylin",
+        "eosin",
+        "amounts",
+        "thickness",
+        "gain",
+    }
+    stained = a.apply(white)
+    assert stained.dtype == np.float32 and stained.shape == white.shape
+    assert np.all((stained >= 0) & (stained <= 255)) and not np.allclose(stained, white)
+    # more variation, further from the reference
+    shift = [np.abs(Stain.draw(3, v).apply(white) - white).mean() for v in (0.5, 1.0, 2.0)]
+    assert shift[0] < shift[1] < shift[2]
+    with pytest.raises(ValueError, match="stain_variation"):
+        Stain.draw(3, -1.0)
+
+
+def test_stain_varies_between_slides_more_than_lesion_colour(tmp_path):
+    """Per-slide stains move the mean tissue colour more than lesions do."""
+    means, lesion_shifts = {0.0: [], 1.0: []}, []
+    for seed in range(6):
+        for variation in (0.0, 1.0):
+            slide = write_synthetic_slide(
+                tmp_path / f"s{seed}_{variation}.tiff",
+                width=1024,
+                height=768,
+                seed=seed,
+                lesion_fraction=0.15,
+                stain_variation=variation,
+            )
+            assert slide.stain == Stain.draw(seed, variation).as_dict()
+            rgb = _level(slide.path).astype(float)
+            tissue = rgb.mean(axis=2) < 225
+            means[variation].append(rgb[tissue].mean(axis=0))
+            if variation:
+                lesion = _polygon_mask(slide.lesion_polygons, rgb.shape[:2]) & tissue
+                diff = rgb[lesion].mean(axis=0) - rgb[tissue & ~lesion].mean(axis=0)
+                lesion_shifts.append(np.linalg.norm(diff))
+
+    def spread(colours):
+        colours = np.array(colours)
+        return np.median(
+            [np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1 :]]
+        )
+
+    assert spread(means[1.0]) > 1.5 * np.median(lesion_shifts)
+    assert spread(means[1.0]) > 3 * spread(means[0.0])
+
+
+def test_stain_is_the_same_at_every_level():
+    """Coarse levels (mean nucleus colour) and fine levels (every nucleus) match in colour."""
+    layout = SlideLayout.build(2048, 2048, 5, 0.2)
+    reference = TileRenderer(layout, 5, 256, stain=Stain.draw(5, 0.0))
+    stained = TileRenderer(layout, 5, 256, stain=Stain.draw(5, 1.5))
+
+    def region(renderer, level):  # level-0 region (512, 512)-(1536, 1536) at ``level``
+        side, step = 1024 >> level, 256
+        x0 = 512 >> level
+        return np.concatenate(
+            [
+                np.concatenate(
+                    [renderer.render(level, x0 + dx, x0 + dy) for dx in range(0, side, step)], 1
+                )
+                for dy in range(0, side, step)
+            ]
+        ).astype(float)
+
+    fine = {
+        r: region(r, 0).reshape(256, 4, 256, 4, 3).mean(axis=(1, 3)) for r in (reference, stained)
+    }
+    coarse = {r: region(r, 2) for r in (reference, stained)}
+    tissue = (fine[reference].mean(axis=2) < 215) & (coarse[reference].mean(axis=2) < 215)
+    assert tissue.mean() > 0.3
+    for r in (reference, stained):
+        assert np.abs(fine[r][tissue].mean(axis=0) - coarse[r][tissue].mean(axis=0)).max() < 6
+    shift_fine = fine[stained][tissue].mean(axis=0) - fine[reference][tissue].mean(axis=0)
+    shift_coarse = coarse[stained][tissue].mean(axis=0) - coarse[reference][tissue].mean(axis=0)
+    assert np.abs(shift_fine).max() > 10  # the stain changes the colour...
+    assert np.abs(shift_fine - shift_coarse).max() < 5  # ...in the same way at both levels
 
 
 def test_cohort_table(tmp_path):
@@ -186,6 +298,14 @@ def test_cohort_resumes_without_rewriting(tmp_path):
     assert [s.path.stat().st_mtime_ns for s in second.slides] == stamps
     assert second.labels == first.labels
     assert [s.lesion_fraction for s in second.slides] == [s.lesion_fraction for s in first.slides]
+    assert [s.stain for s in second.slides] == [s.stain for s in first.slides]
+    assert first.slides[0].stain != first.slides[1].stain  # every slide has its own stain
+    # another stain spread is another appearance: those slides are rewritten
+    third = make_cohort(tmp_path, n_slides=2, seed=1, width=512, height=512, stain_variation=0.5)
+    assert all(s.path.stat().st_mtime_ns != t for s, t in zip(third.slides, stamps, strict=True))
+    assert third.slides[0].stain == Stain.draw(third.slides[0].seed, 0.5).as_dict()
+    with pytest.raises(ValueError, match="stain_variation"):
+        make_cohort(tmp_path, n_slides=2, seed=1, stain_variation=-0.1)
 
 
 def test_geojson_round_trip(tmp_path):

@@ -9,8 +9,9 @@ tile borders and independent of the rendering order. Fine levels (downsample
 <= 2) draw every nucleus; coarser levels draw the mean colour of the nuclei.
 
 Lesions differ from normal tissue mostly by texture (larger, pleomorphic,
-irregular, vesicular nuclei with a dark rim and a nucleolus, more crowded and
-less regularly spaced) and only a little by mean colour. Every slide gets its
+irregular, paler vesicular nuclei with a dark rim and a nucleolus, covering
+more of the area and less regularly spaced than the small, dark, round nuclei
+of normal tissue) and only a little by mean colour. Every slide gets its
 own :class:`Stain` (H&E vectors, stain amounts, section thickness, scanner
 gains), drawn from the seed, which shifts its colours by more than the
 lesion/normal difference in mean colour, as between slides of a real cohort.
@@ -62,7 +63,7 @@ NORMAL = NucleusKind(
     p=0.7,
     radius=(3.2, 4.6),
     aspect=(0.75, 0.95),
-    irregular=0.03,
+    irregular=0.0,
     alpha=(0.75, 0.95),
     color=(88, 48, 138),
     jitter=0.55,
@@ -75,7 +76,7 @@ LESION = NucleusKind(
     p=0.8,
     radius=(5.0, 9.5),
     aspect=(0.45, 0.95),
-    irregular=0.22,
+    irregular=0.3,
     alpha=(0.6, 0.85),
     color=(70, 34, 122),
     rim=0.45,
@@ -144,6 +145,7 @@ class Stain:
         return np.clip(out, 0, 255).astype(np.float32)
 
     def as_dict(self) -> dict:
+        """The draw as plain floats (JSON-friendly), as recorded in :class:`SyntheticSlide`."""
         return {
             "hematoxylin": list(self.hematoxylin),
             "eosin": list(self.eosin),
@@ -369,7 +371,7 @@ class TileRenderer:
         ci = np.arange(np.floor((x0 * d - reach) / c), np.floor(((x0 + t) * d + reach) / c) + 1)
         cj = np.arange(np.floor((y0 * d - reach) / c), np.floor(((y0 + t) * d + reach) / c) + 1)
         ii, jj = (a.ravel().astype(np.int64) for a in np.meshgrid(ci, cj))
-        h = _hash_uniform(self.seed, kind.salt, ii, jj, 9)
+        h = _hash_uniform(self.seed, kind.salt, ii, jj, 10)
         lo = 0.5 - kind.jitter / 2
         cx = (ii + lo + kind.jitter * h[:, 0]) * c
         cy = (jj + lo + kind.jitter * h[:, 1]) * c
@@ -397,8 +399,9 @@ class TileRenderer:
         if kind.irregular:
             angle = np.arctan2(across, along)
             wobble = np.cos(3 * angle + 6.2832 * h[:, 7, None, None])
-            wobble += 0.6 * np.cos(2 * angle + 6.2832 * h[:, 8, None, None])
-            q /= 1 + kind.irregular * wobble / 1.6
+            wobble += 0.7 * np.cos(2 * angle + 6.2832 * h[:, 8, None, None])
+            wobble += 0.5 * np.cos(5 * angle + 6.2832 * h[:, 9, None, None])
+            q /= 1 + kind.irregular * wobble / 2.2
         alpha = np.clip((1 - q) * b / d + 0.5, 0, 1) * peak
         if kind.rim:
             alpha *= 1 - kind.rim * (1 - np.minimum(q, 1) ** 2)
