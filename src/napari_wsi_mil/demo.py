@@ -27,12 +27,12 @@ class DemoSettings:
     lesion_fractions: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3)
     test_fraction: float = 0.25
     target_mpp: float = 1.0
-    patch_size: int = 48
-    pretrain_steps: int = 80
+    patch_size: int = 32
+    pretrain_steps: int = 60
     pretrain_batch: int = 32
     models: tuple[str, ...] = ("abmil", "weno", "msclam")
     mil_epochs: dict[str, int] = field(
-        default_factory=lambda: {"abmil": 40, "weno": 20, "msclam": 40}
+        default_factory=lambda: {"abmil": 30, "weno": 15, "msclam": 30}
     )
     mil_lr: float = 5e-4
     tile_label_fraction: float = 0.3  # MS-CLAM sees the annotations of ~30% tumour cases
@@ -153,6 +153,7 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
                 lr=s.mil_lr,
                 seed=s.seed,
                 tile_label_fraction=s.tile_label_fraction,
+                threads=1,  # small models: one thread is fastest
             )
             result = yield from _stage(
                 f"6/7 {model} on {name} features",
@@ -211,7 +212,8 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
 
 
 def _slide_figure(store, synthetic, test_cohort, path: Path) -> Path:
-    """The positive test slide with the largest lesion, scored by WeakSupCon + AB-MIL."""
+    """The positive test slide with the largest lesion, scored by WeakSupCon + AB-MIL
+    (the demo always trains that pair)."""
     from napari_wsi_mil.report import slide_figure
     from napari_wsi_mil.slide import open_slide
     from napari_wsi_mil.store.geojson import read_geojson_polygons

@@ -228,6 +228,8 @@ def pretrain_job(
     out = Path(out)
     checkpoint_path = Path(checkpoint_dir or out.parent / f"{out.stem}-checkpoints") / "last.pt"
     device = pick_device(config.device)
+    if device.type == "cpu":  # weights decaying towards 0 otherwise slow CPU steps several-fold
+        torch.set_flush_denormal(True)
     info = ddp.init_from_env(device)
     if config.batch_size % info.world_size:
         raise WsiMilError(
