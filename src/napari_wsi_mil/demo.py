@@ -221,9 +221,7 @@ def _slide_figure(store, synthetic, test_cohort, path: Path) -> Path:
     by_id = {s.path.stem: s for s in synthetic.slides}
     positives = [e for e in test_cohort if e.label == 1] or list(test_cohort)
     entry = max(positives, key=lambda e: by_id[e.slide_id].lesion_fraction)
-    run = next(
-        r for r in store.root.parent.joinpath("runs").iterdir() if r.name.startswith("weaksupcon-")
-    )
+    run = store.root.parent / "runs" / "weaksupcon-abmil"  # the demo always trains it
     arrays, attrs = store.read_result("predictions", run.name, entry.slide_id)
     grid, _ = store.read_tiles(entry.slide_id)
     geojson = synthetic.root / "annotations" / f"{entry.slide_id}.geojson"
