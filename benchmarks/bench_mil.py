@@ -334,6 +334,29 @@ def checks(runs) -> dict:
 
 
 # -- control: features-only cohorts with a known instance signal --------------------
+
+
+def control_bags(root: Path, dim: int):
+    """The features-only control cohort (20% of instances shifted), split into bags."""
+    sys.path.insert(0, str(_common.HERE.parent / "tests"))
+    from mil_fixtures import feature_cohort
+    from napari_wsi_mil.mil.bags import load_bags
+
+    store, cohort, _ = feature_cohort(
+        root,
+        n_cases=40,
+        n_patches=400,
+        dim=dim,
+        tumour_fraction=0.2,
+        shift=3.0,
+        seed=0,
+        two_slide_cases=0,
+        test_fraction=0.3,
+    )
+    bags = load_bags(store, cohort, "f")
+    return [b for b in bags if b.split == "train"], [b for b in bags if b.split == "test"]
+
+
 def part_control(args, out: dict) -> None:
     """The same models on ``tests/mil_fixtures.py::feature_cohort`` bags (negative
     instances N(0, I); in positive bags a fraction of instances shifted by 3 along the
@@ -343,29 +366,12 @@ def part_control(args, out: dict) -> None:
 
     import torch
 
-    sys.path.insert(0, str(_common.HERE.parent / "tests"))
-    from mil_fixtures import feature_cohort
-    from napari_wsi_mil.mil.bags import load_bags
-
     torch.set_num_threads(args.threads)
     scale_schedules(args.epochs)
     rows, runs = [], []
     with tempfile.TemporaryDirectory(dir=_common.DATA, prefix="mil-control-") as tmp:
         for dim in (16, 512):
-            store, cohort, _ = feature_cohort(
-                Path(tmp) / f"d{dim}",
-                n_cases=40,
-                n_patches=400,
-                dim=dim,
-                tumour_fraction=0.2,
-                shift=3.0,
-                seed=0,
-                two_slide_cases=0,
-                test_fraction=0.3,
-            )
-            bags = load_bags(store, cohort, "f")
-            train = [b for b in bags if b.split == "train"]
-            test = [b for b in bags if b.split == "test"]
+            train, test = control_bags(Path(tmp) / f"d{dim}", dim)
             probes = feature_probes(train, test)
             for name in MODELS:
                 these = [train_eval(name, seed, train, test, args.epochs) for seed in SEEDS]
@@ -636,10 +642,6 @@ def part_torchmil_control(args, out: dict) -> None:
 
     import torch
 
-    sys.path.insert(0, str(_common.HERE.parent / "tests"))
-    from mil_fixtures import feature_cohort
-    from napari_wsi_mil.mil.bags import load_bags
-
     try:
         factories = torchmil_models()
     except Exception as exc:  # not installed or not importable
@@ -650,20 +652,7 @@ def part_torchmil_control(args, out: dict) -> None:
     rows, runs = [], []
     with tempfile.TemporaryDirectory(dir=_common.DATA, prefix="mil-control-") as tmp:
         for dim in (16, 512):
-            store, cohort, _ = feature_cohort(
-                Path(tmp) / f"d{dim}",
-                n_cases=40,
-                n_patches=400,
-                dim=dim,
-                tumour_fraction=0.2,
-                shift=3.0,
-                seed=0,
-                two_slide_cases=0,
-                test_fraction=0.3,
-            )
-            bags = load_bags(store, cohort, "f")
-            train = [b for b in bags if b.split == "train"]
-            test = [b for b in bags if b.split == "test"]
+            train, test = control_bags(Path(tmp) / f"d{dim}", dim)
             ours = [train_eval("abmil", seed, train, test, args.epochs) for seed in SEEDS]
             for r in ours:
                 runs.append({"impl": "ours abmil", "dim": dim, **r})
