@@ -28,11 +28,16 @@ def _fresh_store(tiled, tmp_path):
     return ProjectStore(tmp_path / "p"), cohort
 
 
-def test_features_match_the_encoder_and_resume(tiled, tmp_path):
+def test_features_match_the_encoder_and_resume(tiled, tmp_path, monkeypatch):
     store, cohort = _fresh_store(tiled, tmp_path)
     ids = store.slide_ids()
+    reads = []
+    read_tiles = store.read_tiles
+    monkeypatch.setattr(store, "read_tiles", lambda s: reads.append(s) or read_tiles(s))
     report = run_job(extract_features_job(store, ids, "random", "rand", num_workers=0))
     assert sorted(report.extracted) == ids and not report.failed
+    assert sorted(reads) == ids  # each slide's tiles are read once
+    monkeypatch.undo()
     grid, _ = store.read_tiles(ids[0])
     feats = read_features(store, "rand", ids[0])
     assert feats.shape == (len(grid), 512) and feats.dtype == np.float16

@@ -113,7 +113,8 @@ def extract_features_job(
     with context:
         for i, slide_id in enumerate(todo):
             if counts[i] == 0:
-                _write(project, name, slide_id, np.zeros((0, loaded.dim), dtype), loaded, dtype)
+                empty = np.zeros((0, loaded.dim), dtype)
+                _write(project, name, slide_id, dataset.grids[i], empty, loaded, dtype)
                 report.extracted[slide_id] = 0
                 report.warnings[slide_id] = ["no patches: wrote an empty feature array"]
         buffers: dict[int, list[np.ndarray]] = {}
@@ -134,6 +135,7 @@ def extract_features_job(
                             project,
                             name,
                             todo,
+                            dataset.grids,
                             int(s),
                             buffers.pop(int(s)),
                             bad,
@@ -154,24 +156,24 @@ def extract_features_job(
     return report
 
 
-def _finish(project, name, todo, s, parts, bad, loaded, dtype, report) -> None:
+def _finish(project, name, todo, grids, s, parts, bad, loaded, dtype, report) -> None:
     slide_id = todo[s]
     if s in bad:
         report.failed[slide_id] = "some patches could not be read (damaged slide file)"
         return
     features = np.concatenate(parts)
-    _write(project, name, slide_id, features.astype(dtype), loaded, dtype)
+    _write(project, name, slide_id, grids[s], features.astype(dtype), loaded, dtype)
     report.extracted[slide_id] = len(features)
 
 
-def _write(project, name, slide_id, features, loaded: LoadedEncoder, dtype) -> None:
-    geometry = project.read_tiles(slide_id)[1]["geometry"]
+def _write(project, name, slide_id, grid, features, loaded: LoadedEncoder, dtype) -> None:
+    """Write a slide's features; ``grid`` is its TileGrid as the dataset read it."""
     attrs = {
         **loaded.attrs(),
         "dtype": dtype,
         "n_patches": len(features),
-        "target_mpp": geometry["target_mpp"],
-        "patch_size": geometry["patch_size"],
+        "target_mpp": grid.geometry.target_mpp,
+        "patch_size": grid.geometry.patch_size,
     }
     project.write_result(FEATURES, name, slide_id, {"features": features}, attrs, overwrite=True)
 
