@@ -9,6 +9,7 @@ from napari_wsi_mil.slide.tiling import TilingParams
 from napari_wsi_mil.store.patches import BagBalancedBatchSampler, PatchDataset, read_patch
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tiling_job import tile_slides_job
+from pretrain_fixtures import tiny_cohort
 
 
 @pytest.fixture
@@ -52,6 +53,58 @@ def test_subsampling_is_deterministic(cmu_store):
     c = PatchDataset(store, ["cmu"], max_per_slide=5, seed=2)
     assert len(a) == 5
     assert (a.patch_index == b.patch_index).all() and (a.patch_index != c.patch_index).any()
+
+
+def test_open_slide_handles_are_capped(tmp_path, monkeypatch):
+    import napari_wsi_mil.store.patches as patches
+
+    store, cohort = tiny_cohort(tmp_path, n_slides=4)
+    ids = store.slide_ids()
+    live, peak, opens = set(), [0], [0]
+
+    class Counted:  # a slide handle that tracks how many are open
+        def __init__(self, path):
+            self.slide = open_slide(path)
+            live.add(self)
+            opens[0] += 1
+            peak[0] = max(peak[0], len(live))
+
+        def read_region(self, *args, **kwargs):
+            assert self in live, "read from a closed handle"
+            return self.slide.read_region(*args, **kwargs)
+
+        def close(self):
+            live.discard(self)
+            self.slide.close()
+
+    monkeypatch.setattr(patches, "open_slide", Counted)
+    with pytest.raises(ValueError, match="max_open_slides"):
+        PatchDataset(store, ids, max_open_slides=0)
+    ds = PatchDataset(store, ids, max_per_slide=6, seed=0, max_open_slides=2)
+    assert len(ds) == 6 * len(ids)
+    by_slide = [np.flatnonzero(ds.slide_index == s) for s in range(len(ids))]
+    round_robin = np.stack(by_slide, axis=1).ravel().tolist()  # every item a new slide
+    loader = DataLoader(ds, batch_size=5, sampler=round_robin, num_workers=0)
+    got = {}
+    for images, slides, items, ok in loader:
+        assert ok.all()
+        for img, s, p in zip(images, slides, items, strict=True):
+            got[int(s), int(p)] = img.permute(1, 2, 0).numpy()
+    assert peak[0] == 2 and len(live) == 2
+    assert opens[0] > len(ids)  # evicted slides were closed and reopened
+    before = opens[0]
+    for i in by_slide[0]:  # one slide's patches in a row: one handle, reused
+        ds[int(i)]
+    assert opens[0] - before <= 1 and len(live) == 2
+    ds.close()
+    assert not live
+    assert len(got) == len(ds)
+    paths = {e.slide_id: e.path for e in cohort}
+    for s, slide_id in enumerate(ids):
+        grid, _ = store.read_tiles(slide_id)
+        with open_slide(paths[slide_id]) as slide:
+            for p in ds.patch_index[by_slide[s]]:
+                np.testing.assert_array_equal(got[s, int(p)], read_patch(slide, grid, int(p)))
 
 
 def test_bag_balanced_sampler_halves_and_replacement():

@@ -6,6 +6,7 @@ Imports torch; never imported by the package's ``__init__``.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -39,7 +40,9 @@ class PatchDataset(Dataset):
 
     Items are ``(image, slide_index, patch_index, ok)`` with ``image`` a ``(3, H, W)``
     uint8 tensor. Every loader worker opens its own slide handles (handles are not
-    pickled). ``max_per_slide`` draws a fixed random subset of each slide's patches.
+    pickled) and keeps at most ``max_open_slides`` of them open, closing the least
+    recently used, so a cohort of thousands of slides does not exhaust file
+    descriptors. ``max_per_slide`` draws a fixed random subset of each slide's patches.
     With ``skip_errors`` a slide that cannot be read gives blank images and
     ``ok=False`` instead of raising, so one bad slide does not stop a loader.
 
@@ -55,6 +58,9 @@ class PatchDataset(Dataset):
         Optional per-slide subsampling, deterministic from ``seed``.
     skip_errors
         Return blank patches flagged ``ok=False`` for unreadable slides.
+    max_open_slides
+        Slide handles each process (main or loader worker) keeps open at most; a slide
+        read again after being closed is reopened.
     """
 
     def __init__(
@@ -65,8 +71,12 @@ class PatchDataset(Dataset):
         max_per_slide: int | None = None,
         seed: int = 0,
         skip_errors: bool = False,
+        max_open_slides: int = 32,
     ):
+        if max_open_slides < 1:
+            raise ValueError(f"max_open_slides must be at least 1, not {max_open_slides}")
         self.skip_errors = skip_errors
+        self.max_open_slides = max_open_slides
         self.slide_ids = list(slide_ids)
         self.grids: list[TileGrid] = []
         self.paths: list[str] = []
@@ -84,7 +94,7 @@ class PatchDataset(Dataset):
             patch_index.append(idx)
         self.slide_index = np.concatenate(slide_index) if slide_index else np.zeros(0, np.int64)
         self.patch_index = np.concatenate(patch_index) if patch_index else np.zeros(0, np.int64)
-        self._slides: dict[int, object] = {}
+        self._slides: OrderedDict[int, object] = OrderedDict()  # least recently used first
 
     def __len__(self) -> int:
         return len(self.slide_index)
@@ -92,10 +102,7 @@ class PatchDataset(Dataset):
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int, bool]:
         s, p = int(self.slide_index[item]), int(self.patch_index[item])
         try:
-            slide = self._slides.get(s)
-            if slide is None:
-                slide = self._slides[s] = open_slide(self.paths[s])
-            patch = read_patch(slide, self.grids[s], p)
+            patch = read_patch(self._slide(s), self.grids[s], p)
         except SlideError:
             if not self.skip_errors:
                 raise
@@ -103,9 +110,21 @@ class PatchDataset(Dataset):
             return torch.zeros(3, size, size, dtype=torch.uint8), s, p, False
         return torch.from_numpy(patch).permute(2, 0, 1), s, p, True  # a view; collate copies
 
+    def _slide(self, s: int):
+        """Slide ``s``'s handle, opened if needed; before opening one, the least
+        recently used handles are closed so that at most ``max_open_slides`` are open."""
+        slide = self._slides.get(s)
+        if slide is not None:
+            self._slides.move_to_end(s)
+            return slide
+        while len(self._slides) >= self.max_open_slides:
+            self._slides.popitem(last=False)[1].close()
+        slide = self._slides[s] = open_slide(self.paths[s])
+        return slide
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_slides"] = {}
+        state["_slides"] = OrderedDict()
         return state
 
     def close(self) -> None:
