@@ -107,6 +107,35 @@ def test_only_train_split_is_used_and_needs_both_labels(tmp_path):
         )
 
 
+class _IndexAndPid(torch.utils.data.Dataset):
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        import os
+
+        return i, os.getpid()
+
+
+def test_loader_workers_persist_across_epochs_and_follow_the_sampler():
+    from napari_wsi_mil.pretrain.distributed import DistInfo
+    from napari_wsi_mil.pretrain.trainer import _build_loader
+
+    config = _config("simclr", num_workers=1, steps_per_epoch=3, batch_size=4)
+    loader, sampler = _build_loader(_IndexAndPid(), np.zeros(40, int), config, DistInfo())
+    batches, pids = [], set()
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        epoch_batches = []
+        for items, pid in loader:
+            epoch_batches.append(items.tolist())
+            pids.update(pid.tolist())
+        assert epoch_batches == list(sampler)
+        batches.append(epoch_batches)
+    assert batches[0] == batches[2] != batches[1]
+    assert len(pids) == 1  # one worker process served every epoch
+
+
 def test_learning_rate_schedule():
     lr = [learning_rate(s, 100, 10, 0.2, 3, "step", 3) for s in range(100)]
     assert lr[0] == pytest.approx(0.001) and lr[15] == pytest.approx(0.001 + 0.199 / 2)

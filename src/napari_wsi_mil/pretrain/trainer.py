@@ -200,11 +200,16 @@ def _build_loader(dataset, item_labels, config: PretrainConfig, info: ddp.DistIn
             len(dataset), config.batch_size, config.steps_per_epoch, config.seed
         )
     sampler = RankSlice(sampler, info.rank, info.world_size)
+    # Persistent workers: the loader is iterated once per epoch; without them every epoch
+    # forks new workers, which reopen their slide handles with cold tile caches. Items
+    # need no worker randomness (augmentation runs in the main process), so batches
+    # are unchanged.
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=config.num_workers,
         pin_memory=torch.cuda.is_available(),
+        persistent_workers=config.num_workers > 0,
     )
     return loader, sampler
 
