@@ -12,7 +12,7 @@ project unless a path is given, and must match the recorded checksum.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,21 @@ BUILTIN_ENCODERS = ("random", "imagenet")
 
 #: Share of the analysis progress bar per stage: (start, end) in per-mille.
 _STAGES = {"tiling": (0, 100), "extract": (100, 880), "infer": (880, 960), "clusters": (960, 1000)}
+
+#: Slide-layer metadata keys that suggest a model and a project for analysing the slide
+#: (set by the "Demo cohort" sample; "Analyse slide" fills its fields from them).
+MODEL_KEY = "analyse_model"
+PROJECT_KEY = "analyse_project"
+
+
+def suggested_inputs(metadata: Mapping) -> tuple[Path | None, Path | None]:
+    """``(model, project)`` that a slide's metadata suggests; the model only when its file
+    exists, the project only with a model."""
+    model = metadata.get(MODEL_KEY)
+    if not model or not Path(model).is_file():
+        return None, None
+    project = metadata.get(PROJECT_KEY)
+    return Path(model), Path(project) if project else None
 
 
 @dataclass

@@ -12,6 +12,10 @@ inference) in a thread worker with one progress bar, and shows:
 - ``"<slide_id> clusters"``: CluSiam clusters when the encoder has a cluster head;
 - a gallery of the k most and least attended patches; a click centres the viewer.
 
+A slide layer whose metadata names a model and a project (``analyse_model``,
+``analyse_project``; the "Demo cohort" sample sets them) fills those fields when it is
+chosen, so the sample can be analysed at once.
+
 Every layer is a patch-grid raster placed by
 :func:`~napari_wsi_mil._napari.layers.raster_transform` over the slide layer.
 
@@ -104,9 +108,22 @@ class AnalyseWidget(JobWidget):
         self.export_button.changed.connect(self.export)
         napari_viewer.layers.events.inserted.connect(self.slide.reset_choices)
         napari_viewer.layers.events.removed.connect(self.slide.reset_choices)
+        self.slide.changed.connect(self._use_suggestions)
+        self._use_suggestions()
 
     def _slide_choices(self, _widget=None) -> list:
         return [(layer.name, layer) for layer in slide_layers(self.viewer)]
+
+    def _use_suggestions(self, value=None) -> None:
+        """Fill model and project from a slide layer that names them (the demo sample)."""
+        from napari_wsi_mil.review.analyse import suggested_inputs
+
+        layer = self.slide.value
+        model, project = suggested_inputs(layer.metadata) if layer is not None else (None, None)
+        if model is not None:
+            self.model.value = model
+        if project is not None:
+            self.project.value = project
 
     # -- analysis ------------------------------------------------------------------
     def run(self) -> None:
