@@ -10,7 +10,14 @@ from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.pretrain import METHODS
 from napari_wsi_mil.pretrain.encoder_file import load_encoder, load_trunk
 from napari_wsi_mil.pretrain.optim import learning_rate
-from napari_wsi_mil.pretrain.trainer import PretrainConfig, contrastive_loss, pretrain_job
+from napari_wsi_mil.pretrain.trainer import (
+    COLLAPSED_SPREAD,
+    PretrainConfig,
+    collapse_warning,
+    contrastive_loss,
+    pretrain_job,
+    projection_spread,
+)
 from pretrain_fixtures import tiny_cohort
 
 
@@ -40,6 +47,8 @@ def test_every_method_trains_and_writes_an_encoder(cohort, tmp_path, method):
     result = run_job(pretrain_job(store, table, _config(method), out), events.append)
     assert len(events) == 4 and all(np.isfinite(e.info["loss"]) for e in events)
     assert len(result.epoch_losses) == 2 and result.patches_per_second > 0
+    assert len(result.epoch_spreads) == 2 and all(0 <= x <= 1.5 for x in result.epoch_spreads)
+    assert all("spread" in e.info for e in events)
     encoder = load_encoder(out)
     assert encoder.metadata["method"] == method and encoder.metadata["input_size"] == 32
     assert encoder.metadata["target_mpp"] == 1.0
@@ -257,3 +266,23 @@ def test_cli_pretrain_under_torchrun(cohort, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("encoder:") == 1  # only rank 0 reports
     assert load_encoder(out).metadata["method"] == "weaksupcon"
+
+
+def test_projection_spread_tells_collapse_from_spread_out_projections():
+    generator = torch.Generator().manual_seed(0)
+    spread_out = torch.randn(512, 128, generator=generator)
+    assert 0.9 < projection_spread(spread_out) < 1.1
+    collapsed = torch.randn(1, 128, generator=generator).repeat(512, 1)
+    collapsed += 1e-4 * torch.randn(512, 128, generator=generator)
+    assert projection_spread(collapsed) < 0.01
+    # two tight clusters (WeakSupCon's goal for negative bags, at half the batch) are not collapse
+    two = torch.cat([collapsed[:256], spread_out[:256]])
+    assert projection_spread(two) > COLLAPSED_SPREAD
+
+
+def test_collapse_warning_names_the_cause_and_the_remedies():
+    config = _config("weaksupcon")
+    assert collapse_warning(config, 0.5) is None
+    warning = collapse_warning(config, 0.003)
+    assert "collapsed" in warning and "similarity term" in warning and "imagenet" in warning
+    assert "similarity" not in collapse_warning(_config("simclr"), 0.003)

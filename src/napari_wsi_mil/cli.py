@@ -244,6 +244,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if result.epoch_losses:
         losses = ", ".join(f"{x:.4f}" for x in result.epoch_losses)
         print(f"epoch losses: {losses}")
+        print(f"projection spread: {', '.join(f'{x:.3f}' for x in result.epoch_spreads)}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     print(f"encoder: {result.encoder_path} (checkpoint {result.checkpoint_path})")
     return 0
 

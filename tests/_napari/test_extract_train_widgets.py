@@ -1,4 +1,3 @@
-
 from mil_fixtures import feature_cohort
 from napari_wsi_mil._napari.widgets.extract_widget import ExtractWidget
 from napari_wsi_mil._napari.widgets.train_widget import TrainMilWidget

@@ -96,6 +96,40 @@ class PretrainResult:
     checkpoint_path: Path
     epoch_losses: list[float] = field(default_factory=list)
     patches_per_second: float = 0.0
+    #: mean :func:`projection_spread` over each epoch's steps
+    epoch_spreads: list[float] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+#: Below this :func:`projection_spread` the projections count as collapsed.
+COLLAPSED_SPREAD = 0.1
+
+
+def projection_spread(z: torch.Tensor) -> float:
+    """How spread out a batch of projections is: 1 for uniformly spread, 0 for collapsed.
+
+    The mean per-dimension standard deviation of the L2-normalised rows times
+    ``sqrt(D)`` (SimSiam's collapse monitor, Chen & He 2021): rows spread uniformly
+    over the sphere give about 1, identical rows give 0.
+    """
+    z = torch.nn.functional.normalize(z.detach().float(), dim=1)
+    return float(z.std(0).mean() * z.shape[1] ** 0.5)
+
+
+def collapse_warning(config: PretrainConfig, spread: float) -> str | None:
+    """A user-facing warning when the last epoch's projections collapsed, else None."""
+    if spread >= COLLAPSED_SPREAD:
+        return None
+    advice = "use init='imagenet' (weights in torch's hub cache), a lower --lr or more warm-up"
+    if config.method == "weaksupcon":
+        advice = (
+            "WeakSupCon's similarity term pulls every negative-bag patch together and can "
+            f"collapse a random-init encoder; {advice}"
+        )
+    return (
+        f"the projections collapsed (spread {spread:.3f}, healthy is near 1): the encoder "
+        f"has stopped learning. {advice}."
+    )
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -148,20 +182,23 @@ def contrastive_loss(
         return out.loss, {
             "invariance": float(out.invariance.detach()),
             "cluster": float(out.cluster.detach()),
+            "spread": projection_spread(gather(o1["z"])),
         }
     n = len(v1)
     z = model(torch.cat([v1, v2]))["z"].float()
     z1, z2 = gather(z[:n]), gather(z[n:])
     all_labels = ddp.gather_no_grad(labels)
+    spread = {"spread": projection_spread(z1)}
     if config.method == "simclr":
-        return nt_xent(z1, z2, config.tau), {}
+        return nt_xent(z1, z2, config.tau), spread
     views = torch.stack([z1, z2], dim=1)
     if config.method == "supcon":
-        return supcon(views, all_labels, config.tau, config.base_tau), {}
+        return supcon(views, all_labels, config.tau, config.base_tau), spread
     out = weaksupcon(views, all_labels, config.tau, config.base_tau)
     return out.loss, {
         "similarity": float(out.similarity.detach()),
         "simclr": float(out.simclr.detach()),
+        **spread,
     }
 
 
@@ -263,7 +300,7 @@ def pretrain_job(
         config.optimizer, model, config.lr, config.momentum, config.weight_decay
     )
     autocast, scaler = _autocast(device, config.amp)
-    start_epoch, epoch_losses = 0, []
+    start_epoch, epoch_losses, epoch_spreads = 0, [], []
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if state["config"] != asdict(config):
@@ -273,14 +310,15 @@ def pretrain_job(
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, epoch_losses = state["epoch"] + 1, list(state["epoch_losses"])
+        start_epoch = state["epoch"] + 1
+        epoch_losses, epoch_spreads = list(state["epoch_losses"]), list(state["epoch_spreads"])
 
     total_steps = config.epochs * config.steps_per_epoch
     throughput = 0.0
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         net.train()
-        losses, seen, started = [], 0, time.perf_counter()
+        losses, spreads, seen, started = [], [], 0, time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         for step, (images, slide_index, _, _) in enumerate(loader):
             lr = learning_rate(
@@ -316,6 +354,7 @@ def pretrain_job(
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
+            spreads.append(parts["spread"])
             seen += len(images) * info.world_size
             throughput = seen / max(time.perf_counter() - started, 1e-9)
             yield Progress(
@@ -333,6 +372,7 @@ def pretrain_job(
                 },
             )
         epoch_losses.append(ddp.all_reduce_mean(float(np.mean(losses))))
+        epoch_spreads.append(ddp.all_reduce_mean(float(np.mean(spreads))))
         if info.is_main:
             with atomic_file(checkpoint_path) as tmp:
                 torch.save(
@@ -341,6 +381,7 @@ def pretrain_job(
                         "optimizer": optimizer.state_dict(),
                         "epoch": epoch,
                         "epoch_losses": epoch_losses,
+                        "epoch_spreads": epoch_spreads,
                         "config": asdict(config),
                     },
                     tmp,
@@ -348,7 +389,10 @@ def pretrain_job(
     dataset.close()
     if info.is_main:
         save_encoder(out, _encoder_file(model, config, project, slide_ids[0]))
-    return PretrainResult(out, checkpoint_path, epoch_losses, throughput)
+    warning = collapse_warning(config, epoch_spreads[-1]) if epoch_spreads else None
+    return PretrainResult(
+        out, checkpoint_path, epoch_losses, throughput, epoch_spreads, [warning] if warning else []
+    )
 
 
 def _encoder_file(
