@@ -129,26 +129,9 @@ def write_synthetic_slide(
         atomic_file(path) as tmp,
         tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif,
     ):
+        description = _description(mpp, seed, fraction, stain_variation)
         for level, shape in enumerate(shapes):
-            res = 1e4 / (mpp * 2**level)
-            options = dict(
-                shape=(*shape, 3),
-                dtype=np.uint8,
-                tile=(tile_size, tile_size),
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": 90},
-                resolution=(res, res),
-                resolutionunit="CENTIMETER",
-                metadata=None,
-            )
-            if level == 0:
-                options.update(
-                    subifds=len(shapes) - 1,
-                    description=_description(mpp, seed, fraction, stain_variation),
-                )
-            else:
-                options.update(subfiletype=1)
+            options = _level_options(level, shape, len(shapes), mpp, tile_size, description)
             tif.write(_tiles(renderer, level, shape), **options)
     return SyntheticSlide(
         path=path,
@@ -161,6 +144,53 @@ def write_synthetic_slide(
         lesion_polygons=layout.lesion_polygons(),
         stain=stain.as_dict(),
     )
+
+
+def _level_options(
+    level: int, shape: tuple[int, int], n_levels: int, mpp: float, tile_size: int, description: str
+) -> dict:
+    """tifffile ``write`` options of one level of a pyramidal JPEG TIFF (SubIFDs)."""
+    res = 1e4 / (mpp * 2**level)
+    options = dict(
+        shape=(*shape, 3),
+        dtype=np.uint8,
+        tile=(tile_size, tile_size),
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"level": 90},
+        resolution=(res, res),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
+    if level == 0:
+        options.update(subifds=n_levels - 1, description=description)
+    else:
+        options.update(subfiletype=1)
+    return options
+
+
+def write_pyramid(
+    path: str | os.PathLike, image: np.ndarray, mpp: float, description: str, tile_size: int = 256
+) -> Path:
+    """Write an in-memory RGB image as a pyramidal JPEG TIFF (atomically), 2x per level."""
+    import tifffile
+    from skimage.transform import resize
+
+    height, width = image.shape[:2]
+    shapes = pyramid_shapes(width, height)
+    path = Path(path)
+    with atomic_file(path) as tmp, tifffile.TiffWriter(tmp) as tif:
+        level_image = image
+        for level, shape in enumerate(shapes):
+            if level_image.shape[:2] != shape:
+                level_image = (
+                    resize(level_image, shape, order=1, anti_aliasing=True, preserve_range=True)
+                    .round()
+                    .astype(np.uint8)
+                )
+            options = _level_options(level, shape, len(shapes), mpp, tile_size, description)
+            tif.write(level_image, **options)
+    return path
 
 
 def _is_synthetic(
@@ -194,7 +224,7 @@ def _description(mpp: float, seed: int, lesion_fraction: float, stain_variation:
     )
 
 
-def _assign_cases(
+def assign_cases(
     n_cases: int, positive_ratio: float, test_fraction: float, rng: np.random.Generator
 ):
     """Per case: label (0/1) and split, stratified by label."""
@@ -248,7 +278,7 @@ def make_cohort_job(
     root = Path(out_dir)
     rng = np.random.default_rng([seed, 31337])
     n_cases = math.ceil(n_slides / slides_per_case)
-    case_labels, case_splits = _assign_cases(n_cases, positive_ratio, test_fraction, rng)
+    case_labels, case_splits = assign_cases(n_cases, positive_ratio, test_fraction, rng)
     slide_seeds = np.random.SeedSequence([seed, 4242]).generate_state(n_slides).tolist()
 
     slides, ids, labels, cases, splits, annotations = [], [], [], [], [], []
