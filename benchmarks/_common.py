@@ -16,8 +16,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "_data"
+#: ``../shared/data`` beside the repository (real slides and tiles; never committed)
+SHARED = Path(os.environ.get("WSI_MIL_SHARED", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
-CMU = Path(os.environ.get("WSI_MIL_CMU", "/work/shared/data/slides/CMU-1-Small-Region.svs"))
+CMU = Path(os.environ.get("WSI_MIL_CMU", SHARED / "slides" / "CMU-1-Small-Region.svs"))
 
 #: Synthetic slides used by the benchmarks: name -> (side, mpp, seed, lesion_fraction).
 SYNTHETIC = {

@@ -79,7 +79,7 @@ def loader_pass(store, num_workers: int, torch_threads: int | None = None) -> in
     import torch
     from torch.utils.data import DataLoader
 
-    from napari_wsi_mil.store.patches import PatchDataset
+    from napari_wsi_mil.store.patches import PatchDataset, collate_patches
 
     before = torch.get_num_threads()
     if torch_threads is not None:
@@ -87,7 +87,12 @@ def loader_pass(store, num_workers: int, torch_threads: int | None = None) -> in
 
     dataset = PatchDataset(store, ["cmu"])
     loader = DataLoader(
-        dataset, batch_size=BATCH, num_workers=num_workers, persistent_workers=False, shuffle=False
+        dataset,
+        batch_size=BATCH,
+        collate_fn=collate_patches,
+        num_workers=num_workers,
+        persistent_workers=False,
+        shuffle=False,
     )
     n = 0
     try:
@@ -144,10 +149,10 @@ def getitem_steps(path: Path, grid, repeats: int = 3) -> dict:
     """Mean microseconds per patch of each step of ``PatchDataset.__getitem__``."""
     import numpy as np
     import torch
-    from torch.utils.data import default_collate
 
     from napari_wsi_mil.slide import open_slide
     from napari_wsi_mil.slide.openslide_backend import rgba_to_rgb
+    from napari_wsi_mil.store.patches import collate_patches
 
     coords = [(int(x), int(y)) for x, y in grid.coords]
     size = grid.geometry.read_size
@@ -155,12 +160,10 @@ def getitem_steps(path: Path, grid, repeats: int = 3) -> dict:
         k: []
         for k in (
             "openslide_read_region",
-            "np_asarray_rgba",
             "rgba_to_rgb",
-            "transpose_contiguous",
-            "torch_from_numpy",
-            "default_collate_torch_1_thread",
-            "default_collate_torch_default_threads",
+            "torch_from_numpy_permute",
+            "collate_patches_torch_1_thread",
+            "collate_patches_torch_default_threads",
             "plain_convert_rgb_asarray",
         )
     }
@@ -173,28 +176,24 @@ def getitem_steps(path: Path, grid, repeats: int = 3) -> dict:
             t0 = time.perf_counter()
             region = handle.read_region((x, y), 0, (size, size))
             t1 = time.perf_counter()
-            rgba = np.asarray(region)
+            rgb = rgba_to_rgb(region)
             t2 = time.perf_counter()
-            rgb = rgba_to_rgb(rgba)
+            tensors.append((torch.from_numpy(rgb).permute(2, 0, 1), 0, 0, True))
             t3 = time.perf_counter()
-            chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
-            t4 = time.perf_counter()
-            tensors.append((torch.from_numpy(chw), 0, 0))
-            t5 = time.perf_counter()
             np.asarray(region.convert("RGB"))
-            t6 = time.perf_counter()
-            deltas = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, 0.0, 0.0, t6 - t5)
+            t4 = time.perf_counter()
+            deltas = (t1 - t0, t2 - t1, t3 - t2, 0.0, 0.0, t4 - t3)
             for key, dt in zip(steps, deltas, strict=True):
                 acc[key] += dt
         default_threads = torch.get_num_threads()
         for threads, key in (
-            (1, "default_collate_torch_1_thread"),
-            (default_threads, "default_collate_torch_default_threads"),
+            (1, "collate_patches_torch_1_thread"),
+            (default_threads, "collate_patches_torch_default_threads"),
         ):
             torch.set_num_threads(threads)
             t0 = time.perf_counter()
             for i in range(0, len(tensors), BATCH):
-                default_collate(tensors[i : i + BATCH])
+                collate_patches(tensors[i : i + BATCH])
             acc[key] = time.perf_counter() - t0
         torch.set_num_threads(default_threads)
         slide.close()

@@ -117,13 +117,15 @@ def test_only_train_split_is_used_and_needs_both_labels(tmp_path):
 
 
 class _IndexAndPid(torch.utils.data.Dataset):
+    """Items shaped like PatchDataset's: a (3, 1, 1) "image" holding the index, the pid."""
+
     def __len__(self):
         return 40
 
     def __getitem__(self, i):
         import os
 
-        return i, os.getpid()
+        return torch.full((3, 1, 1), i), os.getpid()
 
 
 def test_loader_workers_persist_across_epochs_and_follow_the_sampler():
@@ -136,8 +138,8 @@ def test_loader_workers_persist_across_epochs_and_follow_the_sampler():
     for epoch in (0, 1, 0):
         sampler.set_epoch(epoch)
         epoch_batches = []
-        for items, pid in loader:
-            epoch_batches.append(items.tolist())
+        for images, pid in loader:
+            epoch_batches.append(images[:, 0, 0, 0].tolist())
             pids.update(pid.tolist())
         assert epoch_batches == list(sampler)
         batches.append(epoch_batches)

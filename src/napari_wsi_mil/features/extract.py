@@ -72,7 +72,7 @@ def extract_features_job(
     """
     from torch.utils.data import DataLoader
 
-    from napari_wsi_mil.store.patches import PatchDataset
+    from napari_wsi_mil.store.patches import PatchDataset, collate_patches
 
     if dtype not in ("float16", "float32"):
         raise WsiMilError(f"dtype must be float16 or float32, not {dtype!r}")
@@ -99,6 +99,7 @@ def extract_features_job(
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
+        collate_fn=collate_patches,
         num_workers=num_workers,
         pin_memory=dev.type == "cuda",
         prefetch_factor=4 if num_workers else None,

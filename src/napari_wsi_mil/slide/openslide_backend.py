@@ -21,14 +21,16 @@ def _float_or_none(value: str | None) -> float | None:
 def rgba_to_rgb(region) -> np.ndarray:
     """An OpenSlide RGBA PIL image as RGB, composited over white where transparent
     (OpenSlide marks areas outside the scanned region transparent). The result is a
-    writable array (torch tensors are made from it without another copy)."""
+    writable array (torch tensors are made from it without another copy). Checking
+    the alpha band alone and converting in PIL costs about a third of slicing RGBA in
+    numpy (``benchmarks/README.md``, PatchDataset)."""
     from PIL import Image
 
-    if region.getextrema()[3][0] < 255:
+    if region.getchannel("A").getextrema()[0] < 255:
         background = Image.new("RGBA", region.size, (255, 255, 255, 255))
         background.alpha_composite(region)
         region = background
-    return np.asarray(region)[..., :3].copy()
+    return np.array(region.convert("RGB"))
 
 
 class OpenSlideBackend(SlideBackend):

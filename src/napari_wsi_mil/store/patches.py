@@ -35,6 +35,22 @@ def read_patch(slide, grid: TileGrid, index: int) -> np.ndarray:
     return region
 
 
+def collate_patches(items: list[tuple]) -> list:
+    """``default_collate`` for :class:`PatchDataset` items, with a cheaper image stack.
+
+    Items' images are ``(3, H, W)`` views of ``(H, W, 3)`` arrays; stacking them as
+    ``(H, W, 3)`` is a plain copy (``torch.stack`` of the channel-first views is a
+    strided gather, about 2.5x slower). The batch is ``(N, 3, H, W)`` in
+    ``torch.channels_last`` memory format, which is also what the models run fastest
+    with on a GPU.
+    """
+    from torch.utils.data import default_collate
+
+    images = torch.stack([item[0].permute(1, 2, 0) for item in items]).permute(0, 3, 1, 2)
+    rest = default_collate([item[1:] for item in items])
+    return [images, *rest]
+
+
 class PatchDataset(Dataset):
     """Patches of the tiled slides of a project, in each slide's TileGrid order.
 
