@@ -122,6 +122,7 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
             "3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder)
         )
     lap("pretraining")
+    pretrain_warning = _pretrain_warning(encoder)
     encoders = {"weaksupcon": str(encoder), "random": "random"}
     ids = [e.slide_id for e in cohort]
     for name, spec in encoders.items():
@@ -198,6 +199,7 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
         f"{s.pretrain_steps} steps of {s.pretrain_batch} patches",
         f"MS-CLAM sees the tumour outlines of {s.tile_label_fraction:.0%} of the training "
         "tumour cases; instance metrics use every outline",
+        *([f"pretraining warning: {pretrain_warning}"] if pretrain_warning else []),
     ]
     path = write_report(
         out / "report.html",
@@ -209,6 +211,16 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
     )
     yield Progress("7/7 report", 1, 1)
     return DemoResult(path, metrics)
+
+
+def _pretrain_warning(encoder: Path) -> str | None:
+    """The collapse warning of a pretrained encoder file, from its recorded spread."""
+    from napari_wsi_mil.pretrain.encoder_file import load_encoder
+    from napari_wsi_mil.pretrain.trainer import PretrainConfig, collapse_warning
+
+    metadata = load_encoder(encoder).metadata
+    spread = metadata.get("projection_spread")
+    return None if spread is None else collapse_warning(PretrainConfig(metadata["method"]), spread)
 
 
 def _slide_figure(store, synthetic, test_cohort, path: Path) -> Path:

@@ -397,7 +397,7 @@ def pretrain_job(
                 )
     dataset.close()
     if info.is_main:
-        save_encoder(out, _encoder_file(model, config, project, slide_ids[0]))
+        save_encoder(out, _encoder_file(model, config, project, slide_ids[0], epoch_spreads))
     warning = collapse_warning(config, epoch_spreads[-1]) if epoch_spreads else None
     return PretrainResult(
         out, checkpoint_path, epoch_losses, throughput, epoch_spreads, [warning] if warning else []
@@ -405,7 +405,11 @@ def pretrain_job(
 
 
 def _encoder_file(
-    model: ContrastiveModel, config: PretrainConfig, project, slide_id: str
+    model: ContrastiveModel,
+    config: PretrainConfig,
+    project,
+    slide_id: str,
+    epoch_spreads: list[float],
 ) -> EncoderFile:
     geometry = project.read_tiles(slide_id)[1]["geometry"]
     metadata = {
@@ -418,6 +422,7 @@ def _encoder_file(
         "patch_size": geometry["patch_size"],
         "epochs": config.epochs,
         "init": config.init,
+        "projection_spread": epoch_spreads[-1],
     }
     head = {}
     if config.method == "clusiam":
