@@ -45,17 +45,34 @@ class DemoResult:
     metrics: dict[tuple[str, str], dict]
 
 
-def _stage(name: str, job: Generator) -> Generator:
+def stage(name: str, job: Generator) -> Generator:
     """Re-yield a job's events under ``name`` and return its result."""
     result = None
     try:
         while True:
             event = next(job)
-            stage = name if event.stage in name else f"{name}: {event.stage}"
-            yield Progress(stage, event.done, event.total, event.message, event.info)
+            label = name if event.stage in name else f"{name}: {event.stage}"
+            yield Progress(label, event.done, event.total, event.message, event.info)
     except StopIteration as stop:
         result = stop.value
     return result
+
+
+def cohort_job(settings, out: Path) -> Job:
+    """``make_cohort_job`` with the cohort fields of :class:`DemoSettings` (or of
+    ``demo_sample.DemoSampleSettings``: slides, seed, lesion_fractions, width, height,
+    test_fraction)."""
+    from napari_wsi_mil.slide.synthetic import make_cohort_job
+
+    return make_cohort_job(
+        out,
+        n_slides=settings.slides,
+        seed=settings.seed,
+        lesion_fractions=settings.lesion_fractions,
+        width=settings.width,
+        height=settings.height,
+        test_fraction=settings.test_fraction,
+    )
 
 
 def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[DemoResult]:
@@ -64,7 +81,6 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
     from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
     from napari_wsi_mil.mil.train import MilConfig, train_mil_job
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
-    from napari_wsi_mil.slide.synthetic import make_cohort_job
     from napari_wsi_mil.slide.tiling import TilingParams
     from napari_wsi_mil.store.cohort import Cohort, read_cohort
     from napari_wsi_mil.store.project import ProjectStore
@@ -81,23 +97,15 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
         timings[name] = now - clock
         clock = now
 
-    synthetic = yield from _stage(
+    synthetic = yield from stage(
         "1/7 synthetic cohort",
-        make_cohort_job(
-            out / "cohort",
-            n_slides=s.slides,
-            seed=s.seed,
-            lesion_fractions=s.lesion_fractions,
-            width=s.width,
-            height=s.height,
-            test_fraction=s.test_fraction,
-        ),
+        cohort_job(s, out / "cohort"),
     )
     cohort = read_cohort(synthetic.csv_path)
     annotations = synthetic.root / "annotations"
     lap("synthetic cohort")
     store = ProjectStore(out / "project", create=not (out / "project").exists())
-    yield from _stage(
+    yield from stage(
         "2/7 tiling",
         tile_slides_job(
             store,
@@ -118,21 +126,19 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
             num_workers=1,
             seed=s.seed,
         )
-        yield from _stage(
-            "3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder)
-        )
+        yield from stage("3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder))
     lap("pretraining")
     pretrain_warning = _pretrain_warning(encoder)
     encoders = {"weaksupcon": str(encoder), "random": "random"}
     ids = [e.slide_id for e in cohort]
     for name, spec in encoders.items():
-        yield from _stage(
+        yield from stage(
             f"4/7 features ({name})", extract_features_job(store, ids, spec, name, num_workers=1)
         )
     lap("feature extraction")
     figures = []
     for name in encoders:
-        table = yield from _stage(
+        table = yield from stage(
             f"5/7 PCA ({name})", embedding_job(store, cohort, name, max_per_slide=200, seed=s.seed)
         )
         figures.append(
@@ -156,13 +162,13 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
                 tile_label_fraction=s.tile_label_fraction,
                 threads=1,  # small models: one thread is fastest
             )
-            result = yield from _stage(
+            result = yield from stage(
                 f"6/7 {model} on {name} features",
                 train_mil_job(
                     store, cohort, name, out / "runs" / run, config, annotations=annotations
                 ),
             )
-            report = yield from _stage(
+            report = yield from stage(
                 f"6/7 infer {run}",
                 infer_job(
                     store,

@@ -154,10 +154,9 @@ def demo_sample(
 def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
     import torch
 
-    from napari_wsi_mil.demo import _stage
+    from napari_wsi_mil.demo import cohort_job, stage
     from napari_wsi_mil.features.extract import extract_features_job
     from napari_wsi_mil.mil.train import MilConfig, train_mil_job
-    from napari_wsi_mil.slide.synthetic import make_cohort_job
     from napari_wsi_mil.slide.tiling import TilingParams
     from napari_wsi_mil.store.cohort import Cohort, read_cohort
     from napari_wsi_mil.store.project import ProjectStore
@@ -165,17 +164,9 @@ def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
 
     started = time.perf_counter()
     torch.set_num_threads(s.threads)
-    synthetic = yield from _stage(
+    synthetic = yield from stage(
         "demo cohort",
-        make_cohort_job(
-            root / "cohort",
-            n_slides=s.slides,
-            seed=s.seed,
-            lesion_fractions=s.lesion_fractions,
-            width=s.width,
-            height=s.height,
-            test_fraction=s.test_fraction,
-        ),
+        cohort_job(s, root / "cohort"),
     )
     cohort = read_cohort(synthetic.csv_path)
     by_id = dict(zip(synthetic.slide_ids, synthetic.slides, strict=True))
@@ -189,11 +180,11 @@ def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
     train = Cohort([e for e in cohort if e.split == "train"])
     store = ProjectStore(root / "project", create=True)
     params = TilingParams(target_mpp=s.target_mpp, patch_size=s.patch_size)
-    yield from _stage(
+    yield from stage(
         "tiling", tile_slides_job(store, [(e.slide_id, e.path) for e in train], params)
     )
     ids = [e.slide_id for e in train]
-    yield from _stage(
+    yield from stage(
         "features", extract_features_job(store, ids, "random", "random", num_workers=0)
     )
     config = MilConfig(
@@ -204,7 +195,7 @@ def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
         hparams=dict(s.hparams),
         threads=s.threads,
     )
-    result = yield from _stage(
+    result = yield from stage(
         f"{s.model} training",
         train_mil_job(
             store,
