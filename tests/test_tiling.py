@@ -156,6 +156,47 @@ def test_killed_between_and_mid_slide_resumes(tmp_path, monkeypatch):
     assert report.skipped == ["s0"] and sorted(report.tiled) == ["s1", "s2"]
 
 
+def test_retiling_removes_results_of_the_old_patches_only_when_they_change(tmp_path):
+    path = _write_slide(tmp_path / "s.tif")
+    store = ProjectStore(tmp_path / "proj", create=True)
+    run_job(tile_slides_job(store, [("s", path)], TilingParams()))
+
+    def derive(slide_id):
+        n = len(store.read_tiles(slide_id)[0]) if store.has_tiles(slide_id) else 3
+        for name in ("a", "b"):
+            store.write_result("features", name, slide_id, {"features": np.zeros((n, 4))}, {})
+        store.write_result("predictions", "run", slide_id, {"attention": np.ones(n)}, {})
+        store.write_result("tile_labels", None, slide_id, {"labels": np.zeros(n, np.int8)}, {})
+
+    derived = [("features", "a"), ("features", "b"), ("predictions", "run"), ("tile_labels", None)]
+
+    def present(slide_id):
+        return [r for r in derived if store.has_result(*r, slide_id)]
+
+    derive("s"), derive("other")
+    # the same patches again (resume, or an identical re-tiling): everything is kept
+    report = run_job(tile_slides_job(store, [("s", path)], TilingParams()))
+    assert report.skipped == ["s"] and present("s") == derived
+    report = run_job(tile_slides_job(store, [("s", path)], TilingParams(), overwrite=True))
+    assert "s" in report.tiled and "s" not in report.warnings and present("s") == derived
+    # a painted mask that changes the patches: the old results of this slide are gone
+    painted = np.zeros((8, 12), np.uint8)
+    painted[0:2, 0:2] = 1
+    report = run_job(
+        tile_slides_job(store, [("s", path)], TilingParams(), overwrite=True, masks={"s": painted})
+    )
+    assert present("s") == [] and present("other") == derived
+    assert "features/a, features/b, predictions/run, tile_labels" in report.warnings["s"][-1]
+    assert not [p for p in (tmp_path / "proj").rglob(".trash-*")]
+    # other tiling parameters: the same
+    derive("s")
+    report = run_job(
+        tile_slides_job(store, [("s", path)], TilingParams(patch_size=128), overwrite=True)
+    )
+    assert present("s") == [] and "extract features" in report.warnings["s"][-1]
+    assert store.read_tiles("s")[1]["geometry"]["patch_size"] == 128
+
+
 def test_store_lock_gives_clear_error(tmp_path):
     store = ProjectStore(tmp_path / "proj", create=True)
     other = ProjectStore(tmp_path / "proj")

@@ -9,7 +9,9 @@ Layout (see ``docs/store-format.md``)::
 
 Every leaf directory is written under a temporary name and renamed into place
 (:func:`~napari_wsi_mil.jobs.atomic_dir`), so a directory that exists is complete.
-Writers hold an exclusive lock on ``project/.lock``.
+Writers hold an exclusive lock on ``project/.lock``. Results with one row per patch
+(:data:`GRID_RESULTS`) belong to the tiling they were made from: a new tiling of a slide
+with other patches removes them (:meth:`ProjectStore.write_tiles`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +33,11 @@ from napari_wsi_mil.names import name_problem
 
 STORE_FORMAT = "napari-wsi-mil-store"
 STORE_VERSION = 1
+
+#: Result kinds with one row per patch in the order of a slide's ``coords``, and whether
+#: they are stored per name (``<kind>/<name>/<slide_id>``) or not (``<kind>/<slide_id>``).
+#: They are only valid for the tiling they were made from (see ``write_tiles``).
+GRID_RESULTS = {"features": True, "predictions": True, "tile_labels": False}
 
 
 def check_name(name: str, what: str = "slide id") -> str:
@@ -154,10 +163,24 @@ class ProjectStore:
 
     def write_tiles(
         self, slide_id: str, tiled, slide_facts: dict, params: dict, overwrite: bool = False
-    ) -> Path:
-        """Store a :class:`~napari_wsi_mil.slide.tiling.TiledSlide` with the slide's facts."""
+    ) -> list[str]:
+        """Store a :class:`~napari_wsi_mil.slide.tiling.TiledSlide` with the slide's facts.
+
+        Replacing (``overwrite``) a tiling whose patches differ (``coords`` or geometry)
+        first removes every result made from the old one (:data:`GRID_RESULTS`: features
+        of every name, predictions, tile labels), so no result is ever read against the
+        wrong patches; the same patches (e.g. only the tissue mask changed) keep them.
+        Returns the removed results (``"features/<name>"``, ``"tile_labels"``, ...).
+        The caller holds the writer lock, as for every write.
+        """
         grid = tiled.grid
-        return self.write_result(
+        geometry = _jsonable(grid.attrs())
+        removed = []
+        if overwrite and self.has_tiles(slide_id):
+            old, attrs = self.read_result("slides", None, slide_id)
+            if attrs.get("geometry") != geometry or not np.array_equal(old["coords"], grid.coords):
+                removed = self.remove_grid_results(slide_id)
+        self.write_result(
             "slides",
             None,
             slide_id,
@@ -169,13 +192,41 @@ class ProjectStore:
             attrs={
                 "slide": slide_facts,
                 "tiling": params,
-                "geometry": grid.attrs(),
+                "geometry": geometry,
                 "mask_downsample": list(tiled.mask_downsample),
                 "warnings": list(tiled.warnings),
                 "n_patches": len(grid),
             },
             overwrite=overwrite,
         )
+        return removed
+
+    def remove_grid_results(self, slide_id: str) -> list[str]:
+        """Remove every :data:`GRID_RESULTS` result of one slide; returns what it removed.
+
+        Each result directory is renamed away (atomic; readers no longer see it) before it
+        is deleted, so an interrupted removal leaves every result complete or gone. The
+        caller holds the writer lock.
+        """
+        check_name(slide_id)
+        removed = []
+        for kind, named in GRID_RESULTS.items():
+            folder = self.root / kind
+            if not folder.is_dir():
+                continue
+            if named:
+                sets = sorted(p for p in folder.iterdir() if p.is_dir() and p.name[0] != ".")
+            else:
+                sets = [folder]
+            for parent in sets:
+                path = parent / slide_id
+                if not path.is_dir():
+                    continue
+                trash = parent / f".trash-{slide_id}-{uuid.uuid4().hex[:8]}"
+                os.rename(path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                removed.append(f"{kind}/{parent.name}" if named else kind)
+        return removed
 
     def read_tiles(self, slide_id: str):
         """``(TileGrid, attrs)`` of a tiled slide."""

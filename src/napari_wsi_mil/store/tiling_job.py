@@ -48,7 +48,9 @@ def tile_slides_job(
     With ``skip_errors`` a bad slide is reported in the result and the rest go on;
     otherwise its :class:`~napari_wsi_mil.errors.WsiMilError` stops the job (slides
     finished before it stay in the store). ``masks`` replaces tissue detection for
-    the slides it names (e.g. a mask painted in napari).
+    the slides it names (e.g. a mask painted in napari). Re-tiling a slide
+    (``overwrite``) so that its patches change removes its features, predictions and
+    tile labels (:meth:`ProjectStore.write_tiles`; named in ``report.warnings``).
     """
     report = TilingReport()
     masks = masks or {}
@@ -63,14 +65,22 @@ def tile_slides_job(
                 with open_slide(path) as slide:
                     tiled = tile_slide(slide, params, masks.get(slide_id))
                     facts = slide.describe()
-                project.write_tiles(slide_id, tiled, facts, asdict(params), overwrite=overwrite)
+                removed = project.write_tiles(
+                    slide_id, tiled, facts, asdict(params), overwrite=overwrite
+                )
             except WsiMilError as exc:
                 if not skip_errors:
                     raise
                 report.failed[slide_id] = str(exc)
                 continue
             report.tiled[slide_id] = len(tiled.grid)
-            if tiled.warnings:
-                report.warnings[slide_id] = tiled.warnings
+            warnings = list(tiled.warnings)
+            if removed:
+                warnings.append(
+                    "the patches changed: removed the results of the old tiling "
+                    f"({', '.join(removed)}); extract features (and predict) again"
+                )
+            if warnings:
+                report.warnings[slide_id] = warnings
         yield Progress("tiling", total, total)
     return report

@@ -85,12 +85,12 @@ class TilingWidget(JobWidget):
             from napari_wsi_mil.store.tiling_job import tile_slides_job
 
             store = ProjectStore(project_dir, create=True)
-            yield from tile_slides_job(
+            report = yield from tile_slides_job(
                 store, [(slide_id, path)], params, overwrite=True, masks=masks
             )
-            grid, attrs = store.read_tiles(slide_id)
+            grid, _ = store.read_tiles(slide_id)
             mask, downsample = store.read_tissue_mask(slide_id)
-            return open_slide(path), grid, mask, downsample, attrs["warnings"]
+            return open_slide(path), grid, mask, downsample, report.warnings.get(slide_id, [])
 
         return job
 
