@@ -49,7 +49,7 @@ def test_embedding_widget_links_plot_and_slide(
     store, cohort = cohort_with_features
     viewer = make_napari_viewer_proxy()
     entry = cohort.entries[1]
-    viewer.open(entry.path, plugin="napari-wsi-mil")
+    (slide_layer,) = viewer.open(entry.path, plugin="napari-wsi-mil")
     widget = _compute(viewer, qtbot, store, cohort)
     table = widget.table
     assert len(table) == 4 * 30
@@ -59,6 +59,7 @@ def test_embedding_widget_links_plot_and_slide(
     layer = widget.selection_layer()
     assert layer is not None and layer.name == f"{entry.slide_id} embedding selection"
     assert layer.data.sum() == 0  # nothing selected yet, but ready to paint
+    assert tuple(layer.units) == tuple(slide_layer.units)  # no "Inconsistent units"
 
     grid, _ = store.read_tiles(entry.slide_id)
     rows = table.rows_of(entry.slide_id)

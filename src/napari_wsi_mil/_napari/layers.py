@@ -1,8 +1,12 @@
-"""Build napari layer data (no viewer needed) from slides and per-patch results."""
+"""Build napari layer data (no viewer needed) from slides and per-patch results, and
+place layers in the frame (scale, translate, units) of the slide layer they lie on."""
 
 from __future__ import annotations
 
 from napari_wsi_mil.slide import Slide
+
+#: Units of a slide without a stated pixel size (napari's default units).
+PIXEL_UNITS = ("pixel", "pixel")
 
 
 def slide_world_scale(slide: Slide) -> tuple[tuple[float, float], str]:
@@ -13,16 +17,37 @@ def slide_world_scale(slide: Slide) -> tuple[tuple[float, float], str]:
     return (mpp_y, mpp_x), "um"
 
 
+def slide_frame(slide: Slide) -> tuple[tuple[float, float], tuple[str, str]]:
+    """``(scale, units)`` of the slide layer of ``slide``, which every layer aligned to
+    it shares: napari renders in physical units only when all layers have the same."""
+    scale, unit = slide_world_scale(slide)
+    return scale, (unit, unit)
+
+
+def slide_layer_frame(layer) -> tuple[tuple, tuple, tuple]:
+    """``(scale, translate, units)`` (y, x) of a slide layer in the viewer: the frame
+    every result layer over it is placed in and takes its units from."""
+    return tuple(layer.scale[-2:]), tuple(layer.translate[-2:]), tuple(layer.units)[-2:]
+
+
+def place_layer(layer, kwargs: dict) -> None:
+    """Move an existing layer to the ``scale``, ``translate`` and ``units`` of ``kwargs``
+    (from one of the ``*_layer_data`` functions)."""
+    layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+    if "units" in kwargs:
+        layer.units = kwargs["units"]
+
+
 def slide_layer_data(slide: Slide) -> tuple:
     """``(data, kwargs, "image")`` for a lazily read, multiscale RGB slide layer."""
-    scale, unit = slide_world_scale(slide)
+    scale, units = slide_frame(slide)
     kwargs = {
         "name": slide.path.stem,
         "rgb": True,
         "multiscale": True,
         "contrast_limits": (0, 255),
         "scale": scale,
-        "units": (unit, unit),
+        "units": units,
         "axis_labels": ("y", "x"),
         "metadata": {
             "slide_path": str(slide.path),
@@ -53,13 +78,13 @@ def raster_transform(
 
 def tissue_mask_layer_data(slide: Slide, mask, mask_downsample: tuple[float, float]) -> tuple:
     """A Labels layer of the tissue mask (label 1), aligned with the slide layer."""
-    scale, translate = raster_transform(
-        (mask_downsample[1], mask_downsample[0]), slide_world_scale(slide)[0]
-    )
+    slide_scale, units = slide_frame(slide)
+    scale, translate = raster_transform((mask_downsample[1], mask_downsample[0]), slide_scale)
     kwargs = {
         "name": f"{slide.path.stem} tissue",
         "scale": scale,
         "translate": translate,
+        "units": units,
         "opacity": 0.4,
         "metadata": {"slide_path": str(slide.path), "kind": "tissue_mask"},
     }
@@ -71,12 +96,14 @@ def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = No
     import numpy as np
 
     step = grid.geometry.stride_level0
-    scale, translate = raster_transform((step, step), slide_world_scale(slide)[0])
+    slide_scale, units = slide_frame(slide)
+    scale, translate = raster_transform((step, step), slide_scale)
     values = np.ones(len(grid), np.uint8) if values is None else values
     kwargs = {
         "name": name or f"{slide.path.stem} patches",
         "scale": scale,
         "translate": translate,
+        "units": units,
         "opacity": 0.5,
         "metadata": {"slide_path": str(slide.path), "kind": "patch_grid"},
     }
@@ -84,6 +111,8 @@ def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = No
 
 
 # -- result layers: every one a patch-grid raster placed by raster_transform ---------
+# They take the slide layer's frame: ``slide_scale``, ``slide_translate`` and
+# ``slide_units`` (see slide_layer_frame).
 
 #: Colours of the result Labels layers (RGBA in 0-1). The predicted mask is magenta, apart
 #: from every colour of the attention heatmap's turbo colormap; painted tumour is red.
@@ -102,10 +131,17 @@ def patch_grid_transform(
     return scale, (translate[0] + slide_translate[0], translate[1] + slide_translate[1])
 
 
-def _grid_kwargs(grid, slide_scale, slide_translate, name, kind, **extra) -> dict:
+def _grid_kwargs(grid, slide_scale, slide_translate, slide_units, name, kind, **extra) -> dict:
     scale, translate = patch_grid_transform(grid, slide_scale, slide_translate)
     metadata = {"kind": kind, **extra.pop("metadata", {})}
-    return {"name": name, "scale": scale, "translate": translate, "metadata": metadata, **extra}
+    return {
+        "name": name,
+        "scale": scale,
+        "translate": translate,
+        "units": tuple(slide_units),
+        "metadata": metadata,
+        **extra,
+    }
 
 
 def attention_layer_data(
@@ -118,6 +154,7 @@ def attention_layer_data(
     colormap: str = "turbo",
     opacity: float = 0.55,
     slide_translate: tuple[float, float] = (0.0, 0.0),
+    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """Attention heatmap Image layer: normalised with ``mode`` (raw, minmax, rank), NaN
@@ -129,6 +166,7 @@ def attention_layer_data(
         grid,
         slide_scale,
         slide_translate,
+        slide_units,
         name,
         "attention",
         colormap=colormap,
@@ -150,6 +188,7 @@ def probability_layer_data(
     colormap: str = "viridis",
     opacity: float = 0.55,
     slide_translate: tuple[float, float] = (0.0, 0.0),
+    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """Instance-probability heatmap Image layer on [0, 1], NaN off tissue."""
@@ -159,6 +198,7 @@ def probability_layer_data(
         grid,
         slide_scale,
         slide_translate,
+        slide_units,
         name,
         "instance_probability",
         colormap=colormap,
@@ -189,6 +229,7 @@ def tumour_mask_layer_data(
     name: str = "predicted tumour",
     opacity: float = 0.7,
     slide_translate: tuple[float, float] = (0.0, 0.0),
+    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """Predicted tumour mask Labels layer (label 1 = tumour, magenta) at ``threshold``."""
@@ -196,6 +237,7 @@ def tumour_mask_layer_data(
         grid,
         slide_scale,
         slide_translate,
+        slide_units,
         name,
         "tumour_mask",
         opacity=opacity,
@@ -213,6 +255,7 @@ def clusters_layer_data(
     name: str = "clusters",
     opacity: float = 0.5,
     slide_translate: tuple[float, float] = (0.0, 0.0),
+    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """CluSiam clusters Labels layer: label ``k + 1`` for cluster ``k``, 0 off tissue."""
@@ -223,6 +266,7 @@ def clusters_layer_data(
         grid,
         slide_scale,
         slide_translate,
+        slide_units,
         name,
         "clusters",
         opacity=opacity,
@@ -238,6 +282,7 @@ def annotation_layer_data(
     *,
     name: str = "annotations",
     slide_translate: tuple[float, float] = (0.0, 0.0),
+    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """An empty paint Labels layer covering the slide (1 tumour, 2 normal), with square
@@ -252,6 +297,7 @@ def annotation_layer_data(
         "name": name,
         "scale": scale,
         "translate": (translate[0] + slide_translate[0], translate[1] + slide_translate[1]),
+        "units": tuple(slide_units),
         "opacity": 0.5,
         "colormap": dict(PAINT_COLORS),
         "metadata": {"kind": "annotations", "level0_per_pixel": f, **(metadata or {})},
@@ -260,16 +306,23 @@ def annotation_layer_data(
 
 
 def analysis_layer_data(
-    analysis, slide_scale: tuple[float, float], *, mode: str = "rank", threshold=None
+    analysis,
+    slide_scale: tuple[float, float],
+    *,
+    mode: str = "rank",
+    threshold=None,
+    slide_translate: tuple[float, float] = (0.0, 0.0),
+    slide_units: tuple = PIXEL_UNITS,
 ) -> list[tuple]:
     """Every result layer of a :class:`~napari_wsi_mil.review.analyse.SlideAnalysis`:
     attention, instance probability, predicted tumour mask (at ``threshold``, default
     :data:`~napari_wsi_mil.review.heatmap.DEFAULT_MASK_THRESHOLD`) and (when present)
-    clusters, named ``"<slide_id> <what>"``."""
+    clusters, named ``"<slide_id> <what>"``, in the slide layer's frame."""
     from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
 
     grid, sid = analysis.grid, analysis.slide_id
     meta = {"slide_id": sid, "prediction": analysis.prediction_name}
+    frame = {"slide_translate": slide_translate, "slide_units": slide_units}
     threshold = DEFAULT_MASK_THRESHOLD if threshold is None else threshold
     layers = [
         attention_layer_data(
@@ -279,6 +332,7 @@ def analysis_layer_data(
             mode=mode,
             name=f"{sid} attention",
             metadata=meta,
+            **frame,
         ),
         probability_layer_data(
             grid,
@@ -286,6 +340,7 @@ def analysis_layer_data(
             slide_scale,
             name=f"{sid} probability",
             metadata=meta,
+            **frame,
         ),
         tumour_mask_layer_data(
             grid,
@@ -294,12 +349,18 @@ def analysis_layer_data(
             slide_scale,
             name=f"{sid} predicted tumour",
             metadata=meta,
+            **frame,
         ),
     ]
     if analysis.clusters is not None:
         layers.append(
             clusters_layer_data(
-                grid, analysis.clusters, slide_scale, name=f"{sid} clusters", metadata=meta
+                grid,
+                analysis.clusters,
+                slide_scale,
+                name=f"{sid} clusters",
+                metadata=meta,
+                **frame,
             )
         )
     return layers

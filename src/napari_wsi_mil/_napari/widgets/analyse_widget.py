@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton, SpinBox
 
+from napari_wsi_mil._napari.layers import place_layer, slide_layer_frame
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD, NORMALISATIONS
 
@@ -162,8 +163,13 @@ class AnalyseWidget(JobWidget):
         return job
 
     def _slide_transform(self) -> tuple[tuple, tuple]:
-        layer = self._slide_layer
-        return tuple(layer.scale[-2:]), tuple(layer.translate[-2:])
+        scale, translate, _ = slide_layer_frame(self._slide_layer)
+        return scale, translate
+
+    def _frame(self) -> dict:
+        """The slide layer's translate and units, as the ``*_layer_data`` keywords."""
+        _, translate, units = slide_layer_frame(self._slide_layer)
+        return {"slide_translate": translate, "slide_units": units}
 
     def _put_layer(self, what: str, data, kwargs: dict, kind: str):
         """Add a layer or replace the data and placement of the existing one."""
@@ -172,7 +178,7 @@ class AnalyseWidget(JobWidget):
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = data
-            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            place_layer(layer, kwargs)
             if "contrast_limits" in kwargs:
                 layer.contrast_limits = kwargs["contrast_limits"]
             layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
@@ -185,15 +191,16 @@ class AnalyseWidget(JobWidget):
 
         analysis, gallery = result
         self.analysis = analysis
-        scale, translate = self._slide_transform()
+        scale, _ = self._slide_transform()
         whats = ["attention", "probability", "mask", "clusters"]
         layers = analysis_layer_data(
-            analysis, scale, mode=self.normalisation.value, threshold=self.threshold.value
+            analysis,
+            scale,
+            mode=self.normalisation.value,
+            threshold=self.threshold.value,
+            **self._frame(),
         )
-        units = tuple(self._slide_layer.units)[-2:]
         for what, (data, kwargs, kind) in zip(whats, layers, strict=False):
-            kwargs["translate"] = tuple(np.add(kwargs["translate"], translate))
-            kwargs["units"] = units  # as the slide's, so napari keeps using physical units
             self._put_layer(what, data, kwargs, kind)
         self.viewer.layers.selection.active = self._slide_layer
         for widget in self._review:
@@ -285,20 +292,19 @@ class AnalyseWidget(JobWidget):
         if not self._need_analysis():
             return
         a = self.analysis
-        scale, translate = self._slide_transform()
+        scale, _ = self._slide_transform()
         step = max(1, a.grid.geometry.stride_level0 // 4)
         data, kwargs, _ = annotation_layer_data(
             a.slide_size,
             step,
             scale,
             name=f"{a.slide_id} annotations",
-            slide_translate=translate,
             metadata={"slide_id": a.slide_id},
+            **self._frame(),
         )
         if kwargs["name"] in self.viewer.layers:
             layer = self.viewer.layers[kwargs["name"]]
         else:
-            kwargs["units"] = tuple(self._slide_layer.units)[-2:]
             layer = self.viewer.add_labels(data, **kwargs)
         layer.selected_label = 1
         layer.brush_size = 8
@@ -324,7 +330,7 @@ class AnalyseWidget(JobWidget):
                 face_color_cycle=["red", "green"],
                 edge_color="white",
                 opacity=0.4,
-                units=tuple(self._slide_layer.units)[-2:],
+                units=self._frame()["slide_units"],
                 metadata={"kind": "annotation_shapes", "slide_id": self.analysis.slide_id},
             )
         self._set_shape_class()

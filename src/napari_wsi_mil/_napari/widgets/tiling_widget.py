@@ -95,7 +95,11 @@ class TilingWidget(JobWidget):
         return job
 
     def _show(self, result) -> None:
-        from napari_wsi_mil._napari.layers import patch_grid_layer_data, tissue_mask_layer_data
+        from napari_wsi_mil._napari.layers import (
+            patch_grid_layer_data,
+            place_layer,
+            tissue_mask_layer_data,
+        )
 
         slide, grid, mask, downsample, warnings = result
         with slide:
@@ -107,7 +111,7 @@ class TilingWidget(JobWidget):
                 if name in self.viewer.layers:
                     existing = self.viewer.layers[name]
                     existing.data = data
-                    existing.scale, existing.translate = kwargs["scale"], kwargs["translate"]
+                    place_layer(existing, kwargs)
                 else:
                     self.viewer.add_labels(data, name=name, **kwargs)
             self._mask_layer = self.viewer.layers[f"{slide.path.stem} tissue"]
