@@ -50,3 +50,14 @@ def test_train_widget_without_features_explains(make_napari_viewer_proxy, tmp_pa
     widget.project.value = tmp_path
     widget.run_button.clicked.emit()
     assert "extract them first" in widget.status.value
+
+
+def test_train_status_puts_the_aucs_first_and_wraps(make_napari_viewer_proxy, tmp_path):
+    from types import SimpleNamespace
+
+    widget = TrainMilWidget(make_napari_viewer_proxy())
+    path = tmp_path / "a-long-folder-name" / "another-long-folder" / "model.safetensors"
+    metrics = {"val": {"auc": 0.9}, "test": {"auc": 0.8}}
+    widget._finished(SimpleNamespace(model_path=path, metrics=metrics))
+    assert widget.status.value == f"val AUC 0.900; test AUC 0.800; model: {path}"
+    assert widget.status.native.wordWrap()

@@ -8,9 +8,14 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 
 from napari_wsi_mil.jobs import Progress
 
+#: Longest status text shown (notifications carry the whole message).
+STATUS_MAX_CHARS = 500
+
 
 class JobWidget(Container):
     """Run button, Cancel button, progress bar and status line around one job at a time.
+
+    The status line wraps, so a dock of normal width shows all of it.
 
     Subclasses build their parameter widgets, then call :meth:`start` with a
     generator function (the job) and a handler for its return value. The handler
@@ -26,6 +31,8 @@ class JobWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
+        # wrap, so that a result at the end of the line is not clipped by a narrow dock
+        self.status.native.setWordWrap(True)
         self.cancel_button.changed.connect(self.cancel)
 
     def add_controls(self) -> None:
@@ -81,7 +88,9 @@ class JobWidget(Container):
         self.cancel_button.enabled = False
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text[:200]
+        if len(text) > STATUS_MAX_CHARS:
+            text = text[: STATUS_MAX_CHARS - 1] + "\u2026"
+        self.status.value = text
 
 
 def slide_layers(viewer) -> list:

@@ -112,6 +112,5 @@ class TrainMilWidget(JobWidget):
             auc = result.metrics.get(split, {}).get("auc")
             if auc is not None:
                 shown.append(f"{split} AUC {auc:.3f}")
-        self._set_status(
-            f"model: {result.model_path}" + (f" ({', '.join(shown)})" if shown else "")
-        )
+        # the key numbers first: the path is long
+        self._set_status("; ".join([*shown, f"model: {result.model_path}"]))
