@@ -62,3 +62,28 @@ def test_clusiam_clusters_on_slide(make_napari_viewer_proxy, qtbot, cohort, tmp_
     grid, _ = store.read_tiles(path.stem)
     assert (layer.data > 0).sum() == len(grid)
     assert "clusters occupied" in widget.status.value
+
+
+def test_run_warnings_reach_the_user(make_napari_viewer_proxy, tmp_path):
+    """A result carrying a warning (here a collapse) -> a napari warning notification
+    and the status line, which wraps and keeps the encoder path."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    from napari_wsi_mil.pretrain.trainer import PretrainConfig, PretrainResult, collapse_warning
+
+    warning = collapse_warning(PretrainConfig(method="weaksupcon"), 0.001)
+    assert warning is not None
+    result = PretrainResult(tmp_path / "enc.safetensors", tmp_path / "ckpt", warnings=[warning])
+    widget = PretrainWidget(make_napari_viewer_proxy())
+    notification_manager.records.clear()
+    widget._finished(result)
+    shown = [n for n in notification_manager.records if str(n.message) == warning]
+    assert len(shown) == 1 and shown[0].severity == NotificationSeverity.WARNING
+    assert warning in widget.status.value and "encoder written" in widget.status.value
+    assert str(tmp_path / "enc.safetensors") in widget.status.value
+    assert widget.status.native.wordWrap()
+    # no warning, no notification
+    notification_manager.records.clear()
+    widget._finished(PretrainResult(tmp_path / "enc.safetensors", tmp_path / "ckpt"))
+    assert notification_manager.records == []
+    assert widget.status.value.startswith("encoder written")

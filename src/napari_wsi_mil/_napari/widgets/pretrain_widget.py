@@ -140,7 +140,13 @@ class PretrainWidget(JobWidget):
         self._paused = False
 
     def _finished(self, result) -> None:
-        self._set_status(f"encoder written: {result.encoder_path}")
+        """Report the encoder file and every warning of the run (e.g. collapse)."""
+        from napari.utils.notifications import show_warning
+
+        for warning in result.warnings:
+            show_warning(warning)
+        warnings = "".join(f"WARNING: {w} " for w in result.warnings)
+        self._set_status(f"{warnings}encoder written: {result.encoder_path}")
 
     def show_clusters(self) -> None:
         layers = slide_layers(self.viewer)
