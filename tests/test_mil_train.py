@@ -96,6 +96,43 @@ def test_infer_and_evaluate_files(cohort, tmp_path):
     metrics = evaluate_predictions(tmp_path / "pred", table)
     assert metrics["n"] == len(table) and metrics["auc"] >= 0.9
     assert metrics["specificity"] is not None  # negative slides: every tile is normal
+    assert metrics["instance_auc"] is None  # no GeoJSON: no tumour tile is known
+    # with the project, the tile labels painted into it count, as in training
+    metrics = evaluate_predictions(tmp_path / "pred", table, project=store.root)
+    assert metrics["instance_n"] == sum(len(t) for t in truth.values())
+    assert metrics["instance_auc"] >= 0.6 and metrics["dice"] is not None
+
+
+def test_evaluate_with_project_reads_painted_labels_and_refuses_other_patches(tmp_path, capsys):
+    from napari_wsi_mil.cli import main
+    from napari_wsi_mil.slide.tiling import TiledSlide
+    from napari_wsi_mil.store.cohort import write_cohort
+
+    store, table, truth = feature_cohort(tmp_path, n_cases=4, two_slide_cases=0, test_fraction=0)
+    result = run_job(
+        train_mil_job(store, table, "f", tmp_path / "run", MilConfig(epochs=1, threads=1))
+    )
+    run_job(infer_job(store, result.model_path, out_dir=tmp_path / "pred"))
+    csv = write_cohort(table, tmp_path / "cohort.csv")
+    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--cohort", str(csv)]
+    out = str(tmp_path / "m.json")
+    assert main([*args, "--project", str(store.root), "--out", out]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["instance_n"] == sum(len(t) for t in truth.values())
+    # the slide re-tiled since: its predictions no longer fit
+    grid, _ = store.read_tiles("case01_s0")
+    grid.coords = grid.coords + 224
+    with store.lock():
+        store.write_tiles(
+            "case01_s0", TiledSlide(grid, np.zeros((1, 1), bool), (1.0, 1.0), []), {}, {}, True
+        )
+    assert main([*args, "--project", str(store.root), "--out", out]) == 2
+    assert "case01_s0" in capsys.readouterr().err
+    with pytest.raises(WsiMilError, match="other patches than its tiling"):
+        evaluate_predictions(tmp_path / "pred", table, project=store)
+    other = feature_cohort(tmp_path / "other", n_cases=2, two_slide_cases=0, test_fraction=0)[0]
+    with pytest.raises(WsiMilError, match="'case02_s0' is not tiled"):
+        evaluate_predictions(tmp_path / "pred", table, project=other)
 
 
 def test_bad_inputs_give_clear_errors(cohort, tmp_path):

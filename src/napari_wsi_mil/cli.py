@@ -609,6 +609,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         read_cohort(args.cohort),
         annotations=args.annotations,
         min_coverage=args.min_coverage,
+        project=args.project,
     )
     write_metrics(args.out, metrics)
     print(json.dumps(metrics, indent=2))
@@ -619,6 +620,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="bag, instance and localisation metrics of predictions")
     p.add_argument("--pred", required=True, help="prediction folder of wsi-mil infer")
     p.add_argument("--cohort", required=True)
+    p.add_argument(
+        "--project",
+        help="project store the predictions were made from: its tile labels (painted in "
+        "napari) come before --annotations, as in training",
+    )
     p.add_argument("--annotations", help="folder of <slide_id>.geojson tumour outlines")
     p.add_argument(
         "--min-coverage", type=float, default=0.2, help="tumour fraction for a positive tile (0.2)"

@@ -180,7 +180,7 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
                 ),
             )
             metrics[(name, model)] = evaluate_predictions(
-                out / "predictions" / run, test_cohort, annotations
+                out / "predictions" / run, test_cohort, annotations, project=store
             )
             labels = test_cohort.labels()
             curves.setdefault(name, {})[model] = (

@@ -48,18 +48,25 @@ class Bag:
 
 
 def slide_tile_labels(
-    project: ProjectStore,
+    project: ProjectStore | None,
     slide_id: str,
     bag_label: int,
     annotations: str | os.PathLike | None,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
+    grid=None,
 ) -> np.ndarray:
-    """Tile labels of one slide (see the module doc for the sources and their order)."""
+    """Tile labels of one slide (see the module doc for the sources and their order).
+
+    The one rule for training and evaluation. ``grid`` is the slide's TileGrid, read from
+    ``project`` when not given; without a project (``None``) only the GeoJSON files and
+    the bag label decide.
+    """
     from napari_wsi_mil.store.geojson import read_geojson_polygons
     from napari_wsi_mil.store.tile_labels import tile_labels_from_polygons
 
-    grid, _ = project.read_tiles(slide_id)
-    if project.has_result(TILE_LABELS, None, slide_id):
+    if grid is None:
+        grid, _ = project.read_tiles(slide_id)
+    if project is not None and project.has_result(TILE_LABELS, None, slide_id):
         return project.read_result(TILE_LABELS, None, slide_id)[0]["labels"].astype(np.int8)
     if annotations is not None:
         path = Path(annotations) / f"{slide_id}.geojson"

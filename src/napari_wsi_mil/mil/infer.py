@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.errors import StoreError, WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
 from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
 
 PREDICTIONS = "predictions"
 
@@ -213,15 +214,20 @@ def evaluate_predictions(
     pred_dir: str | os.PathLike,
     cohort,
     annotations: str | os.PathLike | None = None,
-    min_coverage: float = 0.2,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+    project: ProjectStore | str | os.PathLike | None = None,
 ) -> dict:
     """Bag metrics per slide; instance and localisation metrics where tile labels are
-    known (GeoJSON annotations; every tile of a negative slide is normal)."""
+    known. Tile labels come from :func:`~napari_wsi_mil.mil.bags.slide_tile_labels`, as in
+    training: with ``project`` (the one the predictions were made from) labels stored
+    there (painted in napari) come first, then GeoJSON ``annotations``; every tile of a
+    negative slide without either is normal."""
+    from napari_wsi_mil.mil.bags import slide_tile_labels
     from napari_wsi_mil.mil.metrics import bag_metrics, instance_metrics, localisation_metrics
     from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
-    from napari_wsi_mil.store.geojson import read_geojson_polygons
-    from napari_wsi_mil.store.tile_labels import tile_labels_from_polygons
 
+    if project is not None and not isinstance(project, ProjectStore):
+        project = ProjectStore(project)
     labels = cohort.labels()
     slides = [row for row in read_prediction_dir(pred_dir) if row["slide_id"] in labels]
     if not slides:
@@ -230,13 +236,24 @@ def evaluate_predictions(
     metrics = bag_metrics(y, [float(r["probability"]) for r in slides])
     tile_sets = []
     for row, label in zip(slides, y, strict=True):
-        size0 = int(row["patch_size_level0"])
-        tiles = np.full(len(row["coords"]), 0 if label == 0 else -1, np.int8)
-        geojson = Path(annotations) / f"{row['slide_id']}.geojson" if annotations else None
-        if label == 1 and geojson is not None and geojson.exists():
+        slide_id, coords = row["slide_id"], row["coords"]
+        if project is None:
+            size0 = int(row["patch_size_level0"])
             geo = PatchGeometry(None, None, size0, size0, size0, 0, size0)
-            grid = TileGrid(row["coords"], np.ones(len(tiles), np.float32), geo, (1, 1))
-            tiles = tile_labels_from_polygons(grid, read_geojson_polygons(geojson), min_coverage)
+            grid = TileGrid(coords, np.ones(len(coords), np.float32), geo, (1, 1))
+        else:
+            if not project.has_tiles(slide_id):
+                raise StoreError(
+                    f"{project.root}: slide {slide_id!r} is not tiled; give the project "
+                    f"the predictions in {pred_dir} were made from"
+                )
+            grid, _ = project.read_tiles(slide_id)
+            if not np.array_equal(grid.coords, coords):
+                raise StoreError(
+                    f"{pred_dir}: the predictions of slide {slide_id!r} were made from "
+                    f"other patches than its tiling in {project.root}; run wsi-mil infer again"
+                )
+        tiles = slide_tile_labels(project, slide_id, label, annotations, min_coverage, grid=grid)
         tile_sets.append((label, tiles, row["instance_probability"]))
     metrics.update(
         instance_metrics(
