@@ -132,7 +132,12 @@ def cohort_bags(fraction: float, args):
 
     from napari_wsi_mil.mil.bags import load_bags
 
-    store, cohort, root, times = prepare(fraction, args)
+    if args.cohort == "mosaic":  # semi-real: real H&E tiles, see bench_encoders.prepare
+        import bench_encoders
+
+        (store, cohort, root), times = bench_encoders.prepare(fraction), {}
+    else:
+        store, cohort, root, times = prepare(fraction, args)
     bags = load_bags(store, cohort, "random", annotations=root / "cohort" / "annotations")
     train = [b for b in bags if b.split == "train"]
     test = [b for b in bags if b.split == "test"]
@@ -244,6 +249,7 @@ def part_accuracy(args, out: dict) -> None:
 
     torch.set_num_threads(args.threads)
     out["accuracy_settings"] = {
+        "cohort": args.cohort,
         "slides": args.slides,
         "size": [2048, 1536],
         "mpp": 0.5,
@@ -699,6 +705,13 @@ def main() -> None:
     parser.add_argument("--mpp", type=float, default=1.0, help="tiling target um/px")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     parser.add_argument("--name", default="bench_mil")
+    parser.add_argument(
+        "--cohort",
+        choices=("synthetic", "mosaic"),
+        default="synthetic",
+        help="accuracy cohorts: procedural slides, or mosaics of real H&E tiles "
+        "(bench_encoders.prepare: 24 slides, 28 px patches; --slides/--patch/--mpp ignored)",
+    )
     parser.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
