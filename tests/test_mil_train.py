@@ -39,6 +39,9 @@ def test_every_model_trains_and_ranks_test_bags(cohort, tmp_path, model):
     assert test["instance_auc"] >= MIN_INSTANCE_AUC[model], test
     loaded, meta = load_model(result.model_path)
     assert meta["model"] == model and meta["features"] == "f"
+    # WENO's bag probability is its largest instance probability: masks cut at its threshold
+    mask_threshold = meta["threshold"] if model == "weno" else 0.5
+    assert meta["mask_threshold"] == result.metrics["mask_threshold"] == mask_threshold
 
 
 def test_cases_are_bags_and_scores_map_back_to_slides(cohort, tmp_path):
@@ -92,7 +95,9 @@ def test_infer_and_evaluate_files(cohort, tmp_path):
     )
     run_job(infer_job(store, result.model_path, out_dir=tmp_path / "pred"))
     header = (tmp_path / "pred" / "slides.csv").read_text().splitlines()[0]
-    assert header == "slide_id,case_id,probability,prediction,n_patches,patch_size_level0"
+    assert header == (
+        "slide_id,case_id,probability,prediction,n_patches,patch_size_level0,mask_threshold"
+    )
     metrics = evaluate_predictions(tmp_path / "pred", table)
     assert metrics["n"] == len(table) and metrics["auc"] >= 0.9
     assert metrics["specificity"] is not None  # negative slides: every tile is normal

@@ -588,8 +588,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask-threshold",
         type=float,
-        default=0.5,
-        help="instance probability of a tumour tile in the GeoJSON (0.5)",
+        help="instance probability of a tumour tile in the GeoJSON mask and in wsi-mil "
+        "evaluate, recorded in slides.csv (default: the model's: its fitted bag threshold "
+        "for WENO, 0.5 for the others)",
     )
     p.add_argument(
         "--attention-scale",

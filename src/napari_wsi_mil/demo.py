@@ -257,7 +257,7 @@ def _slide_figure(store, synthetic, test_cohort, path: Path) -> Path:
         grid.coords,
         grid.geometry.patch_size_level0,
         arrays["instance_probability"],
-        0.5,
+        float(attrs.get("mask_threshold", 0.5)),  # the model's mask threshold
         polygons,
         title,
         path,

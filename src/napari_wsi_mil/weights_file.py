@@ -25,17 +25,28 @@ def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict, fmt: st
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def load_tensors(path: str | os.PathLike, fmt: str) -> tuple[dict, dict]:
-    """``(tensors, metadata)`` of a file written by :func:`save_tensors` with ``fmt``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+def load_metadata(path: str | os.PathLike, fmt: str) -> dict:
+    """The metadata of a file written by :func:`save_tensors` with ``fmt`` (no tensors)."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             raw = fh.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WsiMilError(f"{path}: not a readable safetensors file ({exc})") from exc
     if raw.get("format") != fmt:
         raise WsiMilError(f"{path}: not a {fmt} file (format tag {raw.get('format')!r})")
-    return tensors, {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+
+
+def load_tensors(path: str | os.PathLike, fmt: str) -> tuple[dict, dict]:
+    """``(tensors, metadata)`` of a file written by :func:`save_tensors` with ``fmt``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = load_metadata(path, fmt)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WsiMilError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return tensors, meta

@@ -86,6 +86,10 @@ class MilModel(nn.Module):
     """
 
     in_dim: int
+    #: Whether the bag ``probability`` is the max of ``instance_probability`` (WENO).
+    #: Such a model's tumour mask is cut at its bag threshold
+    #: (:func:`napari_wsi_mil.mil.predict.mask_threshold_for`).
+    bag_is_max_instance: bool = False
 
     def loss(
         self, features: torch.Tensor, bag_label: int | torch.Tensor, **extra: object

@@ -5,8 +5,14 @@ instance probability into the store (``predictions/<name>/<slide_id>``, read by 
 viewer) and, with ``out_dir``, as files::
 
     PRED_DIR/slides.csv               slide_id, case_id, probability, prediction,
-                                      n_patches, patch_size_level0
+                                      n_patches, patch_size_level0, mask_threshold
     PRED_DIR/tiles/<slide_id>.csv     index, x, y, attention, instance_probability
+
+``mask_threshold`` is the instance probability from which a tile is tumour: the model's
+(recorded in its file: WENO's fitted bag threshold, 0.5 for the other models and for
+model files without one) unless ``infer_job(mask_threshold=...)`` gives another. The
+GeoJSON mask uses it and :func:`evaluate_predictions` cuts its masks (Dice,
+specificity) there; prediction folders written before the column existed count as 0.5.
 
 With ``geojson_dir`` and ``heatmap_tiff_dir`` it also writes, per slide, QuPath GeoJSON
 (``<slide_id>.tiles.geojson``: every tile a detection with measurements attention,
@@ -30,6 +36,7 @@ import numpy as np
 
 from napari_wsi_mil.errors import StoreError, WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
+from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
 
@@ -42,6 +49,7 @@ class InferenceReport:
     probabilities: dict[str, float] = field(default_factory=dict)  # slide id -> P(positive)
     predictions: dict[str, int] = field(default_factory=dict)
     threshold: float = 0.5
+    mask_threshold: float = 0.5
 
 
 def _groups(slide_ids: list[str], cohort) -> list[tuple[str, list[str]]]:
@@ -69,12 +77,13 @@ def infer_job(
 ) -> Job[InferenceReport]:
     """Predict every slide (or case) with the model in ``model_path`` (see module doc).
 
-    ``mask_threshold`` (default 0.5) is the instance probability of a tumour tile in the
-    GeoJSON exports; ``attention_mode`` the normalisation of the heatmap's attention
-    channel (raw, minmax, rank).
+    ``mask_threshold`` (default: the model's, see the module doc) is the instance
+    probability of a tumour tile in the GeoJSON exports, stored with the predictions and
+    written to ``slides.csv``; ``attention_mode`` the normalisation of the heatmap's
+    attention channel (raw, minmax, rank).
     """
     from napari_wsi_mil.features.extract import FEATURES, read_features
-    from napari_wsi_mil.mil.predict import load_model, predict_bag
+    from napari_wsi_mil.mil.predict import load_model, model_mask_threshold, predict_bag
 
     model, meta = load_model(model_path)
     feature_name = meta["features"]
@@ -90,7 +99,10 @@ def infer_job(
     if not ids:
         raise WsiMilError(f"the project has no slides with features {feature_name!r}")
     threshold = float(meta.get("threshold", 0.5))
-    report = InferenceReport(name, threshold=threshold)
+    if mask_threshold is None:
+        mask_threshold = model_mask_threshold(meta)
+    mask_threshold = float(mask_threshold)
+    report = InferenceReport(name, threshold=threshold, mask_threshold=mask_threshold)
     groups = _groups(ids, cohort)
     rows = []
     for i, (case_id, members) in enumerate(groups):
@@ -108,6 +120,7 @@ def infer_job(
                 "probability": pred.probability,
                 "prediction": prediction,
                 "threshold": threshold,
+                "mask_threshold": mask_threshold,
                 "case_id": case_id,
                 "model": str(model_path),
                 "model_name": meta["model"],
@@ -140,7 +153,7 @@ def infer_job(
                 )
     yield Progress("infer", len(groups), len(groups))
     if out_dir is not None:
-        _write_prediction_files(project, Path(out_dir), rows, threshold)
+        _write_prediction_files(project, Path(out_dir), rows, threshold, mask_threshold)
     return report
 
 
@@ -148,14 +161,13 @@ def _export_slide(
     project, slide_id, pred, sl, geojson_dir, heatmap_dir, mask_threshold, attention_mode
 ) -> None:
     from napari_wsi_mil.review.export import export_slide_predictions
-    from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
 
     grid, _ = project.read_tiles(slide_id)
     export_slide_predictions(
         grid,
         pred.attention[sl],
         pred.instance_probability[sl],
-        DEFAULT_MASK_THRESHOLD if mask_threshold is None else mask_threshold,
+        mask_threshold,
         slide_id,
         geojson_dir=geojson_dir,
         heatmap_dir=heatmap_dir,
@@ -163,12 +175,22 @@ def _export_slide(
     )
 
 
-def _write_prediction_files(project: ProjectStore, out_dir: Path, rows, threshold) -> None:
+def _write_prediction_files(
+    project: ProjectStore, out_dir: Path, rows, threshold, mask_threshold
+) -> None:
     (out_dir / "tiles").mkdir(parents=True, exist_ok=True)
     with atomic_file(out_dir / "slides.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
-            ["slide_id", "case_id", "probability", "prediction", "n_patches", "patch_size_level0"]
+            [
+                "slide_id",
+                "case_id",
+                "probability",
+                "prediction",
+                "n_patches",
+                "patch_size_level0",
+                "mask_threshold",
+            ]
         )
         for slide_id, case_id, pred, sl in rows:
             grid, _ = project.read_tiles(slide_id)
@@ -180,6 +202,7 @@ def _write_prediction_files(project: ProjectStore, out_dir: Path, rows, threshol
                     int(pred.probability >= threshold),
                     len(grid),
                     grid.geometry.patch_size_level0,
+                    repr(mask_threshold),  # exact: tiles are compared with it
                 ]
             )
             with (
@@ -195,7 +218,8 @@ def _write_prediction_files(project: ProjectStore, out_dir: Path, rows, threshol
 
 
 def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
-    """Rows of ``slides.csv`` with each slide's tiles table attached as arrays."""
+    """Rows of ``slides.csv`` with each slide's tiles table attached as arrays and
+    ``mask_threshold`` as a float (0.5 for folders written without the column)."""
     pred_dir = Path(pred_dir)
     path = pred_dir / "slides.csv"
     if not path.exists():
@@ -203,6 +227,7 @@ def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as fh:
         slides = list(csv.DictReader(fh))
     for row in slides:
+        row["mask_threshold"] = float(row.get("mask_threshold") or DEFAULT_MASK_THRESHOLD)
         with open(pred_dir / "tiles" / f"{row['slide_id']}.csv", newline="") as fh:
             tiles = list(csv.DictReader(fh))
         row["coords"] = np.array([[int(t["x"]), int(t["y"])] for t in tiles], np.int64)
@@ -221,7 +246,9 @@ def evaluate_predictions(
     known. Tile labels come from :func:`~napari_wsi_mil.mil.bags.slide_tile_labels`, as in
     training: with ``project`` (the one the predictions were made from) labels stored
     there (painted in napari) come first, then GeoJSON ``annotations``; every tile of a
-    negative slide without either is normal."""
+    negative slide without either is normal. Tiles are tumour from the mask threshold
+    the predictions were made with (``slides.csv``; 0.5 in older folders), which the
+    result holds as ``mask_threshold``."""
     from napari_wsi_mil.mil.bags import slide_tile_labels
     from napari_wsi_mil.mil.metrics import bag_metrics, instance_metrics, localisation_metrics
     from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
@@ -261,7 +288,14 @@ def evaluate_predictions(
             np.concatenate([s for _, _, s in tile_sets]),
         )
     )
-    metrics.update(localisation_metrics(tile_sets))
+    mask_thresholds = sorted({row["mask_threshold"] for row in slides})
+    if len(mask_thresholds) > 1:
+        raise WsiMilError(
+            f"{pred_dir}: slides.csv mixes mask thresholds {mask_thresholds}; "
+            "run wsi-mil infer again"
+        )
+    metrics.update(localisation_metrics(tile_sets, mask_thresholds[0]))
+    metrics["mask_threshold"] = mask_thresholds[0]
     return metrics
 
 

@@ -2,8 +2,10 @@
 
 - Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)).
 - Instance: AUC and average precision of instance scores against known tile labels.
-- Localisation, on tile masks thresholded at 0.5: Dice on positive slides (with tile
-  labels) and specificity on negative slides (the fraction of their tiles called normal).
+- Localisation, on tile masks cut at the model's mask threshold (``threshold``: 0.5, or
+  WENO's fitted bag threshold, see :func:`napari_wsi_mil.mil.predict.mask_threshold_for`):
+  Dice on positive slides (with tile labels) and specificity on negative slides (the
+  fraction of their tiles called normal).
 Undefined values (one class only, no labelled tiles) are ``None``, never a crash.
 """
 
@@ -63,7 +65,8 @@ def localisation_metrics(
     slides: list[tuple[int, np.ndarray, np.ndarray]], threshold: float = 0.5
 ) -> dict[str, float | None]:
     """Mean Dice over positive slides with known tiles, mean specificity over negative
-    slides. ``slides`` holds ``(slide label, tile labels, instance scores)``."""
+    slides, a tile being tumour when its score is at least ``threshold``. ``slides``
+    holds ``(slide label, tile labels, instance scores)``."""
     dices, specificities = [], []
     for label, tiles, scores in slides:
         predicted = np.asarray(scores) >= threshold

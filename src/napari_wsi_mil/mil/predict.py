@@ -1,15 +1,22 @@
-"""Running a trained MIL model on bags, and MIL model files."""
+"""Running a trained MIL model on bags, and MIL model files.
+
+Importing this module does not import torch (the viewer reads model metadata with it).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from napari_wsi_mil.mil.bags import Bag
-from napari_wsi_mil.weights_file import load_tensors, save_tensors
+from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
+from napari_wsi_mil.weights_file import load_metadata, load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_FORMAT = "napari-wsi-mil-mil-model"
 
@@ -27,6 +34,8 @@ def predict_bag(model, features: np.ndarray, seed: int = 0) -> BagPrediction:
     Models with random inference (DTFD-MIL's pseudo-bags) get a fixed generator, so a
     prediction is reproducible.
     """
+    import torch
+
     model.eval()
     x = torch.as_tensor(features, dtype=torch.float32)
     with torch.inference_mode():
@@ -49,10 +58,35 @@ def predict_bags(model, bags: list[Bag]) -> list[BagPrediction]:
     return [predict_bag(model, b.features) for b in bags]
 
 
+def mask_threshold_for(model, threshold: float) -> float:
+    """The instance probability from which a tile is tumour in ``model``'s mask.
+
+    For a model whose bag probability is the max of its instance probabilities
+    (``bag_is_max_instance``: WENO) it is the bag decision ``threshold``, so a slide
+    called negative has no tumour tile and one called positive has at least one; the
+    other models' instance probabilities are per-tile estimates, cut at
+    :data:`~napari_wsi_mil.review.heatmap.DEFAULT_MASK_THRESHOLD` (0.5).
+    """
+    if getattr(model, "bag_is_max_instance", False):
+        return float(threshold)
+    return DEFAULT_MASK_THRESHOLD
+
+
+def model_mask_threshold(meta: dict) -> float:
+    """The mask threshold recorded in a model file's metadata; 0.5 for files without one."""
+    return float(meta.get("mask_threshold", DEFAULT_MASK_THRESHOLD))
+
+
 def save_model(path: str | os.PathLike, model, metadata: dict) -> None:
-    """``metadata`` holds ``model`` (name), ``in_dim``, ``hparams``, ``threshold`` and the
-    feature set's facts (``features``, ``feature_attrs``)."""
+    """``metadata`` holds ``model`` (name), ``in_dim``, ``hparams``, ``threshold`` (the bag
+    decision threshold), ``mask_threshold`` (:func:`mask_threshold_for`) and the feature
+    set's facts (``features``, ``feature_attrs``)."""
     save_tensors(path, model.state_dict(), metadata, MODEL_FORMAT)
+
+
+def read_model_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a model file, without loading its weights."""
+    return load_metadata(path, MODEL_FORMAT)
 
 
 def load_model(path: str | os.PathLike):

@@ -10,6 +10,11 @@ Run folder::
 
 Class imbalance is handled by sampling each epoch's bags with weights inverse to their
 class frequency (``balance``), which works for every model.
+
+The model file and ``metrics.json`` record the bag decision ``threshold`` (fitted on the
+training bags for WENO, else 0.5) and the ``mask_threshold`` from which a tile is
+tumour (WENO's bag probability is its largest instance probability, so its masks are cut
+at the same fitted threshold; 0.5 for the others).
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from napari_wsi_mil.mil.metrics import (
     localisation_metrics,
     summarise,
 )
-from napari_wsi_mil.mil.predict import generator_kwarg, predict_bags, save_model
+from napari_wsi_mil.mil.predict import (
+    generator_kwarg,
+    mask_threshold_for,
+    predict_bags,
+    save_model,
+)
 from napari_wsi_mil.mil.registry import build_model, training_defaults
 
 
@@ -172,8 +182,17 @@ def _weno_epoch(model, bags, optimizers, hp, epoch, config, rng):
     return {"loss": teacher + student, "teacher": teacher, "student": student}
 
 
-def evaluate_bags(model, bags: list[Bag], threshold: float = 0.5) -> dict:
-    """Bag, instance and localisation metrics of ``model`` on ``bags``."""
+def evaluate_bags(
+    model, bags: list[Bag], threshold: float = 0.5, mask_threshold: float | None = None
+) -> dict:
+    """Bag, instance and localisation metrics of ``model`` on ``bags``.
+
+    Bags are called positive at ``threshold``; tiles are tumour (Dice, specificity) at
+    ``mask_threshold``, by default the model's: ``threshold`` for WENO, else 0.5 (see
+    :func:`~napari_wsi_mil.mil.predict.mask_threshold_for`).
+    """
+    if mask_threshold is None:
+        mask_threshold = mask_threshold_for(model, threshold)
     if not bags:
         return {}
     preds = predict_bags(model, bags)
@@ -188,7 +207,8 @@ def evaluate_bags(model, bags: list[Bag], threshold: float = 0.5) -> dict:
             [
                 (b.label, b.tile_labels, p.instance_probability)
                 for b, p in zip(bags, preds, strict=True)
-            ]
+            ],
+            mask_threshold,
         )
     )
     return metrics
@@ -309,10 +329,12 @@ def train_mil_job(
             fold_metrics.append(evaluate_bags(model, [train[i] for i in held_idx], threshold))
         metrics["cv"] = {"folds": fold_metrics, "summary": summarise(fold_metrics)}
     model, history, threshold = yield from fit_job(config, train, val, "train")
+    mask_threshold = mask_threshold_for(model, threshold)
     metrics["threshold"] = threshold
+    metrics["mask_threshold"] = mask_threshold
     for split, split_bags in (("train", train), ("val", val), ("test", test)):
         if split_bags:
-            metrics[split] = evaluate_bags(model, split_bags, threshold)
+            metrics[split] = evaluate_bags(model, split_bags, threshold, mask_threshold)
     first = train[0].slide_ids[0]
     feature_attrs = project.read_result("features", feature_name, first)[1]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +343,7 @@ def train_mil_job(
         "in_dim": int(train[0].features.shape[1]),
         "hparams": config.hparams,
         "threshold": threshold,
+        "mask_threshold": mask_threshold,
         "features": feature_name,
         "feature_attrs": feature_attrs,
         "config": asdict(config),

@@ -175,6 +175,8 @@ class WENO(MilModel):
         Dropout in the teacher's attention branches (0).
     """
 
+    bag_is_max_instance = True
+
     def __init__(
         self,
         in_dim: int,

@@ -7,6 +7,11 @@ slide's tiles and features when the project has them with those settings, and ma
 them otherwise, then infers and returns a :class:`SlideAnalysis` with everything the
 viewer's layers need. Encoder files are looked up beside the run folder and in the
 project unless a path is given, and must match the recorded checksum.
+
+The model file also records its mask threshold (the instance probability from which a
+tile is tumour: WENO's fitted bag threshold, 0.5 for the other models and for files
+without one); :func:`model_mask_threshold_of` reads it for the viewer's initial mask
+threshold and :class:`SlideAnalysis` carries it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ _STAGES = {"tiling": (0, 100), "extract": (100, 880), "infer": (880, 960), "clus
 #: (set by the "Demo cohort" sample; "Analyse slide" fills its fields from them).
 MODEL_KEY = "analyse_model"
 PROJECT_KEY = "analyse_project"
+
+
+def model_mask_threshold_of(model_path: str | os.PathLike | None) -> float:
+    """The mask threshold recorded in a model file (see the module doc); 0.5 for a file
+    without one, or that cannot be read (the analysis itself reports that)."""
+    from napari_wsi_mil.mil.predict import model_mask_threshold, read_model_metadata
+    from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
+
+    if model_path is None or not Path(model_path).is_file():
+        return DEFAULT_MASK_THRESHOLD
+    try:
+        return model_mask_threshold(read_model_metadata(model_path))
+    except (WsiMilError, TypeError, ValueError):
+        return DEFAULT_MASK_THRESHOLD
 
 
 def suggested_inputs(metadata: Mapping) -> tuple[Path | None, Path | None]:
@@ -61,6 +80,7 @@ class SlideAnalysis:
     slide_size: tuple[int, int]  # level-0 (width, height)
     clusters: np.ndarray | None = None  # (N,) CluSiam cluster ids when the encoder has them
     warnings: tuple[str, ...] = ()
+    mask_threshold: float = 0.5  # the model's: a tile is tumour from this probability
 
 
 def find_encoder(
@@ -291,6 +311,7 @@ def analyse_slide_job(
         slide_size=tuple(tile_attrs["slide"]["dimensions"]),
         clusters=clusters,
         warnings=tuple(warnings),
+        mask_threshold=float(attrs.get("mask_threshold", 0.5)),
     )
 
 
@@ -316,4 +337,5 @@ def read_analysis(
         model_name=str(attrs.get("model_name", "")),
         feature_name=str(attrs.get("features", "")),
         slide_size=tuple(facts.get("dimensions") or (0, 0)),
+        mask_threshold=float(attrs.get("mask_threshold", 0.5)),
     )
