@@ -174,3 +174,21 @@ def test_cancel_and_missing_inputs(make_napari_viewer_proxy, qtbot, tmp_path, mo
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert "cancel" in widget.status.value and widget.analysis is None
     assert not (tmp_path / "proj" / "predictions").exists()
+
+
+def test_choosing_a_model_starts_the_mask_threshold_at_the_models(
+    make_napari_viewer_proxy, tmp_path
+):
+    from napari_wsi_mil.mil.predict import save_model
+    from napari_wsi_mil.mil.registry import build_model
+
+    meta = {"in_dim": 8, "hparams": {}, "threshold": 0.8734, "features": "f"}
+    weno, old = tmp_path / "weno.safetensors", tmp_path / "old.safetensors"
+    save_model(weno, build_model("weno", 8), {**meta, "model": "weno", "mask_threshold": 0.8734})
+    save_model(old, build_model("weno", 8), {**meta, "model": "weno"})  # written before the key
+    widget = AnalyseWidget(make_napari_viewer_proxy())
+    assert widget.threshold.value == 0.5
+    widget.model.value = weno
+    assert widget.threshold.value == pytest.approx(0.8734)
+    widget.model.value = old
+    assert widget.threshold.value == 0.5

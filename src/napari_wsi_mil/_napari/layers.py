@@ -315,15 +315,13 @@ def analysis_layer_data(
     slide_units: tuple = PIXEL_UNITS,
 ) -> list[tuple]:
     """Every result layer of a :class:`~napari_wsi_mil.review.analyse.SlideAnalysis`:
-    attention, instance probability, predicted tumour mask (at ``threshold``, default
-    :data:`~napari_wsi_mil.review.heatmap.DEFAULT_MASK_THRESHOLD`) and (when present)
+    attention, instance probability, predicted tumour mask (at ``threshold``, default the
+    analysis's ``mask_threshold``, the model's) and (when present)
     clusters, named ``"<slide_id> <what>"``, in the slide layer's frame."""
-    from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
-
     grid, sid = analysis.grid, analysis.slide_id
     meta = {"slide_id": sid, "prediction": analysis.prediction_name}
     frame = {"slide_translate": slide_translate, "slide_units": slide_units}
-    threshold = DEFAULT_MASK_THRESHOLD if threshold is None else threshold
+    threshold = analysis.mask_threshold if threshold is None else threshold
     layers = [
         attention_layer_data(
             grid,

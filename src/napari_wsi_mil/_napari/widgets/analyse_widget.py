@@ -8,7 +8,9 @@ inference) in a thread worker with one progress bar, and shows:
 - ``"<slide_id> attention"``: an Image heatmap, normalised raw / min-max / percentile
   rank (live), explicit contrast limits, NaN (transparent) off tissue;
 - ``"<slide_id> probability"``: the instance-probability heatmap on [0, 1];
-- ``"<slide_id> predicted tumour"``: a Labels mask whose threshold is live;
+- ``"<slide_id> predicted tumour"``: a Labels mask whose threshold is live; choosing a
+  model sets the threshold to the model's recorded mask threshold (WENO's fitted bag
+  threshold, else 0.5);
 - ``"<slide_id> clusters"``: CluSiam clusters when the encoder has a cluster head;
 - a gallery of the k most and least attended patches; a click centres the viewer.
 
@@ -109,6 +111,7 @@ class AnalyseWidget(JobWidget):
         self.export_button.changed.connect(self.export)
         napari_viewer.layers.events.inserted.connect(self.slide.reset_choices)
         napari_viewer.layers.events.removed.connect(self.slide.reset_choices)
+        self.model.changed.connect(self._use_model_mask_threshold)
         self.slide.changed.connect(self._use_suggestions)
         self._use_suggestions()
 
@@ -125,6 +128,12 @@ class AnalyseWidget(JobWidget):
             self.model.value = model
         if project is not None:
             self.project.value = project
+
+    def _use_model_mask_threshold(self, value=None) -> None:
+        """Start the mask threshold at the chosen model's (0.5 unless it records one)."""
+        from napari_wsi_mil.review.analyse import model_mask_threshold_of
+
+        self.threshold.value = model_mask_threshold_of(self.model.value)
 
     # -- analysis ------------------------------------------------------------------
     def run(self) -> None:
