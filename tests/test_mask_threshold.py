@@ -116,6 +116,11 @@ def test_infer_records_the_models_mask_threshold_and_evaluate_uses_it(cohort, tm
     metrics = evaluate_predictions(pred, table, project=store)
     assert metrics["mask_threshold"] == T
     assert metrics["dice"] == 1.0 and metrics["specificity"] == 1.0
+    # bag accuracy is scored at the decision threshold the predictions were made with
+    assert {float(r["threshold"]) for r in rows} == {T}
+    labels = table.labels()
+    correct = [int(r["prediction"]) == labels[r["slide_id"]] for r in rows]
+    assert metrics["accuracy"] == pytest.approx(np.mean(correct))
 
     # an explicit mask threshold is recorded and evaluated instead
     run_job(infer_job(store, model_path, out_dir=tmp_path / "half", mask_threshold=0.5))

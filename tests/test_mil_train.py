@@ -96,7 +96,8 @@ def test_infer_and_evaluate_files(cohort, tmp_path):
     run_job(infer_job(store, result.model_path, out_dir=tmp_path / "pred"))
     header = (tmp_path / "pred" / "slides.csv").read_text().splitlines()[0]
     assert header == (
-        "slide_id,case_id,probability,prediction,n_patches,patch_size_level0,mask_threshold"
+        "slide_id,case_id,probability,prediction,n_patches,patch_size_level0,threshold,"
+        "mask_threshold"
     )
     metrics = evaluate_predictions(tmp_path / "pred", table)
     assert metrics["n"] == len(table) and metrics["auc"] >= 0.9

@@ -5,9 +5,13 @@ instance probability into the store (``predictions/<name>/<slide_id>``, read by 
 viewer) and, with ``out_dir``, as files::
 
     PRED_DIR/slides.csv               slide_id, case_id, probability, prediction,
-                                      n_patches, patch_size_level0, mask_threshold
+                                      n_patches, patch_size_level0, threshold,
+                                      mask_threshold
     PRED_DIR/tiles/<slide_id>.csv     index, x, y, attention, instance_probability
 
+``threshold`` is the model's decision threshold on ``probability`` (``prediction`` is
+``probability >= threshold``; WENO's is fitted, the others' 0.5) and
+:func:`evaluate_predictions` scores accuracy, balanced accuracy and F1 there.
 ``mask_threshold`` is the instance probability from which a tile is tumour: the model's
 (recorded in its file: WENO's fitted bag threshold, 0.5 for the other models and for
 model files without one) unless ``infer_job(mask_threshold=...)`` gives another. The
@@ -189,6 +193,7 @@ def _write_prediction_files(
                 "prediction",
                 "n_patches",
                 "patch_size_level0",
+                "threshold",
                 "mask_threshold",
             ]
         )
@@ -202,6 +207,7 @@ def _write_prediction_files(
                     int(pred.probability >= threshold),
                     len(grid),
                     grid.geometry.patch_size_level0,
+                    repr(float(threshold)),
                     repr(mask_threshold),  # exact: tiles are compared with it
                 ]
             )
@@ -219,7 +225,8 @@ def _write_prediction_files(
 
 def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
     """Rows of ``slides.csv`` with each slide's tiles table attached as arrays and
-    ``mask_threshold`` as a float (0.5 for folders written without the column)."""
+    ``threshold`` and ``mask_threshold`` as floats (0.5 for folders written without
+    those columns)."""
     pred_dir = Path(pred_dir)
     path = pred_dir / "slides.csv"
     if not path.exists():
@@ -227,6 +234,7 @@ def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as fh:
         slides = list(csv.DictReader(fh))
     for row in slides:
+        row["threshold"] = float(row.get("threshold") or 0.5)
         row["mask_threshold"] = float(row.get("mask_threshold") or DEFAULT_MASK_THRESHOLD)
         with open(pred_dir / "tiles" / f"{row['slide_id']}.csv", newline="") as fh:
             tiles = list(csv.DictReader(fh))
@@ -260,7 +268,9 @@ def evaluate_predictions(
     if not slides:
         raise WsiMilError(f"{pred_dir}: none of its slides is in the cohort")
     y = [labels[row["slide_id"]] for row in slides]
-    metrics = bag_metrics(y, [float(r["probability"]) for r in slides])
+    metrics = bag_metrics(
+        y, [float(r["probability"]) for r in slides], _one(slides, "threshold", pred_dir)
+    )
     tile_sets = []
     for row, label in zip(slides, y, strict=True):
         slide_id, coords = row["slide_id"], row["coords"]
@@ -288,15 +298,20 @@ def evaluate_predictions(
             np.concatenate([s for _, _, s in tile_sets]),
         )
     )
-    mask_thresholds = sorted({row["mask_threshold"] for row in slides})
-    if len(mask_thresholds) > 1:
-        raise WsiMilError(
-            f"{pred_dir}: slides.csv mixes mask thresholds {mask_thresholds}; "
-            "run wsi-mil infer again"
-        )
-    metrics.update(localisation_metrics(tile_sets, mask_thresholds[0]))
-    metrics["mask_threshold"] = mask_thresholds[0]
+    mask_threshold = _one(slides, "mask_threshold", pred_dir)
+    metrics.update(localisation_metrics(tile_sets, mask_threshold))
+    metrics["mask_threshold"] = mask_threshold
     return metrics
+
+
+def _one(slides: list[dict], key: str, pred_dir) -> float:
+    """The one value of column ``key`` in a prediction folder (one model made it)."""
+    values = sorted({row[key] for row in slides})
+    if len(values) > 1:
+        raise WsiMilError(
+            f"{pred_dir}: slides.csv mixes values of {key} {values}; run wsi-mil infer again"
+        )
+    return values[0]
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
