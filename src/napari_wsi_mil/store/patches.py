@@ -27,7 +27,7 @@ def read_patch(slide, grid: TileGrid, index: int) -> np.ndarray:
     x, y = grid.coords[index]
     region = slide.read_region(geo.read_level, int(x), int(y), geo.read_size, geo.read_size)
     if geo.read_size != geo.patch_size:
-        region = np.asarray(
+        region = np.array(  # writable, as torch.from_numpy needs
             Image.fromarray(region).resize(
                 (geo.patch_size, geo.patch_size), Image.Resampling.BILINEAR, reducing_gap=2.0
             )
