@@ -48,9 +48,11 @@ def test_every_method_trains_and_writes_an_encoder(cohort, tmp_path, method):
     assert len(events) == 4 and all(np.isfinite(e.info["loss"]) for e in events)
     assert len(result.epoch_losses) == 2 and result.patches_per_second > 0
     assert len(result.epoch_spreads) == 2 and all(0 <= x <= 1.5 for x in result.epoch_spreads)
+    assert 0 <= result.final_spread <= 1.5
     assert all("spread" in e.info for e in events)
     encoder = load_encoder(out)
     assert encoder.metadata["method"] == method and encoder.metadata["input_size"] == 32
+    assert encoder.metadata["projection_spread"] == pytest.approx(result.final_spread)
     assert encoder.metadata["target_mpp"] == 1.0
     assert bool(encoder.cluster_head_state) == (method == "clusiam")
     trunk = load_trunk(encoder)

@@ -98,6 +98,9 @@ class PretrainResult:
     patches_per_second: float = 0.0
     #: mean :func:`projection_spread` over each epoch's steps
     epoch_spreads: list[float] = field(default_factory=list)
+    #: mean spread over the last tenth of the last epoch's steps (what the warning uses:
+    #: a run that collapses within its only epoch still has a healthy epoch mean)
+    final_spread: float | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -120,7 +123,7 @@ def projection_spread(z: torch.Tensor) -> float:
 
 
 def collapse_warning(config: PretrainConfig, spread: float) -> str | None:
-    """A user-facing warning when the last epoch's projections collapsed, else None."""
+    """A user-facing warning when the projections ended collapsed, else None."""
     if spread >= COLLAPSED_SPREAD:
         return None
     advice = "use init='imagenet' (weights in torch's hub cache), a lower --lr or more warm-up"
@@ -309,7 +312,7 @@ def pretrain_job(
         config.optimizer, model, config.lr, config.momentum, config.weight_decay
     )
     autocast, scaler = _autocast(device, config.amp)
-    start_epoch, epoch_losses, epoch_spreads = 0, [], []
+    start_epoch, epoch_losses, epoch_spreads, final_spread = 0, [], [], None
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if state["config"] != asdict(config):
@@ -321,6 +324,7 @@ def pretrain_job(
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
         epoch_losses, epoch_spreads = list(state["epoch_losses"]), list(state["epoch_spreads"])
+        final_spread = state["final_spread"]
 
     total_steps = config.epochs * config.steps_per_epoch
     throughput = 0.0
@@ -382,6 +386,7 @@ def pretrain_job(
             )
         epoch_losses.append(ddp.all_reduce_mean(float(np.mean(losses))))
         epoch_spreads.append(ddp.all_reduce_mean(float(np.mean(spreads))))
+        final_spread = ddp.all_reduce_mean(float(np.mean(spreads[-max(1, len(spreads) // 10) :])))
         if info.is_main:
             with atomic_file(checkpoint_path) as tmp:
                 torch.save(
@@ -391,16 +396,23 @@ def pretrain_job(
                         "epoch": epoch,
                         "epoch_losses": epoch_losses,
                         "epoch_spreads": epoch_spreads,
+                        "final_spread": final_spread,
                         "config": asdict(config),
                     },
                     tmp,
                 )
     dataset.close()
     if info.is_main:
-        save_encoder(out, _encoder_file(model, config, project, slide_ids[0], epoch_spreads))
-    warning = collapse_warning(config, epoch_spreads[-1]) if epoch_spreads else None
+        save_encoder(out, _encoder_file(model, config, project, slide_ids[0], final_spread))
+    warning = collapse_warning(config, final_spread) if final_spread is not None else None
     return PretrainResult(
-        out, checkpoint_path, epoch_losses, throughput, epoch_spreads, [warning] if warning else []
+        out,
+        checkpoint_path,
+        epoch_losses,
+        throughput,
+        epoch_spreads,
+        final_spread,
+        [warning] if warning else [],
     )
 
 
@@ -409,7 +421,7 @@ def _encoder_file(
     config: PretrainConfig,
     project,
     slide_id: str,
-    epoch_spreads: list[float],
+    final_spread: float | None,
 ) -> EncoderFile:
     geometry = project.read_tiles(slide_id)[1]["geometry"]
     metadata = {
@@ -422,7 +434,7 @@ def _encoder_file(
         "patch_size": geometry["patch_size"],
         "epochs": config.epochs,
         "init": config.init,
-        "projection_spread": epoch_spreads[-1],
+        "projection_spread": final_spread,
     }
     head = {}
     if config.method == "clusiam":
