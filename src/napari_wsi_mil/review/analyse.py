@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +207,7 @@ def analyse_slide_job(
     when the encoder has a CluSiam cluster head, clusters.
     """
     from napari_wsi_mil.features.extract import FEATURES, extract_features_job, read_features
-    from napari_wsi_mil.mil.infer import PREDICTIONS, infer_job
+    from napari_wsi_mil.mil.infer import infer_job
     from napari_wsi_mil.slide.tiling import TilingParams
     from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
     from napari_wsi_mil.weights_file import load_tensors
@@ -243,7 +243,7 @@ def analyse_slide_job(
         )
         for message in report.warnings.get(slide_id, []):
             warnings.append(message)
-    grid, tile_attrs = project.read_tiles(slide_id)
+    grid, _ = project.read_tiles(slide_id)
     if len(grid) == 0:
         raise WsiMilError(f"{slide_path}: no patches (no tissue found at the model's settings)")
 
@@ -286,7 +286,6 @@ def analyse_slide_job(
             raise WsiMilError(f"{slide_path}: feature extraction failed (damaged slide file?)")
 
     yield from _staged(infer_job(project, model_path, slide_ids=[slide_id], name=name), "infer")
-    arrays, attrs = project.read_result(PREDICTIONS, name, slide_id)
 
     clusters = None
     if loaded is not None and loaded.cluster_head is not None:
@@ -296,22 +295,12 @@ def analyse_slide_job(
         feats = read_features(project, feature_name, slide_id).astype(np.float32)
         clusters = assign_clusters(feats, loaded.cluster_head).astype(np.int32)
     yield Progress("done", 1000, 1000)
-    return SlideAnalysis(
-        slide_id=slide_id,
-        slide_path=slide_path,
-        grid=grid,
-        attention=arrays["attention"].astype(np.float32),
-        instance_probability=arrays["instance_probability"].astype(np.float32),
-        probability=float(attrs["probability"]),
-        prediction=int(attrs["prediction"]),
-        threshold=float(attrs["threshold"]),
-        prediction_name=name,
+    return replace(
+        read_analysis(project, slide_id, name, slide_path),
         model_name=str(meta["model"]),
         feature_name=feature_name,
-        slide_size=tuple(tile_attrs["slide"]["dimensions"]),
         clusters=clusters,
         warnings=tuple(warnings),
-        mask_threshold=float(attrs.get("mask_threshold", 0.5)),
     )
 
 
