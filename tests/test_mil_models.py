@@ -282,6 +282,25 @@ def bag_scores(model, bags, field="probability"):
         return np.array([float(getattr(model(x), field)) for x in bags])
 
 
+def test_weno_teacher_trains_on_the_normalisation_it_predicts_with():
+    """A bag is not an i.i.d. batch: the teacher step normalises with the running
+    statistics (set from all instances, then updated by student batches), so its
+    training loss is the loss of the eval-mode prediction, and it leaves them alone."""
+    model = tiny("weno")
+    all_x = torch.randn(200, D) * 3 + 1
+    model.calibrate_norm(all_x)
+    norm = model.encoder.norm
+    assert torch.allclose(norm.running_mean, model.encoder.linear(all_x).mean(0).detach())
+    bag = all_x[:7] + 2  # a bag whose own statistics differ from the cohort's
+    model.train()
+    before = norm.running_mean.clone()
+    loss, _ = model.loss(bag, 1)
+    assert torch.equal(norm.running_mean, before) and model.training
+    with torch.no_grad():
+        p = model.eval()(bag).teacher_probability
+    assert float(loss.detach()) == pytest.approx(-float(torch.log(p)), rel=1e-5)
+
+
 def auc(scores, y):
     scores, y = np.asarray(scores), np.asarray(y)
     pos, neg = scores[y == 1], scores[y == 0]

@@ -151,6 +151,8 @@ def _weno_epoch(model, bags, optimizers, hp, epoch, config, rng):
     )
 
     teacher = 0.0
+    if epoch == 0:
+        model.calibrate_norm(torch.from_numpy(np.concatenate([b.features for b in bags])))
     order = _epoch_order(bags, config.balance, rng)
     for i in order:
         x, keep = _tensor(bags[i]), None
