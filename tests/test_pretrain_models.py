@@ -15,6 +15,7 @@ from napari_wsi_mil.pretrain.augment import (
     blur_kernel_size,
     two_views,
 )
+from napari_wsi_mil.pretrain.encoder_file import EncoderFile, save_encoder
 from napari_wsi_mil.pretrain.models import (
     ClusterHead,
     ContrastiveModel,
@@ -74,11 +75,31 @@ def test_encoder_state_dict_loads_into_fresh_trunk():
         assert torch.equal(trunk(x), model(x)["h"])
 
 
-def test_unknown_method_and_init_are_rejected():
+def test_unknown_method_and_init_are_rejected(tmp_path):
     with pytest.raises(ValueError):
         ContrastiveModel("moco")
-    with pytest.raises(ValueError):
+    with pytest.raises(WsiMilError, match="no such weights file"):
         resnet18_trunk("timm")
+    bad = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(WsiMilError, match="not a ResNet-18 trunk"):
+        resnet18_trunk(str(bad))
+
+
+def test_trunk_starts_from_an_encoder_file_or_a_state_dict(tmp_path):
+    """Continue pretraining from an earlier encoder, or from ImageNet weights kept
+    anywhere: the trunk computes what the file's trunk computes."""
+    source = ContrastiveModel("simclr").eval()
+    x = _float_images(2)
+    with torch.no_grad():
+        expected = source(x)["h"]
+    pth = tmp_path / "resnet18.pth"
+    torch.save({**source.encoder_state_dict(), "fc.weight": torch.zeros(1000, 512)}, pth)
+    encoder = tmp_path / "simclr.safetensors"
+    save_encoder(encoder, EncoderFile(source.encoder_state_dict(), {"arch": "resnet18"}))
+    for path in (pth, encoder):
+        with torch.no_grad():
+            assert torch.equal(resnet18_trunk(str(path)).eval()(x), expected)
 
 
 def test_imagenet_init_without_cached_file_raises(tmp_path, monkeypatch):

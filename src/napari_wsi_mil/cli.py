@@ -270,7 +270,12 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=["sgd", "lars", "adam"])
     p.add_argument("--schedule", choices=["cosine", "step", "constant"])
     p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--init", choices=["random", "imagenet"], default="random")
+    p.add_argument(
+        "--init",
+        default="random",
+        help="trunk start: random, imagenet (torch hub cache) or FILE (an encoder "
+        ".safetensors to continue from, or a ResNet-18 .pth state dict)",
+    )
     p.add_argument("--image-size", type=int, default=224, help="augmented view size (224)")
     p.add_argument("--max-patches-per-slide", type=int)
     p.add_argument("--tau", type=float, default=0.1, help="temperature (0.1)")

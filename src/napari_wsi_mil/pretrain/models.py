@@ -23,8 +23,6 @@ from napari_wsi_mil.pretrain import METHODS
 
 #: Trunk output size (ResNet-18 after global average pooling).
 TRUNK_DIM = 512
-#: Trunk initialisations :func:`resnet18_trunk` supports.
-INITS = ("random", "imagenet")
 
 
 def imagenet_weights_path() -> Path:
@@ -45,10 +43,14 @@ def resnet18_trunk(init: str = "random") -> nn.Module:
 
     Parameters
     ----------
-    init : {"random", "imagenet"}
+    init : {"random", "imagenet"} or path
         ``"imagenet"`` loads torchvision's ``IMAGENET1K_V1`` weights from torch
-        hub's local cache (:func:`imagenet_weights_path`) with
-        ``weights_only=True``. Nothing is ever downloaded.
+        hub's local cache (:func:`imagenet_weights_path`). Any other value is a file
+        to start from: an encoder file of this package (``.safetensors``, e.g. to
+        continue pretraining with another method) or a torchvision ResNet-18 state
+        dict (``.pth``/``.pt``, e.g. ImageNet weights kept elsewhere), read with
+        ``weights_only=True``; an ``fc`` layer in it is dropped. Nothing is ever
+        downloaded.
 
     Returns
     -------
@@ -58,15 +60,13 @@ def resnet18_trunk(init: str = "random") -> nn.Module:
     Raises
     ------
     WsiMilError
-        ``init="imagenet"`` and the weights file is missing or unreadable; the
-        message names the file and where to put it.
-    ValueError
-        Unknown ``init``.
+        The weights file is missing or is not a ResNet-18 trunk; for ``"imagenet"``
+        the message names the file and where to put it.
     """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}; got {init!r}")
     trunk = resnet18(weights=None)
     trunk.fc = nn.Identity()
+    if init == "random":
+        return trunk
     if init == "imagenet":
         path = imagenet_weights_path()
         if not path.is_file():
@@ -76,13 +76,31 @@ def resnet18_trunk(init: str = "random") -> nn.Module:
                 f"with internet access and put the file {path.name} at {path} "
                 f"(torch hub's checkpoints folder), or use init='random'."
             )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            trunk.load_state_dict(state, strict=True)
-        except Exception as exc:  # any failure means a bad file
-            raise WsiMilError(f"{path}: not a torchvision ResNet-18 state dict ({exc})") from exc
+    else:
+        path = Path(init)
+        if not path.is_file():
+            raise WsiMilError(
+                f"{init}: no such weights file; init is 'random', 'imagenet' or the path "
+                "of an encoder file (.safetensors) or a ResNet-18 state dict (.pth)"
+            )
+    try:
+        trunk.load_state_dict(_trunk_state(path), strict=True)
+    except WsiMilError:
+        raise
+    except Exception as exc:  # any failure means a bad file
+        raise WsiMilError(f"{path}: not a ResNet-18 trunk ({exc})") from exc
     return trunk
+
+
+def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
+    """The trunk weights in an encoder file or a torchvision state dict, without ``fc``."""
+    if path.suffix == ".safetensors":
+        from napari_wsi_mil.pretrain.encoder_file import load_encoder
+
+        state = load_encoder(path).trunk_state
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
 
 class ProjectionHead(nn.Module):
