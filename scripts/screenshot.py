@@ -114,12 +114,8 @@ def settle(seconds: float = 1.0) -> None:
 
 
 def close_notifications() -> None:
-    """Close napari's notification pop-ups.
-
-    napari warns "Inconsistent units across layers" when a layer without units joins a
-    slide in micrometres (the Tiling and Embedding widgets' layers); a screenshot
-    should not show that pop-up over the slide.
-    """
+    """Close napari's notification pop-ups (a job's messages and warnings), so that a
+    screenshot shows the slide and the widget, not a pop-up over them."""
     from qtpy.QtWidgets import QApplication
 
     try:

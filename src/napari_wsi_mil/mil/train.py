@@ -278,7 +278,7 @@ def fit_job(
         )
         yield Progress(stage, epoch + 1, hp["epochs"], message=message, info=row)
     threshold = 0.5
-    if name == "weno":  # the student's max p1 is not calibrated at 0.5
+    if model.bag_is_max_instance:  # WENO: the student's max p1 is not calibrated at 0.5
         threshold = fit_threshold(
             [b.label for b in train], [p.probability for p in predict_bags(model, train)]
         )
