@@ -2,6 +2,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 
 from napari_wsi_mil.cli import main
 from napari_wsi_mil.store.project import ProjectStore
@@ -94,3 +95,67 @@ def test_tile_without_mpp_explains_fix(tmp_path, shared_data, capsys):
     assert main(args) == 2
     assert "--slide-mpp" in capsys.readouterr().err
     assert main([*args, "--level", "0", "--patch-size", "32", "--min-tissue", "0"]) == 0
+
+
+@pytest.mark.parametrize("model", ["abmil", "clam", "dtfd", "weno", "msclam"])
+def test_train_and_infer_on_imported_h5_features_without_slides(tmp_path, model, capsys):
+    """A TRIDENT/CLAM user brings features only: .h5 files, no slide files. Each model
+    trains on them, infers, and the tumour rows of positive slides score highest."""
+    rng = np.random.default_rng(0)
+    h5_dir, rows = tmp_path / "h5", ["slide_id,label,split"]
+    h5_dir.mkdir()
+    for i in range(24):
+        label, n = i % 2, 30
+        features = rng.normal(size=(n, 8)).astype(np.float32)
+        if label:
+            features[:6, :8] += 1.0  # six tumour patches per positive slide
+        coords = np.stack(np.meshgrid(np.arange(6), np.arange(5)), -1).reshape(-1, 2) * 256
+        with h5py.File(h5_dir / f"s{i:02d}.h5", "w") as h5:
+            h5["features"] = features
+            h5["coords"] = coords
+        rows.append(f"s{i:02d},{label},{'test' if i >= 20 else 'train'}")
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text("\n".join(rows) + "\n")
+    project = tmp_path / "project"
+    assert (
+        main(
+            [
+                "import-features",
+                str(h5_dir),
+                "--project",
+                str(project),
+                "--name",
+                "ext",
+                "--patch-size-level0",
+                "256",
+            ]
+        )
+        == 0
+    )
+    run = tmp_path / "run"
+    train = ["train", "--project", str(project), "--cohort", str(cohort), "--features", "ext"]
+    assert (
+        main([*train, "--model", model, "--epochs", "30", "--threads", "1", "--out", str(run)]) == 0
+    )
+    pred = tmp_path / "pred"
+    assert (
+        main(
+            [
+                "infer",
+                "--project",
+                str(project),
+                "--model",
+                str(run / "model.safetensors"),
+                "--slides",
+                "s21",
+                "--out",
+                str(pred),
+            ]
+        )
+        == 0
+    )
+    tiles = np.loadtxt(pred / "tiles" / "s21.csv", delimiter=",", skiprows=1)
+    assert tiles.shape == (30, 5)
+    # instance scores (column 4) rank the six tumour rows above the rest
+    scores = tiles[:, 4]
+    assert scores[:6].mean() > scores[6:].mean()
