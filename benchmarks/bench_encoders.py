@@ -81,12 +81,20 @@ def _extract(store, cohort, spec: str, name: str) -> None:
         torch.set_num_threads(threads)
 
 
-def encoder_features(store, cohort, root: Path, method: str, seed: int, epochs: int) -> dict:
+def _init_label(init: str) -> str:
+    return init if init in ("random", "imagenet") else Path(init).stem
+
+
+def encoder_features(
+    store, cohort, root: Path, method: str, seed: int, epochs: int, init: str = "random"
+) -> dict:
     """Pretrain (cached) and extract; returns the feature-set name and pretraining facts."""
     from napari_wsi_mil.jobs import run_job
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
 
     name = f"{method}-e{epochs}-s{seed}"
+    if init != "random":
+        name += f"-from-{_init_label(init)}"
     encoder = root / "encoders" / f"{name}.safetensors"
     facts = {"features": name}
     if not encoder.exists():
@@ -98,6 +106,7 @@ def encoder_features(store, cohort, root: Path, method: str, seed: int, epochs: 
             image_size=PATCH,
             num_workers=1,
             seed=seed,
+            init=init,
         )
         t0 = time.perf_counter()
         result = run_job(pretrain_job(store, cohort, config, encoder))
@@ -148,18 +157,27 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--epochs", type=int, default=3, help="pretraining epochs of 50 steps")
     parser.add_argument("--mil-epochs", type=int, default=30)
+    parser.add_argument(
+        "--init",
+        default="random",
+        help="trunk the methods start from: random, imagenet or an encoder/.pth FILE; "
+        "when not random, its own features are a baseline row too",
+    )
     parser.add_argument("--name", default="bench_encoders")
     args = parser.parse_args()
 
+    baselines = ["random"] + ([] if args.init == "random" else [f"init-{_init_label(args.init)}"])
     runs = []
     for fraction in args.fractions:
         store, cohort, root = prepare(fraction)
+        if args.init != "random":
+            _extract(store, cohort, args.init, baselines[1])
         for seed in args.seeds:
-            for method in ["random", *args.methods]:
+            for method in [*baselines, *args.methods]:
                 facts = (
-                    {"features": "random"}
-                    if method == "random"
-                    else encoder_features(store, cohort, root, method, seed, args.epochs)
+                    {"features": method}
+                    if method in baselines
+                    else encoder_features(store, cohort, root, method, seed, args.epochs, args.init)
                 )
                 scores = evaluate(store, cohort, root, facts["features"], seed, args.mil_epochs)
                 run = {"fraction": fraction, "seed": seed, "method": method, **facts, **scores}
@@ -175,7 +193,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(keys))
     table = {}
     for fraction in args.fractions:
-        for method in ["random", *args.methods]:
+        for method in [*baselines, *args.methods]:
             rows = [r for r in runs if r["fraction"] == fraction and r["method"] == method]
             cells = {k: _summary([r[k] for r in rows]) for k in keys}
             table[f"{fraction:g}/{method}"] = cells
