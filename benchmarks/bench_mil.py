@@ -608,17 +608,22 @@ def part_torchmil(args, out: dict) -> None:
     from napari_wsi_mil.jobs import run_job
     from napari_wsi_mil.mil.train import MilConfig, fit_job
 
+    # torchmil's matched model has no dropout; ours defaults to 0.25, which costs time, so
+    # the parity ratio is taken against ours without dropout (the same architecture)
+    ours = {"ours abmil (dropout 0, as matched)": {"dropout": 0.0}, "ours abmil (default)": {}}
     time_rows = []
-    for rep in range(2):  # interleaved: ours, matched, default; twice
-        _, history, _ = run_job(fit_job(MilConfig("abmil", epochs=1), bags, [], "epoch"))
-        time_rows.append({"impl": "ours abmil", "rep": rep, "epoch_s": history[0]["seconds"]})
+    for rep in range(2):  # interleaved: ours twice, matched, default; twice
+        for label, hparams in ours.items():
+            config = MilConfig("abmil", epochs=1, hparams=hparams)
+            _, history, _ = run_job(fit_job(config, bags, [], "epoch"))
+            time_rows.append({"impl": label, "rep": rep, "epoch_s": history[0]["seconds"]})
         for label, factory in factories.items():
             _, epoch_s = torchmil_fit(factory, bags, 1, 0)
             time_rows.append({"impl": label, "rep": rep, "epoch_s": epoch_s[0]})
     best = {}
     for r in time_rows:
         best[r["impl"]] = min(best.get(r["impl"], 1e9), r["epoch_s"])
-    ours_t = best["ours abmil"]
+    ours_t = best[next(iter(ours))]
     time_summary = [
         {
             "impl": k,
