@@ -20,7 +20,7 @@ from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
 from napari_wsi_mil.mil.predict import (
     load_model,
     mask_threshold_for,
-    model_mask_threshold,
+    recorded_mask_threshold,
     save_model,
 )
 from napari_wsi_mil.mil.registry import build_model
@@ -96,7 +96,7 @@ def _tiles_csv(pred_dir, slide_id):
 def test_infer_records_the_models_mask_threshold_and_evaluate_uses_it(cohort, tmp_path):
     store, table, truth = cohort
     model_path = _save(tmp_path / "model.safetensors", _weno(), mask_threshold=T)
-    assert model_mask_threshold(load_model(model_path)[1]) == T
+    assert recorded_mask_threshold(load_model(model_path)[1]) == T
     assert model_mask_threshold_of(model_path) == T
     pred = tmp_path / "pred"
     geojson = tmp_path / "geojson"

@@ -232,6 +232,7 @@ def _pretrain_warning(encoder: Path) -> str | None:
 def _slide_figure(store, synthetic, test_cohort, path: Path) -> Path:
     """The positive test slide with the largest lesion, scored by WeakSupCon + AB-MIL
     (the demo always trains that pair)."""
+    from napari_wsi_mil.mil.predict import recorded_mask_threshold
     from napari_wsi_mil.report import slide_figure
     from napari_wsi_mil.slide import open_slide
     from napari_wsi_mil.store.geojson import read_geojson_polygons
@@ -257,7 +258,7 @@ def _slide_figure(store, synthetic, test_cohort, path: Path) -> Path:
         grid.coords,
         grid.geometry.patch_size_level0,
         arrays["instance_probability"],
-        float(attrs.get("mask_threshold", 0.5)),  # the model's mask threshold
+        recorded_mask_threshold(attrs),
         polygons,
         title,
         path,

@@ -87,7 +87,7 @@ def infer_job(
     attention channel (raw, minmax, rank).
     """
     from napari_wsi_mil.features.extract import FEATURES, read_features
-    from napari_wsi_mil.mil.predict import load_model, model_mask_threshold, predict_bag
+    from napari_wsi_mil.mil.predict import load_model, predict_bag, recorded_mask_threshold
 
     model, meta = load_model(model_path)
     feature_name = meta["features"]
@@ -104,7 +104,7 @@ def infer_job(
         raise WsiMilError(f"the project has no slides with features {feature_name!r}")
     threshold = float(meta.get("threshold", 0.5))
     if mask_threshold is None:
-        mask_threshold = model_mask_threshold(meta)
+        mask_threshold = recorded_mask_threshold(meta)
     mask_threshold = float(mask_threshold)
     report = InferenceReport(name, threshold=threshold, mask_threshold=mask_threshold)
     groups = _groups(ids, cohort)

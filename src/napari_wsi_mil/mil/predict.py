@@ -72,8 +72,9 @@ def mask_threshold_for(model, threshold: float) -> float:
     return DEFAULT_MASK_THRESHOLD
 
 
-def model_mask_threshold(meta: dict) -> float:
-    """The mask threshold recorded in a model file's metadata; 0.5 for files without one."""
+def recorded_mask_threshold(meta: dict) -> float:
+    """The mask threshold recorded in a model file's metadata or a stored prediction's
+    attrs; 0.5 for those written without one."""
     return float(meta.get("mask_threshold", DEFAULT_MASK_THRESHOLD))
 
 

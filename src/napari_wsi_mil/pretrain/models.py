@@ -93,14 +93,24 @@ def resnet18_trunk(init: str = "random") -> nn.Module:
 
 
 def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
-    """The trunk weights in an encoder file or a torchvision state dict, without ``fc``."""
+    """The trunk weights in an encoder file or a ResNet-18 state dict (read with
+    ``weights_only=True``; ``module.``/``trunk.`` prefixes and ``fc`` dropped)."""
     if path.suffix == ".safetensors":
         from napari_wsi_mil.pretrain.encoder_file import load_encoder
 
-        state = load_encoder(path).trunk_state
-    else:
+        return load_encoder(path).trunk_state
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    except Exception as exc:
+        raise WsiMilError(
+            f"{path}: not loadable safely ({exc}). Give a safetensors encoder file, a "
+            "TorchScript file (torch.jit.save) or a ResNet-18 state dict; pickled "
+            "modules are refused because loading them can run arbitrary code"
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WsiMilError(f"{path}: expected a state dict of tensors")
+    names = {k: k.removeprefix("module.").removeprefix("trunk.") for k in state}
+    return {names[k]: v for k, v in state.items() if not names[k].startswith("fc.")}
 
 
 class ProjectionHead(nn.Module):

@@ -41,13 +41,13 @@ PROJECT_KEY = "analyse_project"
 def model_mask_threshold_of(model_path: str | os.PathLike | None) -> float:
     """The mask threshold recorded in a model file (see the module doc); 0.5 for a file
     without one, or that cannot be read (the analysis itself reports that)."""
-    from napari_wsi_mil.mil.predict import model_mask_threshold, read_model_metadata
+    from napari_wsi_mil.mil.predict import read_model_metadata, recorded_mask_threshold
     from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
 
     if model_path is None or not Path(model_path).is_file():
         return DEFAULT_MASK_THRESHOLD
     try:
-        return model_mask_threshold(read_model_metadata(model_path))
+        return recorded_mask_threshold(read_model_metadata(model_path))
     except (WsiMilError, TypeError, ValueError):
         return DEFAULT_MASK_THRESHOLD
 
@@ -309,6 +309,7 @@ def read_analysis(
 ) -> SlideAnalysis:
     """A stored prediction (``predictions/<name>/<slide_id>``) as a :class:`SlideAnalysis`."""
     from napari_wsi_mil.mil.infer import PREDICTIONS
+    from napari_wsi_mil.mil.predict import recorded_mask_threshold
 
     grid, tile_attrs = project.read_tiles(slide_id)
     arrays, attrs = project.read_result(PREDICTIONS, name, slide_id)
@@ -326,5 +327,5 @@ def read_analysis(
         model_name=str(attrs.get("model_name", "")),
         feature_name=str(attrs.get("features", "")),
         slide_size=tuple(facts.get("dimensions") or (0, 0)),
-        mask_threshold=float(attrs.get("mask_threshold", 0.5)),
+        mask_threshold=recorded_mask_threshold(attrs),
     )
