@@ -1,14 +1,17 @@
 """The built wheel is a working napari plugin on its own, and carries what the napari hub
 reads: built from a copy of the sources (no build/ or egg-info in the tree), installed
-into a fresh virtual environment that sees the system's packages but not this source
+into a fresh virtual environment that sees the installed dependencies (of whatever
+environment runs the tests: a venv, a conda env or a bare system Python) but not this source
 tree's editable install."""
 
 import email
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -60,6 +63,18 @@ print("RESULT " + json.dumps(out))
 """
 
 
+def _dependency_dirs() -> list[str]:
+    """Where the running interpreter's installed packages live: its own environment's
+    site-packages (a venv's, a conda env's or the system's) and the user site when enabled.
+    ``system_site_packages=True`` would instead see the *base* interpreter, which in a venv
+    holds none of the dependencies."""
+    paths = sysconfig.get_paths()
+    dirs = [paths["purelib"], paths["platlib"]]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
 def _run(args, **kwargs):
     done = subprocess.run(args, capture_output=True, text=True, **kwargs)
     assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -102,8 +117,16 @@ def test_wheel_is_a_napari_plugin_in_a_fresh_venv(tmp_path):
     assert "](docs/" not in description and "raw.githubusercontent.com" in description
 
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
+    # plain path lines: the dependencies are importable, but the .pth files there (this
+    # checkout's editable install among them) are not run
+    inner_site = _run(
+        [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+    )
+    Path(inner_site.stdout.strip(), "test-dependencies.pth").write_text(
+        "\n".join(_dependency_dirs()) + "\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["NAPARI_WSI_MIL_CACHE"] = str(tmp_path / "cache")
     # the system pip installs into the environment it runs in: the venv
