@@ -114,7 +114,9 @@ class ABMIL(MilModel):
         a, z = attention_pool(logits, h)
         return AttentionBag(h, logits, a, self.classifier(z))
 
-    def forward(self, features: torch.Tensor) -> MilOutput:
+    def forward(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MilOutput:
         """``features [N, D] -> MilOutput`` (see :class:`~napari_wsi_mil.mil.base.MilOutput`)."""
         bag = self.attend(features)
         return MilOutput(

@@ -132,7 +132,9 @@ class CLAMSB(MilModel):
         self.inst_loss = inst_loss
         self.bag_weight = bag_weight
 
-    def forward(self, features: torch.Tensor) -> MilOutput:
+    def forward(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MilOutput:
         """``features [N, D] -> MilOutput`` (see :class:`~napari_wsi_mil.mil.base.MilOutput`)."""
         bag = self.bag.attend(features)
         tile_p = torch.softmax(self.instance_classifiers[1](bag.h), dim=1)[:, 1]
@@ -144,7 +146,11 @@ class CLAMSB(MilModel):
         )
 
     def loss(
-        self, features: torch.Tensor, bag_label: int | torch.Tensor, **extra: object
+        self,
+        features: torch.Tensor,
+        bag_label: int | torch.Tensor,
+        generator: torch.Generator | None = None,
+        **extra: object,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """``0.7 * CE_bag + 0.3 * L_inst`` for one bag.
 
@@ -154,6 +160,8 @@ class CLAMSB(MilModel):
             ``[N, D]``.
         bag_label : int or torch.Tensor
             0 or 1.
+        generator : torch.Generator, optional
+            Unused (CLAM's instance sampling is deterministic).
 
         Returns
         -------

@@ -40,7 +40,7 @@ import numpy as np
 
 from napari_wsi_mil.errors import StoreError, WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
-from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
+from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD, DEFAULT_THRESHOLD
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
 
@@ -102,7 +102,7 @@ def infer_job(
         )
     if not ids:
         raise WsiMilError(f"the project has no slides with features {feature_name!r}")
-    threshold = float(meta.get("threshold", 0.5))
+    threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
     if mask_threshold is None:
         mask_threshold = recorded_mask_threshold(meta)
     mask_threshold = float(mask_threshold)
@@ -234,7 +234,7 @@ def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as fh:
         slides = list(csv.DictReader(fh))
     for row in slides:
-        row["threshold"] = float(row.get("threshold") or 0.5)
+        row["threshold"] = float(row.get("threshold") or DEFAULT_THRESHOLD)
         row["mask_threshold"] = float(row.get("mask_threshold") or DEFAULT_MASK_THRESHOLD)
         with open(pred_dir / "tiles" / f"{row['slide_id']}.csv", newline="") as fh:
             tiles = list(csv.DictReader(fh))

@@ -25,6 +25,7 @@ import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress
+from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.store.project import ProjectStore
 
 BUILTIN_ENCODERS = ("random", "imagenet")
@@ -42,7 +43,6 @@ def model_mask_threshold_of(model_path: str | os.PathLike | None) -> float:
     """The mask threshold recorded in a model file (see the module doc); 0.5 for a file
     without one, or that cannot be read (the analysis itself reports that)."""
     from napari_wsi_mil.mil.predict import read_model_metadata, recorded_mask_threshold
-    from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
 
     if model_path is None or not Path(model_path).is_file():
         return DEFAULT_MASK_THRESHOLD
