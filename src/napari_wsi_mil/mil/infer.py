@@ -41,10 +41,9 @@ import numpy as np
 from napari_wsi_mil.errors import StoreError, WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD, DEFAULT_THRESHOLD
+from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
-
-PREDICTIONS = "predictions"
 
 
 @dataclass
@@ -86,7 +85,7 @@ def infer_job(
     written to ``slides.csv``; ``attention_mode`` the normalisation of the heatmap's
     attention channel (raw, minmax, rank).
     """
-    from napari_wsi_mil.features.extract import FEATURES, read_features
+    from napari_wsi_mil.features.extract import read_features
     from napari_wsi_mil.mil.predict import load_model, predict_bag, recorded_mask_threshold
 
     model, meta = load_model(model_path)

@@ -43,6 +43,7 @@ from napari_wsi_mil.mil.metrics import (
 )
 from napari_wsi_mil.mil.predict import predict_bags, save_model
 from napari_wsi_mil.mil.registry import build_model, training_defaults
+from napari_wsi_mil.store.keys import FEATURES
 
 
 @dataclass
@@ -271,7 +272,7 @@ def train_mil_job(
         if split_bags:
             metrics[split] = evaluate_bags(model, split_bags, threshold, mask_threshold)
     first = train[0].slide_ids[0]
-    feature_attrs = project.read_result("features", feature_name, first)[1]
+    feature_attrs = project.read_result(FEATURES, feature_name, first)[1]
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "model": config.model,
