@@ -20,6 +20,7 @@ from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
 from napari_wsi_mil.mil.predict import load_model, recorded_mask_threshold, save_model
 from napari_wsi_mil.mil.registry import build_model
 from napari_wsi_mil.review.analyse import model_mask_threshold_of, read_analysis
+from napari_wsi_mil.review.export import export_predictions_job
 
 DIM = 16
 T = float(torch.sigmoid(torch.tensor(7.0)))  # between every normal and every tumour tile
@@ -96,7 +97,8 @@ def test_infer_records_the_models_mask_threshold_and_evaluate_uses_it(cohort, tm
     assert model_mask_threshold_of(model_path) == T
     pred = tmp_path / "pred"
     geojson = tmp_path / "geojson"
-    report = run_job(infer_job(store, model_path, out_dir=pred, name="weno", geojson_dir=geojson))
+    report = run_job(infer_job(store, model_path, out_dir=pred, name="weno"))
+    run_job(export_predictions_job(store, "weno", list(report.probabilities), geojson_dir=geojson))
     assert report.threshold == report.mask_threshold == T
     with open(pred / "slides.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
