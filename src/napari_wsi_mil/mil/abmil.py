@@ -119,9 +119,4 @@ class ABMIL(MilModel):
     ) -> MilOutput:
         """``features [N, D] -> MilOutput`` (see :class:`~napari_wsi_mil.mil.base.MilOutput`)."""
         bag = self.attend(features)
-        return MilOutput(
-            logit=bag.logit,
-            probability=torch.softmax(bag.logit, dim=0)[1],
-            attention=bag.attention,
-            instance_probability=minmax_attention(bag.attention),
-        )
+        return MilOutput.from_logit(bag.logit, bag.attention, minmax_attention(bag.attention))

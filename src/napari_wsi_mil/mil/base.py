@@ -48,6 +48,17 @@ class MilOutput(NamedTuple):
     """WENO only: the teacher's (attention bag classifier's) ``P(positive)``, 0-d;
     ``None`` for the other models."""
 
+    @classmethod
+    def from_logit(
+        cls, logit: torch.Tensor, attention: torch.Tensor, instance_probability: torch.Tensor
+    ) -> MilOutput:
+        """The output of a model whose bag probability is ``softmax(logit)[1]``.
+
+        (WENO's bag probability is its top instance's and DTFD-MIL averages it over
+        draws, so they build theirs directly.)
+        """
+        return cls(logit, torch.softmax(logit, dim=0)[1], attention, instance_probability)
+
 
 def check_bag(features: torch.Tensor, in_dim: int) -> None:
     """Raise ``ValueError`` unless ``features`` is one non-empty bag ``[N, in_dim]``.

@@ -138,12 +138,7 @@ class CLAMSB(MilModel):
         """``features [N, D] -> MilOutput`` (see :class:`~napari_wsi_mil.mil.base.MilOutput`)."""
         bag = self.bag.attend(features)
         tile_p = torch.softmax(self.instance_classifiers[1](bag.h), dim=1)[:, 1]
-        return MilOutput(
-            logit=bag.logit,
-            probability=torch.softmax(bag.logit, dim=0)[1],
-            attention=bag.attention,
-            instance_probability=tile_p,
-        )
+        return MilOutput.from_logit(bag.logit, bag.attention, tile_p)
 
     def loss(
         self,

@@ -294,12 +294,8 @@ class MSCLAM(MilModel):
     ) -> MilOutput:
         """``features [N, D] -> MilOutput`` (see :class:`~napari_wsi_mil.mil.base.MilOutput`)."""
         bag = self.bag.attend(features)
-        return MilOutput(
-            logit=bag.logit,
-            probability=torch.softmax(bag.logit, dim=0)[1],
-            attention=bag.attention,
-            instance_probability=torch.softmax(self.tile_classifier(bag.h), dim=1)[:, 1],
-        )
+        tile_p = torch.softmax(self.tile_classifier(bag.h), dim=1)[:, 1]
+        return MilOutput.from_logit(bag.logit, bag.attention, tile_p)
 
     def loss(
         self,
