@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
+from napari_wsi_mil.mil.predict import recorded_mask_threshold
 from napari_wsi_mil.review.heatmap import heatmap_raster, normalise, tumour_mask
 from napari_wsi_mil.review.polygons import raster_polygons, signed_area
 from napari_wsi_mil.store.keys import PREDICTIONS
@@ -320,8 +321,6 @@ def export_predictions_job(
     """:func:`export_slide_predictions` for the stored predictions ``name`` of each slide,
     with the tumour mask cut at the mask threshold stored with them. Returns the written
     paths."""
-    from napari_wsi_mil.mil.predict import recorded_mask_threshold
-
     written: list[Path] = []
     for i, slide_id in enumerate(slide_ids):
         yield Progress("export", i, len(slide_ids), message=slide_id)
