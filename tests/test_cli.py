@@ -150,12 +150,17 @@ def test_train_and_infer_on_imported_h5_features_without_slides(tmp_path, model,
                 "s21",
                 "--out",
                 str(pred),
+                "--geojson",
+                str(tmp_path / "geo"),
             ]
         )
         == 0
     )
     tiles = np.loadtxt(pred / "tiles" / "s21.csv", delimiter=",", skiprows=1)
     assert tiles.shape == (30, 5)
+    # the stored predictions are exported after inference: one detection per tile
+    detections = json.loads((tmp_path / "geo" / "s21.tiles.geojson").read_text())
+    assert len(detections["features"]) == 30
     # instance scores (column 4) rank the six tumour rows above the rest
     scores = tiles[:, 4]
     assert scores[:6].mean() > scores[6:].mean()

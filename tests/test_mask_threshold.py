@@ -17,14 +17,10 @@ from mil_fixtures import feature_cohort
 from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.mil.bags import load_bags
 from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
-from napari_wsi_mil.mil.predict import (
-    load_model,
-    mask_threshold_for,
-    recorded_mask_threshold,
-    save_model,
-)
+from napari_wsi_mil.mil.predict import load_model, recorded_mask_threshold, save_model
 from napari_wsi_mil.mil.registry import build_model
 from napari_wsi_mil.review.analyse import model_mask_threshold_of, read_analysis
+from napari_wsi_mil.review.export import export_predictions_job
 
 DIM = 16
 T = float(torch.sigmoid(torch.tensor(7.0)))  # between every normal and every tumour tile
@@ -78,8 +74,9 @@ def test_evaluate_bags_cuts_weno_masks_at_its_bag_threshold(cohort):
     store, table, _ = cohort
     bags = load_bags(store, table, "f")
     model = _weno()
-    assert mask_threshold_for(model, T) == T
-    assert mask_threshold_for(build_model("abmil", DIM), T) == 0.5
+    assert model.fits_threshold and model.mask_threshold(T) == T
+    abmil = build_model("abmil", DIM)
+    assert not abmil.fits_threshold and abmil.mask_threshold(T) == 0.5
     at_t = evaluate_bags(model, bags, T)
     assert at_t["balanced_accuracy"] == 1.0
     assert at_t["dice"] == 1.0 and at_t["specificity"] == 1.0
@@ -100,7 +97,8 @@ def test_infer_records_the_models_mask_threshold_and_evaluate_uses_it(cohort, tm
     assert model_mask_threshold_of(model_path) == T
     pred = tmp_path / "pred"
     geojson = tmp_path / "geojson"
-    report = run_job(infer_job(store, model_path, out_dir=pred, name="weno", geojson_dir=geojson))
+    report = run_job(infer_job(store, model_path, out_dir=pred, name="weno"))
+    run_job(export_predictions_job(store, "weno", list(report.probabilities), geojson_dir=geojson))
     assert report.threshold == report.mask_threshold == T
     with open(pred / "slides.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

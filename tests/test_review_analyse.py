@@ -107,23 +107,21 @@ def test_find_encoder(tmp_path):
     assert find_encoder(meta, model, encoder=encoder) == str(encoder)
 
 
-def test_infer_writes_geojson_and_heatmap_tiff(trained, tmp_path):
+def test_stored_predictions_export_to_geojson_and_heatmap_tiff(trained, tmp_path):
     import tifffile
 
     from napari_wsi_mil.mil.infer import infer_job
+    from napari_wsi_mil.review.export import export_predictions_job
 
     store, _, model = trained
     ids = store.slide_ids()[:2]
-    run_job(
-        infer_job(
-            store,
-            model,
-            slide_ids=ids,
-            name="exp",
-            geojson_dir=tmp_path / "geo",
-            heatmap_tiff_dir=tmp_path / "tif",
+    run_job(infer_job(store, model, slide_ids=ids, name="exp"))
+    written = run_job(
+        export_predictions_job(
+            store, "exp", ids, geojson_dir=tmp_path / "geo", heatmap_dir=tmp_path / "tif"
         )
     )
+    assert len(written) == 3 * len(ids)
     for slide_id in ids:
         grid, _ = store.read_tiles(slide_id)
         tiles = json.loads((tmp_path / "geo" / f"{slide_id}.tiles.geojson").read_text())

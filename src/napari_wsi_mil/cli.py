@@ -548,20 +548,31 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         from napari_wsi_mil.store.cohort import read_cohort
 
         cohort = read_cohort(args.cohort)
+    project = ProjectStore(args.project)
     report = drive(
         infer_job(
-            ProjectStore(args.project),
+            project,
             args.model,
             slide_ids=args.slides,
             cohort=cohort,
             out_dir=args.out,
             name=args.name,
-            geojson_dir=args.geojson,
-            heatmap_tiff_dir=args.heatmap_tiff,
             mask_threshold=args.mask_threshold,
-            attention_mode=args.attention_scale,
         )
     )
+    if args.geojson or args.heatmap_tiff:
+        from napari_wsi_mil.review.export import export_predictions_job
+
+        drive(
+            export_predictions_job(
+                project,
+                report.name,
+                list(report.probabilities),
+                geojson_dir=args.geojson,
+                heatmap_dir=args.heatmap_tiff,
+                attention_mode=args.attention_scale,
+            )
+        )
 
     for slide_id, p in report.probabilities.items():
         print(f"{slide_id}: P(positive) = {p:.4f} -> {report.predictions[slide_id]}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_wsi_mil.jobs import Job, Progress
+from napari_wsi_mil.store.keys import PREDICTIONS
 
 
 @dataclass
@@ -241,7 +242,7 @@ def _slide_figure(store, synthetic, test_cohort, path: Path) -> Path:
     positives = [e for e in test_cohort if e.label == 1] or list(test_cohort)
     entry = max(positives, key=lambda e: by_id[e.slide_id].lesion_fraction)
     run = store.root.parent / "runs" / "weaksupcon-abmil"  # the demo always trains it
-    arrays, attrs = store.read_result("predictions", run.name, entry.slide_id)
+    arrays, attrs = store.read_result(PREDICTIONS, run.name, entry.slide_id)
     grid, _ = store.read_tiles(entry.slide_id)
     geojson = synthetic.root / "annotations" / f"{entry.slide_id}.geojson"
     polygons = read_geojson_polygons(geojson) if geojson.exists() else []

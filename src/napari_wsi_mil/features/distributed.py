@@ -8,8 +8,9 @@ failed task is retried, then reported; no slide is dropped silently.
 
 from __future__ import annotations
 
-from napari_wsi_mil.features.extract import FEATURES, ExtractionReport
+from napari_wsi_mil.features.extract import ExtractionReport
 from napari_wsi_mil.jobs import Job, Progress
+from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.store.project import ProjectStore
 
 

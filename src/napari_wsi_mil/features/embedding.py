@@ -25,6 +25,7 @@ import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file, run_job
+from napari_wsi_mil.store.keys import FEATURES
 
 __all__ = [
     "BAG_COLORS",
@@ -39,7 +40,6 @@ __all__ = [
     "set_highlight",
 ]
 
-FEATURES = "features"
 METHODS = ("pca", "umap")
 #: Colours of negative (0) and positive (1) bags (Okabe-Ito blue and vermillion).
 BAG_COLORS = {0: "#0072B2", 1: "#D55E00"}

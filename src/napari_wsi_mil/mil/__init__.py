@@ -21,3 +21,13 @@ tumour), ``probability = softmax(logit)[1]``; see
 
 #: The MIL models, by registry name.
 MODELS = ("abmil", "clam", "dtfd", "weno", "msclam")
+
+#: The bag decision threshold on ``probability`` of a model that does not fit its own
+#: (:attr:`~napari_wsi_mil.mil.base.MilModel.fits_threshold`), and of model files and
+#: prediction folders that do not record one.
+DEFAULT_THRESHOLD = 0.5
+
+#: The instance probability from which a tile is tumour in a model's mask unless the
+#: model says otherwise (:meth:`~napari_wsi_mil.mil.base.MilModel.mask_threshold`), and
+#: in model files and prediction folders that do not record one.
+DEFAULT_MASK_THRESHOLD = 0.5

@@ -114,12 +114,9 @@ class ABMIL(MilModel):
         a, z = attention_pool(logits, h)
         return AttentionBag(h, logits, a, self.classifier(z))
 
-    def forward(self, features: torch.Tensor) -> MilOutput:
+    def forward(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MilOutput:
         """``features [N, D] -> MilOutput`` (see :class:`~napari_wsi_mil.mil.base.MilOutput`)."""
         bag = self.attend(features)
-        return MilOutput(
-            logit=bag.logit,
-            probability=torch.softmax(bag.logit, dim=0)[1],
-            attention=bag.attention,
-            instance_probability=minmax_attention(bag.attention),
-        )
+        return MilOutput.from_logit(bag.logit, bag.attention, minmax_attention(bag.attention))

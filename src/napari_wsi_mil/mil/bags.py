@@ -21,10 +21,9 @@ import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.store.cohort import Cohort
+from napari_wsi_mil.store.keys import FEATURES, TILE_LABELS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
-
-TILE_LABELS = "tile_labels"
 
 
 @dataclass
@@ -85,8 +84,6 @@ def load_bags(
     min_coverage: float = DEFAULT_MIN_COVERAGE,
 ) -> list[Bag]:
     """One :class:`Bag` per case of ``cohort``, with every problem reported at once."""
-    from napari_wsi_mil.features.extract import FEATURES
-
     problems = []
     missing = [
         e.slide_id for e in cohort if not project.has_result(FEATURES, feature_name, e.slide_id)

@@ -10,11 +10,19 @@ Shapes: ``N`` instances (patches) of one bag, ``D`` feature size.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.mil.bags import Bag
 
 #: Number of bag classes of every model (negative, positive).
 N_CLASSES = 2
@@ -39,6 +47,17 @@ class MilOutput(NamedTuple):
     teacher_probability: torch.Tensor | None = None
     """WENO only: the teacher's (attention bag classifier's) ``P(positive)``, 0-d;
     ``None`` for the other models."""
+
+    @classmethod
+    def from_logit(
+        cls, logit: torch.Tensor, attention: torch.Tensor, instance_probability: torch.Tensor
+    ) -> MilOutput:
+        """The output of a model whose bag probability is ``softmax(logit)[1]``.
+
+        (WENO's bag probability is its top instance's and DTFD-MIL averages it over
+        draws, so they build theirs directly.)
+        """
+        return cls(logit, torch.softmax(logit, dim=0)[1], attention, instance_probability)
 
 
 def check_bag(features: torch.Tensor, in_dim: int) -> None:
@@ -78,21 +97,104 @@ def bag_cross_entropy(logit: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logit.unsqueeze(0), label.reshape(1))
 
 
-class MilModel(nn.Module):
-    """Base class: ``forward(features [N, D]) -> MilOutput`` and ``loss``.
+def bag_tensor(bag: Bag) -> torch.Tensor:
+    """A bag's features ``[N, D]`` as a tensor sharing their memory."""
+    return torch.from_numpy(bag.features)
 
-    Subclasses set ``in_dim`` and implement ``forward``; the default :meth:`loss`
-    is the bag cross-entropy (AB-MIL's rule), models with richer rules override it.
+
+@dataclass
+class TrainingEpoch:
+    """What one training epoch of :meth:`MilModel.train_epoch` works with.
+
+    The trainer (:func:`napari_wsi_mil.mil.train.fit_job`) builds one per epoch; the
+    random sources are the run's, so a seeded run is reproducible.
+    """
+
+    index: int
+    """0-based epoch number."""
+    bags: list[Bag]
+    """The training bags."""
+    hp: dict[str, Any]
+    """The model's training settings (``mil.registry.TRAINING_DEFAULTS`` and overrides)."""
+    rng: np.random.Generator
+    """The run's numpy random source (bag orders, pairings)."""
+    generator: torch.Generator
+    """The run's CPU torch generator (random draws inside a model's loss)."""
+    supervised: np.ndarray
+    """``[len(bags)]`` bool: the bags that lend their tile labels to mixed supervision."""
+    order: Callable[[], np.ndarray]
+    """Draws this epoch's bag order (class-balanced when the run asks for it)."""
+    step: Callable[[torch.Tensor], None]
+    """One optimiser step on a 0-d loss (zero grads, backward, clip, step)."""
+
+
+class MilModel(nn.Module):
+    """Base class: ``forward(features [N, D], generator=None) -> MilOutput``, ``loss``
+    and the model's training rule.
+
+    Subclasses set ``in_dim`` and implement ``forward``. The defaults are AB-MIL's: the
+    bag cross-entropy (:meth:`loss`), one optimiser over all parameters
+    (:meth:`param_groups`), one step per bag in the epoch's order (:meth:`train_epoch`),
+    a bag decision threshold of 0.5. A model with another rule overrides the hook, so
+    the trainer and the predictor name no model. ``generator`` (a CPU
+    ``torch.Generator``) is every model's source of randomness in ``forward`` and
+    ``loss``; models that draw nothing ignore it.
     """
 
     in_dim: int
     #: Whether the bag ``probability`` is the max of ``instance_probability`` (WENO).
-    #: Such a model's tumour mask is cut at its bag threshold
-    #: (:func:`napari_wsi_mil.mil.predict.mask_threshold_for`).
+    #: Such a probability is not calibrated at 0.5, so the bag decision threshold is
+    #: fitted on the training bags (:attr:`fits_threshold`) and the tumour mask is cut
+    #: there too (:meth:`mask_threshold`).
     bag_is_max_instance: bool = False
 
+    def forward(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MilOutput:
+        raise NotImplementedError
+
+    @property
+    def fits_threshold(self) -> bool:
+        """Whether the bag decision threshold is fitted on the training bags (Youden's
+        J, :func:`napari_wsi_mil.mil.train.fit_threshold`) instead of 0.5."""
+        return self.bag_is_max_instance
+
+    def mask_threshold(self, threshold: float) -> float:
+        """The instance probability from which a tile is tumour in this model's mask.
+
+        For a model whose bag probability is the max of its instance probabilities
+        (:attr:`bag_is_max_instance`: WENO) it is the bag decision ``threshold``, so a
+        slide called negative has no tumour tile and one called positive has at least
+        one; the other models' instance probabilities are per-tile estimates, cut at
+        :data:`~napari_wsi_mil.mil.DEFAULT_MASK_THRESHOLD` (0.5).
+        """
+        return float(threshold) if self.bag_is_max_instance else DEFAULT_MASK_THRESHOLD
+
+    def param_groups(self) -> list[Iterable[nn.Parameter]]:
+        """The parameter groups, one optimiser each (default: one group, all of them)."""
+        return [self.parameters()]
+
+    def train_epoch(self, epoch: TrainingEpoch) -> dict[str, float]:
+        """One training epoch; returns the epoch's mean ``loss`` and loss parts.
+
+        Default: one optimiser step per bag of ``epoch.order()`` on :meth:`loss`.
+        """
+        parts_sum: dict[str, float] = {}
+        order = epoch.order()
+        for i in order:
+            bag = epoch.bags[i]
+            loss, parts = self.loss(bag_tensor(bag), bag.label, generator=epoch.generator)
+            epoch.step(loss)
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / len(order)
+        return parts_sum
+
     def loss(
-        self, features: torch.Tensor, bag_label: int | torch.Tensor, **extra: object
+        self,
+        features: torch.Tensor,
+        bag_label: int | torch.Tensor,
+        generator: torch.Generator | None = None,
+        **extra: object,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss of one bag.
 
@@ -102,6 +204,8 @@ class MilModel(nn.Module):
             ``[N, D]`` instance features.
         bag_label : int or torch.Tensor
             0 or 1.
+        generator : torch.Generator, optional
+            Unused by this default (it draws nothing).
         **extra
             Model-specific inputs (none for this default).
 

@@ -132,19 +132,20 @@ class CLAMSB(MilModel):
         self.inst_loss = inst_loss
         self.bag_weight = bag_weight
 
-    def forward(self, features: torch.Tensor) -> MilOutput:
+    def forward(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MilOutput:
         """``features [N, D] -> MilOutput`` (see :class:`~napari_wsi_mil.mil.base.MilOutput`)."""
         bag = self.bag.attend(features)
         tile_p = torch.softmax(self.instance_classifiers[1](bag.h), dim=1)[:, 1]
-        return MilOutput(
-            logit=bag.logit,
-            probability=torch.softmax(bag.logit, dim=0)[1],
-            attention=bag.attention,
-            instance_probability=tile_p,
-        )
+        return MilOutput.from_logit(bag.logit, bag.attention, tile_p)
 
     def loss(
-        self, features: torch.Tensor, bag_label: int | torch.Tensor, **extra: object
+        self,
+        features: torch.Tensor,
+        bag_label: int | torch.Tensor,
+        generator: torch.Generator | None = None,
+        **extra: object,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """``0.7 * CE_bag + 0.3 * L_inst`` for one bag.
 
@@ -154,6 +155,8 @@ class CLAMSB(MilModel):
             ``[N, D]``.
         bag_label : int or torch.Tensor
             0 or 1.
+        generator : torch.Generator, optional
+            Unused (CLAM's instance sampling is deterministic).
 
         Returns
         -------

@@ -30,7 +30,7 @@ Shapes: ``N`` instances, ``D`` feature size, ``E`` embedding size, ``M`` pseudo-
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -161,6 +161,10 @@ class DTFDMIL(MilModel):
         """Parameters of tier 2 (attention, classifier): optimiser 2."""
         for module in (self.attention2, self.classifier2):
             yield from module.parameters()
+
+    def param_groups(self) -> list[Iterable[nn.Parameter]]:
+        """Two optimisers: :meth:`tier1_parameters` and :meth:`tier2_parameters`."""
+        return [self.tier1_parameters(), self.tier2_parameters()]
 
     def tier1(self, features: torch.Tensor, groups: list[torch.Tensor]) -> Tier1Result:
         """Tier 1 on one split.

@@ -14,15 +14,12 @@ viewer) and, with ``out_dir``, as files::
 :func:`evaluate_predictions` scores accuracy, balanced accuracy and F1 there.
 ``mask_threshold`` is the instance probability from which a tile is tumour: the model's
 (recorded in its file: WENO's fitted bag threshold, 0.5 for the other models and for
-model files without one) unless ``infer_job(mask_threshold=...)`` gives another. The
-GeoJSON mask uses it and :func:`evaluate_predictions` cuts its masks (Dice,
-specificity) there; prediction folders written before the column existed count as 0.5.
-
-With ``geojson_dir`` and ``heatmap_tiff_dir`` it also writes, per slide, QuPath GeoJSON
-(``<slide_id>.tiles.geojson``: every tile a detection with measurements attention,
-attention_rank and probability; ``<slide_id>.mask.geojson``: the predicted tumour mask
-as annotations) and the heatmap as a pyramidal OME-TIFF (``<slide_id>.heatmap.ome.tif``,
-channels attention and probability); see :mod:`napari_wsi_mil.review.export`.
+model files without one) unless ``infer_job(mask_threshold=...)`` gives another. It is
+stored with the predictions, the GeoJSON mask exported from them uses it
+(:func:`napari_wsi_mil.review.export.export_predictions_job`, which ``wsi-mil infer
+--geojson/--heatmap-tiff`` runs after this job) and :func:`evaluate_predictions` cuts
+its masks (Dice, specificity) there; prediction folders written before the column
+existed count as 0.5.
 
 With a cohort, the slides of one case form one bag (as in training); the case's
 probability is every slide's probability and its attention maps back to each slide.
@@ -40,11 +37,10 @@ import numpy as np
 
 from napari_wsi_mil.errors import StoreError, WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
-from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
+from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD, DEFAULT_THRESHOLD
+from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
-
-PREDICTIONS = "predictions"
 
 
 @dataclass
@@ -74,19 +70,15 @@ def infer_job(
     cohort=None,
     out_dir: str | os.PathLike | None = None,
     name: str | None = None,
-    geojson_dir: str | os.PathLike | None = None,
-    heatmap_tiff_dir: str | os.PathLike | None = None,
     mask_threshold: float | None = None,
-    attention_mode: str = "rank",
 ) -> Job[InferenceReport]:
     """Predict every slide (or case) with the model in ``model_path`` (see module doc).
 
     ``mask_threshold`` (default: the model's, see the module doc) is the instance
-    probability of a tumour tile in the GeoJSON exports, stored with the predictions and
-    written to ``slides.csv``; ``attention_mode`` the normalisation of the heatmap's
-    attention channel (raw, minmax, rank).
+    probability of a tumour tile, stored with the predictions and written to
+    ``slides.csv``.
     """
-    from napari_wsi_mil.features.extract import FEATURES, read_features
+    from napari_wsi_mil.features.extract import read_features
     from napari_wsi_mil.mil.predict import load_model, predict_bag, recorded_mask_threshold
 
     model, meta = load_model(model_path)
@@ -102,7 +94,7 @@ def infer_job(
         )
     if not ids:
         raise WsiMilError(f"the project has no slides with features {feature_name!r}")
-    threshold = float(meta.get("threshold", 0.5))
+    threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
     if mask_threshold is None:
         mask_threshold = recorded_mask_threshold(meta)
     mask_threshold = float(mask_threshold)
@@ -144,39 +136,10 @@ def infer_job(
             report.probabilities[slide_id] = pred.probability
             report.predictions[slide_id] = prediction
             rows.append((slide_id, case_id, pred, sl))
-            if geojson_dir is not None or heatmap_tiff_dir is not None:
-                _export_slide(
-                    project,
-                    slide_id,
-                    pred,
-                    sl,
-                    geojson_dir,
-                    heatmap_tiff_dir,
-                    mask_threshold,
-                    attention_mode,
-                )
     yield Progress("infer", len(groups), len(groups))
     if out_dir is not None:
         _write_prediction_files(project, Path(out_dir), rows, threshold, mask_threshold)
     return report
-
-
-def _export_slide(
-    project, slide_id, pred, sl, geojson_dir, heatmap_dir, mask_threshold, attention_mode
-) -> None:
-    from napari_wsi_mil.review.export import export_slide_predictions
-
-    grid, _ = project.read_tiles(slide_id)
-    export_slide_predictions(
-        grid,
-        pred.attention[sl],
-        pred.instance_probability[sl],
-        mask_threshold,
-        slide_id,
-        geojson_dir=geojson_dir,
-        heatmap_dir=heatmap_dir,
-        attention_mode=attention_mode,
-    )
 
 
 def _write_prediction_files(
@@ -234,7 +197,7 @@ def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as fh:
         slides = list(csv.DictReader(fh))
     for row in slides:
-        row["threshold"] = float(row.get("threshold") or 0.5)
+        row["threshold"] = float(row.get("threshold") or DEFAULT_THRESHOLD)
         row["mask_threshold"] = float(row.get("mask_threshold") or DEFAULT_MASK_THRESHOLD)
         with open(pred_dir / "tiles" / f"{row['slide_id']}.csv", newline="") as fh:
             tiles = list(csv.DictReader(fh))

@@ -3,7 +3,7 @@
 - Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)).
 - Instance: AUC and average precision of instance scores against known tile labels.
 - Localisation, on tile masks cut at the model's mask threshold (``threshold``: 0.5, or
-  WENO's fitted bag threshold, see :func:`napari_wsi_mil.mil.predict.mask_threshold_for`):
+  WENO's fitted bag threshold, see :meth:`napari_wsi_mil.mil.base.MilModel.mask_threshold`):
   Dice on positive slides (with tile labels) and specificity on negative slides (the
   fraction of their tiles called normal).
 Undefined values (one class only, no labelled tiles) are ``None``, never a crash.

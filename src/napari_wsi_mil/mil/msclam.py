@@ -28,7 +28,14 @@ import torch
 from torch import nn
 
 from napari_wsi_mil.mil.abmil import ABMIL
-from napari_wsi_mil.mil.base import MilModel, MilOutput, bag_cross_entropy, bag_label_tensor
+from napari_wsi_mil.mil.base import (
+    MilModel,
+    MilOutput,
+    TrainingEpoch,
+    bag_cross_entropy,
+    bag_label_tensor,
+    bag_tensor,
+)
 from napari_wsi_mil.mil.blocks import normalised_entropy
 from napari_wsi_mil.mil.clam import INSTANCE_LOSSES, instance_loss
 
@@ -282,15 +289,13 @@ class MSCLAM(MilModel):
         self.inst_loss = inst_loss
         self.loss_weights = tuple(loss_weights)
 
-    def forward(self, features: torch.Tensor) -> MilOutput:
+    def forward(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MilOutput:
         """``features [N, D] -> MilOutput`` (see :class:`~napari_wsi_mil.mil.base.MilOutput`)."""
         bag = self.bag.attend(features)
-        return MilOutput(
-            logit=bag.logit,
-            probability=torch.softmax(bag.logit, dim=0)[1],
-            attention=bag.attention,
-            instance_probability=torch.softmax(self.tile_classifier(bag.h), dim=1)[:, 1],
-        )
+        tile_p = torch.softmax(self.tile_classifier(bag.h), dim=1)[:, 1]
+        return MilOutput.from_logit(bag.logit, bag.attention, tile_p)
 
     def loss(
         self,
@@ -334,6 +339,29 @@ class MSCLAM(MilModel):
         total = w_bag * ce + w_inst * inst + w_att * att
         parts = {"bag": ce, "instance": inst, "attention": att}
         return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def train_epoch(self, epoch: TrainingEpoch) -> dict[str, float]:
+        """One epoch of paired steps (:func:`paired_batches`): a normal and a tumour
+        slide per step, tumour slides drawn with :func:`tumour_slide_weights` (weight on
+        ``epoch.supervised`` slides, whose tile labels the step sees)."""
+        bags, hp, supervised = epoch.bags, epoch.hp, epoch.supervised
+        labels = np.array([b.label for b in bags])
+        weights = tumour_slide_weights(
+            supervised, epoch.index, hp["sampling_weight"], hp["sampling_gamma"]
+        )
+        total, pairs = 0.0, paired_batches(labels, weights, epoch.rng)
+        for normal, tumour in pairs:
+            tiles = (
+                torch.from_numpy(bags[tumour].tile_labels.astype(np.int64))
+                if supervised[tumour]
+                else None
+            )
+            loss, _ = self.paired_loss(
+                bag_tensor(bags[normal]), bag_tensor(bags[tumour]), tiles, epoch.generator
+            )
+            epoch.step(loss)
+            total += float(loss.detach()) / len(pairs)
+        return {"loss": total}
 
     def paired_loss(
         self,

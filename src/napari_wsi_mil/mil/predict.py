@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.mil.bags import Bag
-from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.weights_file import load_metadata, load_tensors, save_tensors
 
 if TYPE_CHECKING:
-    import torch
+    from napari_wsi_mil.mil.base import MilModel
 
 MODEL_FORMAT = "napari-wsi-mil-mil-model"
 
@@ -28,18 +28,18 @@ class BagPrediction:
     instance_probability: np.ndarray  # (N,)
 
 
-def predict_bag(model, features: np.ndarray, seed: int = 0) -> BagPrediction:
+def predict_bag(model: MilModel, features: np.ndarray, seed: int = 0) -> BagPrediction:
     """The model's slide probability, attention and instance probabilities for one bag.
 
-    Models with random inference (DTFD-MIL's pseudo-bags) get a fixed generator, so a
-    prediction is reproducible.
+    Every model gets a generator seeded with ``seed``, so models with random inference
+    (DTFD-MIL's pseudo-bags) predict reproducibly.
     """
     import torch
 
     model.eval()
     x = torch.as_tensor(features, dtype=torch.float32)
     with torch.inference_mode():
-        out = model(x, **generator_kwarg(model.forward, torch.Generator().manual_seed(seed)))
+        out = model(x, generator=torch.Generator().manual_seed(seed))
     return BagPrediction(
         float(out.probability),
         out.attention.numpy().astype(np.float32),
@@ -47,29 +47,8 @@ def predict_bag(model, features: np.ndarray, seed: int = 0) -> BagPrediction:
     )
 
 
-def generator_kwarg(method, generator: torch.Generator) -> dict:
-    """``{"generator": generator}`` for model methods that draw random numbers, else ``{}``."""
-    import inspect
-
-    return {"generator": generator} if "generator" in inspect.signature(method).parameters else {}
-
-
-def predict_bags(model, bags: list[Bag]) -> list[BagPrediction]:
+def predict_bags(model: MilModel, bags: list[Bag]) -> list[BagPrediction]:
     return [predict_bag(model, b.features) for b in bags]
-
-
-def mask_threshold_for(model, threshold: float) -> float:
-    """The instance probability from which a tile is tumour in ``model``'s mask.
-
-    For a model whose bag probability is the max of its instance probabilities
-    (``bag_is_max_instance``: WENO) it is the bag decision ``threshold``, so a slide
-    called negative has no tumour tile and one called positive has at least one; the
-    other models' instance probabilities are per-tile estimates, cut at
-    :data:`~napari_wsi_mil.review.heatmap.DEFAULT_MASK_THRESHOLD` (0.5).
-    """
-    if getattr(model, "bag_is_max_instance", False):
-        return float(threshold)
-    return DEFAULT_MASK_THRESHOLD
 
 
 def recorded_mask_threshold(meta: dict) -> float:
@@ -78,10 +57,10 @@ def recorded_mask_threshold(meta: dict) -> float:
     return float(meta.get("mask_threshold", DEFAULT_MASK_THRESHOLD))
 
 
-def save_model(path: str | os.PathLike, model, metadata: dict) -> None:
+def save_model(path: str | os.PathLike, model: MilModel, metadata: dict) -> None:
     """``metadata`` holds ``model`` (name), ``in_dim``, ``hparams``, ``threshold`` (the bag
-    decision threshold), ``mask_threshold`` (:func:`mask_threshold_for`) and the feature
-    set's facts (``features``, ``feature_attrs``)."""
+    decision threshold), ``mask_threshold`` (:meth:`MilModel.mask_threshold`) and the
+    feature set's facts (``features``, ``feature_attrs``)."""
     save_tensors(path, model.state_dict(), metadata, MODEL_FORMAT)
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +32,18 @@ import torch
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
+from napari_wsi_mil.mil import DEFAULT_THRESHOLD
 from napari_wsi_mil.mil.bags import Bag, check_trainable, load_bags
+from napari_wsi_mil.mil.base import MilModel, TrainingEpoch
 from napari_wsi_mil.mil.metrics import (
     bag_metrics,
     instance_metrics,
     localisation_metrics,
     summarise,
 )
-from napari_wsi_mil.mil.predict import (
-    generator_kwarg,
-    mask_threshold_for,
-    predict_bags,
-    save_model,
-)
+from napari_wsi_mil.mil.predict import predict_bags, save_model
 from napari_wsi_mil.mil.registry import build_model, training_defaults
+from napari_wsi_mil.store.keys import FEATURES
 
 
 @dataclass
@@ -71,10 +70,6 @@ class MilRunResult:
     history: list[dict]
 
 
-def _tensor(bag: Bag) -> torch.Tensor:
-    return torch.from_numpy(bag.features)
-
-
 def _epoch_order(bags: list[Bag], balance: bool, rng: np.random.Generator) -> np.ndarray:
     if not balance:
         return rng.permutation(len(bags))
@@ -84,23 +79,24 @@ def _epoch_order(bags: list[Bag], balance: bool, rng: np.random.Generator) -> np
     return rng.choice(len(bags), size=len(bags), replace=True, p=p / p.sum())
 
 
-def _optimizers(name: str, model, hp: dict) -> list[torch.optim.Optimizer]:
+def _optimizers(model: MilModel, hp: dict) -> list[torch.optim.Optimizer]:
+    """One optimiser per parameter group of the model (:meth:`MilModel.param_groups`)."""
     lr, wd = hp["lr"], hp["weight_decay"]
-    if name == "dtfd":
-        return [
-            torch.optim.Adam(model.tier1_parameters(), lr=lr, weight_decay=wd),
-            torch.optim.Adam(model.tier2_parameters(), lr=lr, weight_decay=wd),
-        ]
     if hp["optimizer"] == "sgd":
+        momentum = hp.get("momentum", 0.9)
         return [
-            torch.optim.SGD(
-                model.parameters(), lr=lr, momentum=hp.get("momentum", 0.9), weight_decay=wd
-            )
+            torch.optim.SGD(group, lr=lr, momentum=momentum, weight_decay=wd)
+            for group in model.param_groups()
         ]
-    return [torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)]
+    return [torch.optim.Adam(group, lr=lr, weight_decay=wd) for group in model.param_groups()]
 
 
-def _step(optimizers, loss, clip: float | None, model) -> None:
+def _step(
+    optimizers: list[torch.optim.Optimizer],
+    clip: float | None,
+    model: MilModel,
+    loss: torch.Tensor,
+) -> None:
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -110,91 +106,20 @@ def _step(optimizers, loss, clip: float | None, model) -> None:
         opt.step()
 
 
-def _plain_epoch(model, bags, optimizers, hp, config, rng, generator) -> dict[str, float]:
-    parts_sum: dict[str, float] = {}
-    order = _epoch_order(bags, config.balance, rng)
-    for i in order:
-        loss, parts = model.loss(
-            _tensor(bags[i]), bags[i].label, **generator_kwarg(model.loss, generator)
-        )
-        _step(optimizers, loss, hp.get("grad_clip"), model)
-        for k, v in {"loss": float(loss.detach()), **parts}.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + v / len(order)
-    return parts_sum
-
-
-def _msclam_epoch(model, bags, optimizers, hp, epoch, supervised, rng, generator):
-    from napari_wsi_mil.mil.msclam import paired_batches, tumour_slide_weights
-
-    labels = np.array([b.label for b in bags])
-    weights = tumour_slide_weights(supervised, epoch, hp["sampling_weight"], hp["sampling_gamma"])
-    total, pairs = 0.0, paired_batches(labels, weights, rng)
-    for normal, tumour in pairs:
-        tiles = (
-            torch.from_numpy(bags[tumour].tile_labels.astype(np.int64))
-            if supervised[tumour]
-            else None
-        )
-        loss, _ = model.paired_loss(
-            _tensor(bags[normal]), _tensor(bags[tumour]), tiles, generator=generator
-        )
-        _step(optimizers, loss, None, model)
-        total += float(loss.detach()) / len(pairs)
-    return {"loss": total}
-
-
-def _weno_epoch(model, bags, optimizers, hp, epoch, config, rng):
-    from napari_wsi_mil.mil.weno import (
-        attention_logit_range,
-        hard_positive_mask,
-        soft_pseudo_labels,
-    )
-
-    teacher = 0.0
-    if epoch == 0:
-        model.calibrate_norm(torch.from_numpy(np.concatenate([b.features for b in bags])))
-    order = _epoch_order(bags, config.balance, rng)
-    for i in order:
-        x, keep = _tensor(bags[i]), None
-        if epoch >= hp["hpm_start_epoch"] and bags[i].label == 1:
-            with torch.no_grad():
-                model.eval()
-                keep = hard_positive_mask(model.student_probabilities(x)[:, 1], hp["hpm_threshold"])
-                model.train()
-        loss, _ = model.loss(x, bags[i].label, keep=keep)
-        _step(optimizers, loss, None, model)
-        teacher += float(loss.detach()) / len(order)
-    model.eval()
-    with torch.no_grad():
-        logits = [model.attention_logits(_tensor(b)) for b in bags]
-    model.train()
-    lo, hi = attention_logit_range(logits)
-    targets = torch.cat(soft_pseudo_labels(logits, [b.label for b in bags], lo, hi))
-    features = torch.from_numpy(np.concatenate([b.features for b in bags]))
-    perm = torch.from_numpy(rng.permutation(len(features)))
-    student, batch = 0.0, hp["student_batch_size"]
-    steps = range(0, len(perm), batch)
-    for start in steps:
-        rows = perm[start : start + batch]
-        if len(rows) < 2:  # BatchNorm needs two instances
-            continue
-        loss, _ = model.student_step(features[rows], targets[rows], hp["student_negative_weight"])
-        _step(optimizers, loss, None, model)
-        student += float(loss.detach()) / len(steps)
-    return {"loss": teacher + student, "teacher": teacher, "student": student}
-
-
 def evaluate_bags(
-    model, bags: list[Bag], threshold: float = 0.5, mask_threshold: float | None = None
+    model: MilModel,
+    bags: list[Bag],
+    threshold: float = DEFAULT_THRESHOLD,
+    mask_threshold: float | None = None,
 ) -> dict:
     """Bag, instance and localisation metrics of ``model`` on ``bags``.
 
     Bags are called positive at ``threshold``; tiles are tumour (Dice, specificity) at
-    ``mask_threshold``, by default the model's: ``threshold`` for WENO, else 0.5 (see
-    :func:`~napari_wsi_mil.mil.predict.mask_threshold_for`).
+    ``mask_threshold``, by default the model's (:meth:`MilModel.mask_threshold`:
+    ``threshold`` for WENO, else 0.5).
     """
     if mask_threshold is None:
-        mask_threshold = mask_threshold_for(model, threshold)
+        mask_threshold = model.mask_threshold(threshold)
     if not bags:
         return {}
     preds = predict_bags(model, bags)
@@ -221,7 +146,7 @@ def fit_threshold(labels, probabilities) -> float:
     from sklearn.metrics import roc_curve
 
     if len(set(labels)) < 2:
-        return 0.5
+        return DEFAULT_THRESHOLD
     fpr, tpr, cuts = roc_curve(labels, probabilities)
     best = int(np.argmax(tpr - fpr))
     return float(min(1.0, cuts[best]))
@@ -229,19 +154,22 @@ def fit_threshold(labels, probabilities) -> float:
 
 def fit_job(
     config: MilConfig, train: list[Bag], val: list[Bag], stage: str
-) -> Job[tuple[object, list[dict], float]]:
+) -> Job[tuple[MilModel, list[dict], float]]:
     """Train one model; yields one progress event per epoch; returns (model, history,
-    decision threshold)."""
-    name = config.model
-    hp = training_defaults(name)
+    decision threshold).
+
+    The model's own rule trains it (:meth:`MilModel.train_epoch`, with one optimiser
+    per :meth:`MilModel.param_groups` group); its threshold is fitted on the training
+    bags when the model asks for it (:attr:`MilModel.fits_threshold`), else 0.5."""
+    hp = training_defaults(config.model)
     for key in ("epochs", "lr", "weight_decay"):
         if getattr(config, key) is not None:
             hp[key] = getattr(config, key)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_model(name, train[0].features.shape[1], **config.hparams)
-    optimizers = _optimizers(name, model, hp)
+    model = build_model(config.model, train[0].features.shape[1], **config.hparams)
+    optimizers = _optimizers(model, hp)
     schedulers = (
         [
             torch.optim.lr_scheduler.MultiStepLR(o, list(hp["lr_milestones"]), hp["lr_gamma"])
@@ -255,12 +183,18 @@ def fit_job(
     for epoch in range(hp["epochs"]):
         started = time.perf_counter()
         model.train()
-        if name == "msclam":
-            parts = _msclam_epoch(model, train, optimizers, hp, epoch, supervised, rng, generator)
-        elif name == "weno":
-            parts = _weno_epoch(model, train, optimizers, hp, epoch, config, rng)
-        else:
-            parts = _plain_epoch(model, train, optimizers, hp, config, rng, generator)
+        parts = model.train_epoch(
+            TrainingEpoch(
+                index=epoch,
+                bags=train,
+                hp=hp,
+                rng=rng,
+                generator=generator,
+                supervised=supervised,
+                order=partial(_epoch_order, train, config.balance, rng),
+                step=partial(_step, optimizers, hp.get("grad_clip"), model),
+            )
+        )
         for scheduler in schedulers:
             scheduler.step()
         row = {"epoch": epoch + 1, **parts, "seconds": time.perf_counter() - started}
@@ -277,8 +211,8 @@ def fit_job(
             f", val AUC {row['val_auc']:.3f}" if row.get("val_auc") is not None else ""
         )
         yield Progress(stage, epoch + 1, hp["epochs"], message=message, info=row)
-    threshold = 0.5
-    if model.bag_is_max_instance:  # WENO: the student's max p1 is not calibrated at 0.5
+    threshold = DEFAULT_THRESHOLD
+    if model.fits_threshold:
         threshold = fit_threshold(
             [b.label for b in train], [p.probability for p in predict_bags(model, train)]
         )
@@ -331,14 +265,14 @@ def train_mil_job(
             fold_metrics.append(evaluate_bags(model, [train[i] for i in held_idx], threshold))
         metrics["cv"] = {"folds": fold_metrics, "summary": summarise(fold_metrics)}
     model, history, threshold = yield from fit_job(config, train, val, "train")
-    mask_threshold = mask_threshold_for(model, threshold)
+    mask_threshold = model.mask_threshold(threshold)
     metrics["threshold"] = threshold
     metrics["mask_threshold"] = mask_threshold
     for split, split_bags in (("train", train), ("val", val), ("test", test)):
         if split_bags:
             metrics[split] = evaluate_bags(model, split_bags, threshold, mask_threshold)
     first = train[0].slide_ids[0]
-    feature_attrs = project.read_result("features", feature_name, first)[1]
+    feature_attrs = project.read_result(FEATURES, feature_name, first)[1]
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "model": config.model,

@@ -5,7 +5,7 @@ Teacher: gated AB-MIL bag classifier (:class:`~napari_wsi_mil.mil.abmil.ABMIL`).
 Student: instance classifier ``Linear(E, 2)``. Both share the instance encoder
 ``Linear(D, E) + BatchNorm1d`` (the reference's encoder on features).
 
-Training alternates, each epoch (the trainer drives it with the pure functions
+Training alternates, each epoch (:meth:`WENO.train_epoch`, built from the pure functions
 here):
 
 1. teacher epoch over bags: :meth:`WENO.loss`, the bag CE (optionally on the
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,8 +38,10 @@ from napari_wsi_mil.mil.abmil import ABMIL
 from napari_wsi_mil.mil.base import (
     MilModel,
     MilOutput,
+    TrainingEpoch,
     bag_cross_entropy,
     bag_label_tensor,
+    bag_tensor,
     check_bag,
 )
 from napari_wsi_mil.mil.blocks import InstanceEncoder
@@ -238,7 +241,9 @@ class WENO(MilModel):
         check_bag(features, self.in_dim)
         return torch.softmax(self.student(self.encoder(features)), dim=1)
 
-    def forward(self, features: torch.Tensor) -> MilOutput:
+    def forward(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MilOutput:
         """``features [N, D] -> MilOutput`` with ``teacher_probability`` set."""
         bag = self.teacher.attend(features)
         inst_logits = self.student(bag.h)
@@ -257,6 +262,7 @@ class WENO(MilModel):
         features: torch.Tensor,
         bag_label: int | torch.Tensor,
         keep: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
         **extra: object,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Teacher step: bag CE on the (optionally mined) bag.
@@ -270,6 +276,8 @@ class WENO(MilModel):
         keep : torch.Tensor, optional
             ``[N]`` bool from :func:`hard_positive_mask` (positive bags, from epoch
             ``E_hpm`` on); all instances when ``None``.
+        generator : torch.Generator, optional
+            Unused (the teacher step draws nothing).
 
         Returns
         -------
@@ -285,6 +293,51 @@ class WENO(MilModel):
         bag = self._attend_with_running_statistics(features)
         ce = bag_cross_entropy(bag.logit, bag_label_tensor(bag_label, features.device))
         return ce, {"teacher": float(ce.detach())}
+
+    def train_epoch(self, epoch: TrainingEpoch) -> dict[str, float]:
+        """A teacher epoch over the bags, then a student epoch over shuffled instances
+        (see the module doc); returns ``loss`` (their sum), ``teacher`` and ``student``.
+
+        Before the first epoch the encoder's BatchNorm statistics are set from all
+        training instances (:meth:`calibrate_norm`).
+        """
+        bags, hp = epoch.bags, epoch.hp
+        teacher = 0.0
+        if epoch.index == 0:
+            self.calibrate_norm(torch.from_numpy(np.concatenate([b.features for b in bags])))
+        order = epoch.order()
+        for i in order:
+            x, keep = bag_tensor(bags[i]), None
+            if epoch.index >= hp["hpm_start_epoch"] and bags[i].label == 1:
+                with torch.no_grad():
+                    self.eval()
+                    keep = hard_positive_mask(
+                        self.student_probabilities(x)[:, 1], hp["hpm_threshold"]
+                    )
+                    self.train()
+            loss, _ = self.loss(x, bags[i].label, keep=keep)
+            epoch.step(loss)
+            teacher += float(loss.detach()) / len(order)
+        self.eval()
+        with torch.no_grad():
+            logits = [self.attention_logits(bag_tensor(b)) for b in bags]
+        self.train()
+        lo, hi = attention_logit_range(logits)
+        targets = torch.cat(soft_pseudo_labels(logits, [b.label for b in bags], lo, hi))
+        features = torch.from_numpy(np.concatenate([b.features for b in bags]))
+        perm = torch.from_numpy(epoch.rng.permutation(len(features)))
+        student, batch = 0.0, hp["student_batch_size"]
+        steps = range(0, len(perm), batch)
+        for start in steps:
+            rows = perm[start : start + batch]
+            if len(rows) < 2:  # BatchNorm needs two instances
+                continue
+            loss, _ = self.student_step(
+                features[rows], targets[rows], hp["student_negative_weight"]
+            )
+            epoch.step(loss)
+            student += float(loss.detach()) / len(steps)
+        return {"loss": teacher + student, "teacher": teacher, "student": student}
 
     def student_step(
         self, features: torch.Tensor, y_soft: torch.Tensor, w_n: float = 0.1

@@ -25,6 +25,8 @@ import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress
+from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
+from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
 
 BUILTIN_ENCODERS = ("random", "imagenet")
@@ -42,7 +44,6 @@ def model_mask_threshold_of(model_path: str | os.PathLike | None) -> float:
     """The mask threshold recorded in a model file (see the module doc); 0.5 for a file
     without one, or that cannot be read (the analysis itself reports that)."""
     from napari_wsi_mil.mil.predict import read_model_metadata, recorded_mask_threshold
-    from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
 
     if model_path is None or not Path(model_path).is_file():
         return DEFAULT_MASK_THRESHOLD
@@ -206,7 +207,7 @@ def analyse_slide_job(
     Progress is one bar over the stages (``total`` 1000): tiling, extract, infer and,
     when the encoder has a CluSiam cluster head, clusters.
     """
-    from napari_wsi_mil.features.extract import FEATURES, extract_features_job, read_features
+    from napari_wsi_mil.features.extract import extract_features_job, read_features
     from napari_wsi_mil.mil.infer import infer_job
     from napari_wsi_mil.slide.tiling import TilingParams
     from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
@@ -308,7 +309,6 @@ def read_analysis(
     project: ProjectStore, slide_id: str, name: str, slide_path: str | os.PathLike | None = None
 ) -> SlideAnalysis:
     """A stored prediction (``predictions/<name>/<slide_id>``) as a :class:`SlideAnalysis`."""
-    from napari_wsi_mil.mil.infer import PREDICTIONS
     from napari_wsi_mil.mil.predict import recorded_mask_threshold
 
     grid, tile_attrs = project.read_tiles(slide_id)

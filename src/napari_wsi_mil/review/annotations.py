@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_wsi_mil.mil.bags import TILE_LABELS
+from napari_wsi_mil.store.keys import TILE_LABELS
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE, patch_coverage
 
 #: Painted label values.

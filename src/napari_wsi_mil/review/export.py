@@ -15,6 +15,9 @@ cell side), channels ``attention`` and ``probability`` as float32 with NaN off t
 a physical pixel size of the grid step times the slide's pixel size, and 2x reduced
 levels as SubIFDs. Placed at the slide's origin with that pixel size, it lines up with
 the slide (in napari: ``scale`` = pixel size; QuPath reads the calibration).
+
+:func:`export_predictions_job` writes both for predictions stored in a project (by
+:func:`napari_wsi_mil.mil.infer.infer_job`), at the mask threshold stored with them.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_wsi_mil.jobs import atomic_file
+from napari_wsi_mil.jobs import Job, Progress, atomic_file
+from napari_wsi_mil.mil.predict import recorded_mask_threshold
 from napari_wsi_mil.review.heatmap import heatmap_raster, normalise, tumour_mask
 from napari_wsi_mil.review.polygons import raster_polygons, signed_area
+from napari_wsi_mil.store.keys import PREDICTIONS
+from napari_wsi_mil.store.project import ProjectStore
 
 #: QuPath class names and colours used in exports (QuPath's own "Tumor" spelling).
 TUMOUR_CLASS = ("Tumor", (200, 0, 0))
@@ -300,4 +306,35 @@ def export_slide_predictions(
                 },
             )
         )
+    return written
+
+
+def export_predictions_job(
+    project: ProjectStore,
+    name: str,
+    slide_ids: Sequence[str],
+    *,
+    geojson_dir: str | os.PathLike | None = None,
+    heatmap_dir: str | os.PathLike | None = None,
+    attention_mode: str = "rank",
+) -> Job[list[Path]]:
+    """:func:`export_slide_predictions` for the stored predictions ``name`` of each slide,
+    with the tumour mask cut at the mask threshold stored with them. Returns the written
+    paths."""
+    written: list[Path] = []
+    for i, slide_id in enumerate(slide_ids):
+        yield Progress("export", i, len(slide_ids), message=slide_id)
+        arrays, attrs = project.read_result(PREDICTIONS, name, slide_id)
+        grid, _ = project.read_tiles(slide_id)
+        written += export_slide_predictions(
+            grid,
+            arrays["attention"],
+            arrays["instance_probability"],
+            recorded_mask_threshold(attrs),
+            slide_id,
+            geojson_dir=geojson_dir,
+            heatmap_dir=heatmap_dir,
+            attention_mode=attention_mode,
+        )
+    yield Progress("export", len(slide_ids), len(slide_ids))
     return written

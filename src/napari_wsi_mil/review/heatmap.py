@@ -14,13 +14,6 @@ import numpy as np
 #: Normalisations of attention for display: raw softmax weights, min-max to [0, 1],
 #: percentile rank in (0, 1].
 NORMALISATIONS = ("raw", "minmax", "rank")
-#: Instance-probability threshold of the predicted tumour mask for models whose
-#: instance probabilities are per-patch estimates (MS-CLAM's tile classifier, CLAM's
-#: instance head, ABMIL's min-max attention), and for model files that record none.
-#: WENO's bag probability is its largest instance probability, so its masks are cut at
-#: its fitted bag threshold instead (``mil.predict.mask_threshold_for``; model files
-#: record it as ``mask_threshold``).
-DEFAULT_MASK_THRESHOLD = 0.5
 
 
 def normalise(values: np.ndarray, mode: str = "rank") -> np.ndarray:

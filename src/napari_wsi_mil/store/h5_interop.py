@@ -14,6 +14,7 @@ import numpy as np
 
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
 from napari_wsi_mil.slide.tiling import TileGrid
+from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.store.project import ProjectStore
 
 
@@ -54,8 +55,6 @@ def export_features_job(
     project: ProjectStore, name: str, out_dir: str | os.PathLike, slide_ids: list[str] | None = None
 ) -> Job[list[Path]]:
     """Write ``<out_dir>/<slide_id>.h5`` with ``coords`` and ``features`` of a feature set."""
-    from napari_wsi_mil.features.extract import FEATURES
-
     out_dir = Path(out_dir)
     ids = slide_ids if slide_ids is not None else project.result_ids(FEATURES, name)
     written = []
@@ -137,7 +136,6 @@ def import_features_job(
     exactly the same coordinates in the same order.
     """
     from napari_wsi_mil.errors import WsiMilError
-    from napari_wsi_mil.features.extract import FEATURES
     from napari_wsi_mil.slide.tiling import PatchGeometry, TiledSlide
     from napari_wsi_mil.store.project import check_name
 

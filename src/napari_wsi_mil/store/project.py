@@ -10,8 +10,10 @@ Layout (see ``docs/store-format.md``)::
 Every leaf directory is written under a temporary name and renamed into place
 (:func:`~napari_wsi_mil.jobs.atomic_dir`), so a directory that exists is complete.
 Writers hold an exclusive lock on ``project/.lock``. Results with one row per patch
-(:data:`GRID_RESULTS`) belong to the tiling they were made from: a new tiling of a slide
-with other patches removes them (:meth:`ProjectStore.write_tiles`).
+(:data:`~napari_wsi_mil.store.keys.GRID_RESULTS`) belong to the tiling they were made
+from: a new tiling of a slide with other patches removes them
+(:meth:`ProjectStore.write_tiles`). Result kinds are named in
+:mod:`napari_wsi_mil.store.keys`.
 """
 
 from __future__ import annotations
@@ -30,14 +32,10 @@ import numpy as np
 from napari_wsi_mil.errors import StoreError
 from napari_wsi_mil.jobs import atomic_dir
 from napari_wsi_mil.names import name_problem
+from napari_wsi_mil.store.keys import GRID_RESULTS, SLIDES
 
 STORE_FORMAT = "napari-wsi-mil-store"
 STORE_VERSION = 1
-
-#: Result kinds with one row per patch in the order of a slide's ``coords``, and whether
-#: they are stored per name (``<kind>/<name>/<slide_id>``) or not (``<kind>/<slide_id>``).
-#: They are only valid for the tiling they were made from (see ``write_tiles``).
-GRID_RESULTS = {"features": True, "predictions": True, "tile_labels": False}
 
 
 def check_name(name: str, what: str = "slide id") -> str:
@@ -156,10 +154,10 @@ class ProjectStore:
     # -- tiling --------------------------------------------------------------
     def slide_ids(self) -> list[str]:
         """Slides with a finished tiling."""
-        return self.result_ids("slides")
+        return self.result_ids(SLIDES)
 
     def has_tiles(self, slide_id: str) -> bool:
-        return self.has_result("slides", None, slide_id)
+        return self.has_result(SLIDES, None, slide_id)
 
     def write_tiles(
         self, slide_id: str, tiled, slide_facts: dict, params: dict, overwrite: bool = False
@@ -167,7 +165,7 @@ class ProjectStore:
         """Store a :class:`~napari_wsi_mil.slide.tiling.TiledSlide` with the slide's facts.
 
         Replacing (``overwrite``) a tiling whose patches differ (``coords`` or geometry)
-        first removes every result made from the old one (:data:`GRID_RESULTS`: features
+        first removes every result made from the old one (``GRID_RESULTS``: features
         of every name, predictions, tile labels), so no result is ever read against the
         wrong patches; the same patches (e.g. only the tissue mask changed) keep them.
         Returns the removed results (``"features/<name>"``, ``"tile_labels"``, ...).
@@ -177,11 +175,11 @@ class ProjectStore:
         geometry = _jsonable(grid.attrs())
         removed = []
         if overwrite and self.has_tiles(slide_id):
-            old, attrs = self.read_result("slides", None, slide_id)
+            old, attrs = self.read_result(SLIDES, None, slide_id)
             if attrs.get("geometry") != geometry or not np.array_equal(old["coords"], grid.coords):
                 removed = self.remove_grid_results(slide_id)
         self.write_result(
-            "slides",
+            SLIDES,
             None,
             slide_id,
             arrays={
@@ -202,7 +200,7 @@ class ProjectStore:
         return removed
 
     def remove_grid_results(self, slide_id: str) -> list[str]:
-        """Remove every :data:`GRID_RESULTS` result of one slide; returns what it removed.
+        """Remove every ``GRID_RESULTS`` result of one slide; returns what it removed.
 
         Each result directory is renamed away (atomic; readers no longer see it) before it
         is deleted, so an interrupted removal leaves every result complete or gone. The
@@ -232,7 +230,7 @@ class ProjectStore:
         """``(TileGrid, attrs)`` of a tiled slide."""
         from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
 
-        arrays, attrs = self.read_result("slides", None, slide_id)
+        arrays, attrs = self.read_result(SLIDES, None, slide_id)
         geo = dict(attrs["geometry"])
         grid_shape = tuple(geo.pop("grid_shape"))
         grid = TileGrid(
@@ -241,7 +239,7 @@ class ProjectStore:
         return grid, attrs
 
     def read_tissue_mask(self, slide_id: str) -> tuple[np.ndarray, tuple[float, float]]:
-        arrays, attrs = self.read_result("slides", None, slide_id)
+        arrays, attrs = self.read_result(SLIDES, None, slide_id)
         return arrays["tissue_mask"], tuple(attrs["mask_downsample"])
 
 

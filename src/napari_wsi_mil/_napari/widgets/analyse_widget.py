@@ -38,7 +38,8 @@ from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton,
 
 from napari_wsi_mil._napari.layers import place_layer, slide_layer_frame
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
-from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD, NORMALISATIONS
+from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
+from napari_wsi_mil.review.heatmap import NORMALISATIONS
 
 SHAPE_CLASSES = ("tumour", "normal")
 

@@ -28,6 +28,7 @@ from magicgui.widgets import ComboBox, FileEdit, SpinBox
 
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 from napari_wsi_mil._napari.widgets.plot_canvas import theme_colors
+from napari_wsi_mil.store.keys import FEATURES
 
 
 class EmbeddingWidget(JobWidget):
@@ -83,7 +84,7 @@ class EmbeddingWidget(JobWidget):
 
     # -- choices -------------------------------------------------------------
     def _feature_choices(self, _widget=None) -> list[str]:
-        folder = Path(self.project.value) / "features"
+        folder = Path(self.project.value) / FEATURES
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name[0] != ".")
