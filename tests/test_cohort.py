@@ -324,7 +324,9 @@ def test_duplicate_of_a_row_with_problems_is_reported(tmp_path):
 
 def test_a_long_slide_id_is_refused_in_one_line(tmp_path):
     problems = _problems(_write(tmp_path, f"slide_id,label\n{'a' * 250},1\n"))
-    assert problems == ["line 2: slide id 'aaaaaaaaaaaaaaaaaaaa'... is 250 characters long (at most 128)"]
+    assert problems == [
+        "line 2: slide id 'aaaaaaaaaaaaaaaaaaaa'... is 250 characters long (at most 128)"
+    ]
 
 
 def test_ten_thousand_problems_are_summarised_after_twenty(tmp_path):

@@ -148,13 +148,22 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slide-dir", help="folder to find slides of a cohort without paths")
     p.add_argument("--project", required=True, help="project store folder (created if new)")
     p.add_argument("--mpp", type=POSITIVE_FLOAT, default=0.5, help="target microns per pixel (0.5)")
-    p.add_argument("--level", type=NON_NEGATIVE_INT, help="tile this pyramid level instead of --mpp")
-    p.add_argument("--patch-size", type=PATCH_SIZE, default=224, help="patch side in pixels (224)")
-    p.add_argument("--stride", type=POSITIVE_INT, help="step between patches in pixels (patch size)")
     p.add_argument(
-        "--min-tissue", type=FRACTION, default=0.5, help="minimum tissue fraction under a patch (0.5)"
+        "--level", type=NON_NEGATIVE_INT, help="tile this pyramid level instead of --mpp"
     )
-    p.add_argument("--slide-mpp", type=POSITIVE_FLOAT, help="override the slides' microns per pixel")
+    p.add_argument("--patch-size", type=PATCH_SIZE, default=224, help="patch side in pixels (224)")
+    p.add_argument(
+        "--stride", type=POSITIVE_INT, help="step between patches in pixels (patch size)"
+    )
+    p.add_argument(
+        "--min-tissue",
+        type=FRACTION,
+        default=0.5,
+        help="minimum tissue fraction under a patch (0.5)",
+    )
+    p.add_argument(
+        "--slide-mpp", type=POSITIVE_FLOAT, help="override the slides' microns per pixel"
+    )
     p.add_argument("--overwrite", action="store_true", help="redo slides already tiled")
     p.add_argument(
         "--skip-errors",
@@ -287,7 +296,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=BATCH_OF_PAIRS, default=64, help="patches per step, all ranks"
     )
-    p.add_argument("--lr", type=POSITIVE_FLOAT, help="learning rate (method default scaled by batch)")
+    p.add_argument(
+        "--lr", type=POSITIVE_FLOAT, help="learning rate (method default scaled by batch)"
+    )
     p.add_argument("--optimizer", choices=["sgd", "lars", "adam"])
     p.add_argument("--schedule", choices=["cosine", "step", "constant"])
     p.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=1.0)
@@ -483,7 +494,9 @@ def _add_pca(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort", required=True, help="cohort CSV (labels and splits)")
     p.add_argument("--features", required=True, help="feature-set name")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--max-per-slide", type=NON_NEGATIVE_INT, default=500, help="patches per slide (0 = all)")
+    p.add_argument(
+        "--max-per-slide", type=NON_NEGATIVE_INT, default=500, help="patches per slide (0 = all)"
+    )
     p.add_argument("--method", choices=["pca", "umap"], default="pca")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--title")
@@ -556,9 +569,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=POSITIVE_FLOAT)
     p.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT)
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
-    p.add_argument("--folds", type=POSITIVE_INT, default=1, help="k-fold cross-validation (1 = off)")
+    p.add_argument(
+        "--folds", type=POSITIVE_INT, default=1, help="k-fold cross-validation (1 = off)"
+    )
     p.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
-    p.add_argument("--hparams", type=JSON_OBJECT, help="architecture overrides as JSON, e.g. '{\"dropout\": 0.1}'")
+    p.add_argument(
+        "--hparams",
+        type=JSON_OBJECT,
+        help="architecture overrides as JSON, e.g. '{\"dropout\": 0.1}'",
+    )
     p.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=_cmd_train)
@@ -658,7 +677,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--annotations", help="folder of <slide_id>.geojson tumour outlines")
     p.add_argument(
-        "--min-coverage", type=FRACTION, default=0.2, help="tumour fraction for a positive tile (0.2)"
+        "--min-coverage",
+        type=FRACTION,
+        default=0.2,
+        help="tumour fraction for a positive tile (0.2)",
     )
     p.add_argument("--out", required=True, help="metrics JSON file")
     p.set_defaults(func=_cmd_evaluate)

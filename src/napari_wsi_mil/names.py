@@ -15,7 +15,9 @@ def name_problem(value: str, what: str = "slide id") -> str | None:
     if not isinstance(value, str) or value == "":
         return f"empty {what}"
     if len(value) > MAX_NAME_LENGTH:
-        return f"{what} {value[:20]!r}... is {len(value)} characters long (at most {MAX_NAME_LENGTH})"
+        return (
+            f"{what} {value[:20]!r}... is {len(value)} characters long (at most {MAX_NAME_LENGTH})"
+        )
     if not SAFE_NAME.match(value) or ".." in value:
         return (
             f"{what} {value!r} is not usable as a file name: use letters, digits, '.', '_' "

@@ -11,6 +11,7 @@ Shapes: ``N`` images, ``K`` clusters.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -100,12 +101,15 @@ def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
 
         return load_encoder(path).trunk_state
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of TorchScript archives it refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WsiMilError(
-            f"{path}: not loadable safely ({exc}). Give a safetensors encoder file, a "
-            "TorchScript file (torch.jit.save) or a ResNet-18 state dict; pickled "
-            "modules are refused because loading them can run arbitrary code"
+            f"{path}: not loadable safely ({reason}). Give a safetensors encoder file or a "
+            "ResNet-18 state dict; pickled modules, TorchScript and torch.export files are "
+            "refused because loading them can run arbitrary code"
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WsiMilError(f"{path}: expected a state dict of tensors")

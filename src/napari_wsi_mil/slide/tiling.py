@@ -14,7 +14,7 @@ import numpy as np
 
 from napari_wsi_mil.errors import ParamError, SlideError
 from napari_wsi_mil.slide.slide import Slide
-from napari_wsi_mil.validate import check_fraction, check_float, check_int
+from napari_wsi_mil.validate import check_float, check_fraction, check_int
 
 #: Tissue is detected on the level closest to this pixel size (um/px).
 TISSUE_MPP = 8.0
