@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.mil.bags import Bag
 from napari_wsi_mil.review.heatmap import DEFAULT_MASK_THRESHOLD
+from napari_wsi_mil.validate import check_int
 from napari_wsi_mil.weights_file import load_metadata, load_tensors, save_tensors
 
 if TYPE_CHECKING:
@@ -95,6 +97,16 @@ def load_model(path: str | os.PathLike):
     from napari_wsi_mil.mil.registry import build_model
 
     state, meta = load_tensors(path, MODEL_FORMAT)
-    model = build_model(meta["model"], int(meta["in_dim"]), **meta["hparams"])
-    model.load_state_dict(state)
+    try:
+        hparams = meta.get("hparams", {})
+        if not isinstance(hparams, dict):
+            raise TypeError(f"hparams {hparams!r} are not a JSON object")
+        model = build_model(meta.get("model"), check_int("in_dim", meta.get("in_dim")), **hparams)
+        model.load_state_dict(state)
+    except (WsiMilError, TypeError, ValueError, RuntimeError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WsiMilError(f"{path}: not a usable model file ({reason})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise WsiMilError(f"{path}: weight {bad[0]!r} holds NaN or inf")
     return model.eval(), meta
