@@ -129,7 +129,8 @@ def read_h5_features(path: Path, patch_size_level0: int | None = None):
             raise bad(f"{key} {value!r} is not a number")
         if value != int(value) or not minimum <= value < MAX_LEVEL0_PIXELS:
             raise bad(
-                f"{key} must be a whole number from {minimum} to {MAX_LEVEL0_PIXELS - 1}, not {value!r}"
+                f"{key} must be a whole number from {minimum} to {MAX_LEVEL0_PIXELS - 1}, "
+                f"not {value!r}"
             )
         return int(value)
 
