@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from napari_wsi_mil.pretrain import distributed as ddp
 from napari_wsi_mil.pretrain.augment import HISTOLOGY, IMAGENET_MEAN, IMAGENET_STD, two_views
 from napari_wsi_mil.pretrain.encoder_file import EncoderFile, save_encoder
 from napari_wsi_mil.pretrain.losses import clusiam_loss, nt_xent, supcon, weaksupcon
-from napari_wsi_mil.pretrain.models import ContrastiveModel
+from napari_wsi_mil.pretrain.models import ContrastiveModel, load_weights_only
 from napari_wsi_mil.pretrain.optim import build_optimizer, learning_rate
 from napari_wsi_mil.validate import check_device, check_float, check_fraction, check_int
 
@@ -454,17 +453,10 @@ def pretrain_job(
 
 def _read_checkpoint(path: Path, device: torch.device) -> dict:
     """A checkpoint written by :func:`pretrain_job`, read without unpickling code."""
-    try:
-        with warnings.catch_warnings():  # torch warns of TorchScript archives it refuses
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # any failure means a bad or unsafe file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WsiMilError(
-            f"{path}: not a readable checkpoint ({reason}); start without --resume"
-        ) from None
+    advice = "start without --resume"
+    state = load_weights_only(path, device, advice)
     if not isinstance(state, dict) or "config" not in state:
-        raise WsiMilError(f"{path}: not a checkpoint of wsi-mil pretrain; start without --resume")
+        raise WsiMilError(f"{path}: not a checkpoint of wsi-mil pretrain; {advice}")
     return state
 
 
