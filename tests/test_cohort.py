@@ -28,7 +28,8 @@ def _problems(path: Path, **kwargs) -> list[str]:
         read_cohort(path, **kwargs)
     message = str(info.value)
     assert message.startswith(str(path))
-    assert len(message.splitlines()) == len(info.value.problems) + 1
+    count = len(info.value.problems)
+    assert len(message.splitlines()) == (1 if count == 1 else min(count, 20) + 1 + (count > 20))
     return info.value.problems
 
 
@@ -319,3 +320,22 @@ def test_cohort_constructor_checks_entries():
 def test_duplicate_of_a_row_with_problems_is_reported(tmp_path):
     problems = _problems(_write(tmp_path, "slide_id,label\ns1,maybe\ns1,1\n"))
     assert problems[1] == "line 3: duplicate slide id 's1' (line 2)"
+
+
+def test_a_long_slide_id_is_refused_in_one_line(tmp_path):
+    problems = _problems(_write(tmp_path, f"slide_id,label\n{'a' * 250},1\n"))
+    assert problems == [
+        "line 2: slide id 'aaaaaaaaaaaaaaaaaaaa'... is 250 characters long (at most 128)"
+    ]
+
+
+def test_ten_thousand_problems_are_summarised_after_twenty(tmp_path):
+    slide = tmp_path / "one.svs"
+    slide.write_bytes(b"x")
+    rows = "".join(f"s{i},1,one.svs\n" for i in range(10_000))
+    path = _write(tmp_path, "slide_id,label,path\n" + rows)
+    with pytest.raises(CohortError) as info:
+        read_cohort(path)
+    lines = str(info.value).splitlines()
+    assert len(info.value.problems) == 9_999 and len(lines) == 22
+    assert lines[0].endswith("9999 problems") and lines[-1].strip() == "... and 9979 more"

@@ -10,6 +10,20 @@ from collections.abc import Callable, Sequence
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, run_job
+from napari_wsi_mil.validate import (
+    DEVICE,
+    FRACTION,
+    JSON_OBJECT,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    arg_type,
+    check_int,
+)
+
+PATCH_SIZE = arg_type(check_int, int, minimum=8)
+BATCH_OF_PAIRS = arg_type(check_int, int, minimum=2)
 
 
 def drive(job: Job):
@@ -119,6 +133,11 @@ def _cmd_tile(args: argparse.Namespace) -> int:
         print(f"already tiled (skipped): {len(report.skipped)} slides; --overwrite redoes them")
     for slide_id, error in report.failed.items():
         print(f"FAILED {slide_id}: {error}", file=sys.stderr)
+    if report.tiled and not any(report.tiled.values()) and not report.skipped:
+        raise WsiMilError(
+            "no slide gave any patch; try a smaller --patch-size, a lower --min-tissue "
+            "or another --mpp"
+        )
     return 1 if report.failed else 0
 
 
@@ -128,14 +147,23 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort", help="cohort CSV (slide_id,label[,path,case_id,split])")
     p.add_argument("--slide-dir", help="folder to find slides of a cohort without paths")
     p.add_argument("--project", required=True, help="project store folder (created if new)")
-    p.add_argument("--mpp", type=float, default=0.5, help="target microns per pixel (0.5)")
-    p.add_argument("--level", type=int, help="tile this pyramid level instead of --mpp")
-    p.add_argument("--patch-size", type=int, default=224, help="patch side in pixels (224)")
-    p.add_argument("--stride", type=int, help="step between patches in pixels (patch size)")
+    p.add_argument("--mpp", type=POSITIVE_FLOAT, default=0.5, help="target microns per pixel (0.5)")
     p.add_argument(
-        "--min-tissue", type=float, default=0.5, help="minimum tissue fraction under a patch (0.5)"
+        "--level", type=NON_NEGATIVE_INT, help="tile this pyramid level instead of --mpp"
     )
-    p.add_argument("--slide-mpp", type=float, help="override the slides' microns per pixel")
+    p.add_argument("--patch-size", type=PATCH_SIZE, default=224, help="patch side in pixels (224)")
+    p.add_argument(
+        "--stride", type=POSITIVE_INT, help="step between patches in pixels (patch size)"
+    )
+    p.add_argument(
+        "--min-tissue",
+        type=FRACTION,
+        default=0.5,
+        help="minimum tissue fraction under a patch (0.5)",
+    )
+    p.add_argument(
+        "--slide-mpp", type=POSITIVE_FLOAT, help="override the slides' microns per pixel"
+    )
     p.add_argument("--overwrite", action="store_true", help="redo slides already tiled")
     p.add_argument(
         "--skip-errors",
@@ -187,21 +215,21 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a synthetic cohort (slides, cohort.csv, GeoJSON)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--slides", type=int, default=8, help="number of slides (8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slides", type=POSITIVE_INT, default=8, help="number of slides (8)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument(
         "--lesion-fraction",
-        type=float,
+        type=FRACTION,
         nargs="+",
         default=[0.05],
         help="lesion fraction(s) of tissue, cycled over positive slides (0.05)",
     )
-    p.add_argument("--positive-ratio", type=float, default=0.5)
-    p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--height", type=int, default=3072)
-    p.add_argument("--mpp", type=float, default=0.5)
-    p.add_argument("--slides-per-case", type=int, default=1)
-    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--positive-ratio", type=FRACTION, default=0.5)
+    p.add_argument("--width", type=POSITIVE_INT, default=4096)
+    p.add_argument("--height", type=POSITIVE_INT, default=3072)
+    p.add_argument("--mpp", type=POSITIVE_FLOAT, default=0.5)
+    p.add_argument("--slides-per-case", type=POSITIVE_INT, default=1)
+    p.add_argument("--test-fraction", type=FRACTION, default=0.25)
     p.set_defaults(func=_cmd_synth)
 
 
@@ -263,28 +291,32 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--project", required=True)
     p.add_argument("--cohort", required=True, help="cohort CSV with slide labels and splits")
     p.add_argument("--method", choices=METHODS, default="weaksupcon")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=64, help="patches per step, all ranks")
-    p.add_argument("--lr", type=float, help="learning rate (method default scaled by batch)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=10)
+    p.add_argument("--steps-per-epoch", type=POSITIVE_INT, default=50)
+    p.add_argument(
+        "--batch-size", type=BATCH_OF_PAIRS, default=64, help="patches per step, all ranks"
+    )
+    p.add_argument(
+        "--lr", type=POSITIVE_FLOAT, help="learning rate (method default scaled by batch)"
+    )
     p.add_argument("--optimizer", choices=["sgd", "lars", "adam"])
     p.add_argument("--schedule", choices=["cosine", "step", "constant"])
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=1.0)
     p.add_argument(
         "--init",
         default="random",
         help="trunk start: random, imagenet (torch hub cache) or FILE (an encoder "
         ".safetensors to continue from, or a ResNet-18 .pth state dict)",
     )
-    p.add_argument("--image-size", type=int, default=224, help="augmented view size (224)")
-    p.add_argument("--max-patches-per-slide", type=int)
-    p.add_argument("--tau", type=float, default=0.1, help="temperature (0.1)")
-    p.add_argument("--clusters", type=int, default=100, help="CluSiam clusters (100)")
+    p.add_argument("--image-size", type=PATCH_SIZE, default=224, help="augmented view size (224)")
+    p.add_argument("--max-patches-per-slide", type=POSITIVE_INT)
+    p.add_argument("--tau", type=POSITIVE_FLOAT, default=0.1, help="temperature (0.1)")
+    p.add_argument("--clusters", type=POSITIVE_INT, default=100, help="CluSiam clusters (100)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--workers", type=int, default=2, help="patch loader workers (2)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grad-accum", type=POSITIVE_INT, default=1)
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="patch loader workers (2)")
+    p.add_argument("--device", type=DEVICE, default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--checkpoint-dir", help="default: <out>-checkpoints beside --out")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--out", required=True, help="encoder file to write (.safetensors)")
@@ -337,6 +369,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         print(f"  {slide_id}: {'; '.join(warnings)}")
     for slide_id, error in report.failed.items():
         print(f"FAILED {slide_id}: {error}", file=sys.stderr)
+    if report.tiled and not any(report.tiled.values()) and not report.skipped:
+        raise WsiMilError(
+            "no slide gave any patch; try a smaller --patch-size, a lower --min-tissue "
+            "or another --mpp"
+        )
     return 1 if report.failed else 0
 
 
@@ -363,14 +400,14 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="feature-set name (default: encoder file stem)")
     p.add_argument("--slides", nargs="*", help="slide ids (default: all tiled slides)")
     p.add_argument("--cohort", help="extract the slides of this cohort CSV")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
     p.add_argument(
         "--workers",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=2,
         help="loader workers (or Dask workers of the local cluster)",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=DEVICE, default="auto")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--scheduler", help="Dask distributed scheduler address (one task/slide)")
     p.add_argument("--dask", action="store_true", help="use a local Dask cluster")
@@ -404,7 +441,7 @@ def _add_import_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="feature-set name")
     p.add_argument(
         "--patch-size-level0",
-        type=int,
+        type=POSITIVE_INT,
         help="patch size at level 0 when the files do not record it",
     )
     p.add_argument("--overwrite", action="store_true")
@@ -457,9 +494,11 @@ def _add_pca(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort", required=True, help="cohort CSV (labels and splits)")
     p.add_argument("--features", required=True, help="feature-set name")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--max-per-slide", type=int, default=500, help="patches per slide (0 = all)")
+    p.add_argument(
+        "--max-per-slide", type=NON_NEGATIVE_INT, default=500, help="patches per slide (0 = all)"
+    )
     p.add_argument("--method", choices=["pca", "umap"], default="pca")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--title")
     p.set_defaults(func=_cmd_pca)
 
@@ -469,7 +508,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from napari_wsi_mil.store.cohort import read_cohort
     from napari_wsi_mil.store.project import ProjectStore
 
-    hparams = json.loads(args.hparams) if args.hparams else {}
     config = MilConfig(
         model=args.model,
         epochs=args.epochs,
@@ -479,7 +517,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         balance=not args.no_balance,
         tile_label_fraction=args.tile_label_fraction,
-        hparams=hparams,
+        hparams=args.hparams or {},
         threads=args.threads,
     )
     result = drive(
@@ -523,18 +561,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", help="folder of <slide_id>.geojson tumour outlines")
     p.add_argument(
         "--tile-label-fraction",
-        type=float,
+        type=FRACTION,
         default=1.0,
         help="fraction of annotated tumour cases MS-CLAM may use (1.0)",
     )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--folds", type=int, default=1, help="k-fold cross-validation (1 = off)")
+    p.add_argument("--epochs", type=POSITIVE_INT)
+    p.add_argument("--lr", type=POSITIVE_FLOAT)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument(
+        "--folds", type=POSITIVE_INT, default=1, help="k-fold cross-validation (1 = off)"
+    )
     p.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
-    p.add_argument("--hparams", help="architecture overrides as JSON, e.g. '{\"dropout\": 0.1}'")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--hparams",
+        type=JSON_OBJECT,
+        help="architecture overrides as JSON, e.g. '{\"dropout\": 0.1}'",
+    )
+    p.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=_cmd_train)
 
@@ -603,7 +647,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mask-threshold",
-        type=float,
+        type=FRACTION,
         help="instance probability of a tumour tile in the GeoJSON mask and in wsi-mil "
         "evaluate, recorded in slides.csv (default: the model's: its fitted bag threshold "
         "for WENO, 0.5 for the others)",
@@ -644,7 +688,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--annotations", help="folder of <slide_id>.geojson tumour outlines")
     p.add_argument(
-        "--min-coverage", type=float, default=0.2, help="tumour fraction for a positive tile (0.2)"
+        "--min-coverage",
+        type=FRACTION,
+        default=0.2,
+        help="tumour fraction for a positive tile (0.2)",
     )
     p.add_argument("--out", required=True, help="metrics JSON file")
     p.set_defaults(func=_cmd_evaluate)
@@ -675,7 +722,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "and write DIR/report.html. Minutes on a laptop CPU; resumable.",
     )
     p.add_argument("--out", default="wsi-mil-demo", help="output folder (wsi-mil-demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -696,8 +743,15 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``wsi-mil tile: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wsi-mil",
         description="Weakly supervised learning on whole-slide images (napari-wsi-mil).",
     )
@@ -713,6 +767,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except WsiMilError as exc:
         print(f"wsi-mil {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only folder, a full disk, a name too long, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"wsi-mil {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"wsi-mil {args.command}: interrupted; finished results are kept", file=sys.stderr)

@@ -31,5 +31,9 @@ class StoreError(WsiMilError):
     """A project store is missing, locked, of an unknown version or inconsistent."""
 
 
+class ParamError(WsiMilError):
+    """A setting is out of its range (a size below 1, a probability above 1, NaN, ...)."""
+
+
 class JobCancelled(WsiMilError):
     """A job was cancelled by its caller; finished results are kept."""

@@ -117,4 +117,20 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if tmp.is_file():  # some writers (safetensors) create 0600 files whatever the umask
+        os.chmod(tmp, 0o666 & ~current_umask())
     os.replace(tmp, final)
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it where the system allows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -36,7 +36,10 @@ def load_metadata(path: str | os.PathLike, fmt: str) -> dict:
         raise WsiMilError(f"{path}: not a readable safetensors file ({exc})") from exc
     if raw.get("format") != fmt:
         raise WsiMilError(f"{path}: not a {fmt} file (format tag {raw.get('format')!r})")
-    return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    try:
+        return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise WsiMilError(f"{path}: metadata is not JSON ({exc})") from None
 
 
 def load_tensors(path: str | os.PathLike, fmt: str) -> tuple[dict, dict]:

@@ -1,10 +1,9 @@
 """Encoders for feature extraction, from a spec string: ``random``, ``imagenet`` or a file.
 
-Files are loaded without unpickling arbitrary objects: our safetensors encoder files,
-``torch.export`` programs (``.pt2``, traced at 224 px), TorchScript archives
-(``torch.jit.load``), or ResNet-18 state dicts read with
-``torch.load(weights_only=True)``. A pickled ``nn.Module`` cannot be loaded safely and
-is refused with an explanation.
+Files are loaded without unpickling arbitrary objects: our safetensors encoder files or
+ResNet-18 state dicts read with ``torch.load(weights_only=True)``. Pickled modules,
+``torch.export`` programs (``.pt2``) and TorchScript archives can run code when loaded
+and are refused with an explanation.
 """
 
 from __future__ import annotations
@@ -53,14 +52,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _output_dim(model: nn.Module, size: int) -> int:
-    with torch.inference_mode():
-        out = model(torch.zeros(1, 3, size, size))
-    if out.ndim != 2:
-        raise WsiMilError(f"the encoder returns shape {tuple(out.shape)}; expected (N, D)")
-    return int(out.shape[1])
-
-
 def load_encoder_spec(spec: str) -> LoadedEncoder:
     """``random`` (seeded ResNet-18), ``imagenet`` (torchvision weights from the local
     cache), or the path of an encoder file."""
@@ -79,9 +70,6 @@ def load_encoder_spec(spec: str) -> LoadedEncoder:
         raise WsiMilError(f"{spec}: no such encoder file (or use 'random' or 'imagenet')")
     if path.suffix == ".safetensors":
         return _from_encoder_file(path)
-    if path.suffix == ".pt2":  # torch.export program
-        model = torch.export.load(str(path)).module()
-        return LoadedEncoder(model, path.name, file_sha256(path), _output_dim(model, 224), None)
     return _from_torch_file(path)
 
 
@@ -110,18 +98,7 @@ def _from_encoder_file(path: Path) -> LoadedEncoder:
 
 
 def _from_torch_file(path: Path) -> LoadedEncoder:
-    import zipfile
-
     from napari_wsi_mil.pretrain.models import resnet18_trunk
 
-    digest = file_sha256(path)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            is_script = any(
-                name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist()
-            )
-        if is_script:
-            model = torch.jit.load(str(path), map_location="cpu").eval()
-            return LoadedEncoder(model, path.name, digest, _output_dim(model, 224), None)
     model = resnet18_trunk(str(path))  # a ResNet-18 state dict, read safely
-    return LoadedEncoder(model.eval(), path.name, digest, 512, None)
+    return LoadedEncoder(model.eval(), path.name, file_sha256(path), 512, None)

@@ -162,6 +162,12 @@ def _finish(project, name, todo, grids, s, parts, bad, loaded, dtype, report) ->
         report.failed[slide_id] = "some patches could not be read (damaged slide file)"
         return
     features = np.concatenate(parts)
+    broken = ~np.isfinite(features.astype(dtype)).all(axis=1)
+    if broken.any():
+        raise WsiMilError(
+            f"{loaded.name}: the encoder gives NaN or inf features for {int(broken.sum())} of "
+            f"{len(features)} patches of slide {slide_id!r}; nothing was stored for it"
+        )
     _write(project, name, slide_id, grids[s], features.astype(dtype), loaded, dtype)
     report.extracted[slide_id] = len(features)
 

@@ -90,7 +90,7 @@ def infer_job(
         raise WsiMilError(
             f"no features {feature_name!r} (the model's feature set) for "
             f"{', '.join(missing[:8])}; run wsi-mil extract with the encoder "
-            f"{meta['feature_attrs'].get('encoder')!r} first"
+            f"{meta.get('feature_attrs', {}).get('encoder')!r} first"
         )
     if not ids:
         raise WsiMilError(f"the project has no slides with features {feature_name!r}")

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.mil.bags import Bag
+from napari_wsi_mil.validate import check_fraction, check_int
 from napari_wsi_mil.weights_file import load_metadata, load_tensors, save_tensors
 
 if TYPE_CHECKING:
@@ -74,6 +76,25 @@ def load_model(path: str | os.PathLike):
     from napari_wsi_mil.mil.registry import build_model
 
     state, meta = load_tensors(path, MODEL_FORMAT)
-    model = build_model(meta["model"], int(meta["in_dim"]), **meta["hparams"])
-    model.load_state_dict(state)
+    try:
+        hparams = meta.get("hparams", {})
+        if not isinstance(hparams, dict):
+            raise TypeError(f"hparams {hparams!r} are not a JSON object")
+        model = build_model(meta.get("model"), check_int("in_dim", meta.get("in_dim")), **hparams)
+        model.load_state_dict(state)
+        if not isinstance(meta.get("features"), str):
+            raise TypeError("no feature-set name ('features') in the metadata")
+        if not isinstance(meta.get("feature_attrs", {}), dict):
+            raise TypeError("'feature_attrs' is not a JSON object")
+        for key in ("threshold", "mask_threshold"):
+            if key in meta:
+                check_fraction(key, meta[key])
+    except (WsiMilError, TypeError, ValueError, RuntimeError, KeyError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
+        loading = lines[0].startswith("Error(s) in loading") and len(lines) > 1
+        reason = lines[1] if loading else lines[0]
+        raise WsiMilError(f"{path}: not a usable model file ({reason[:300]})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise WsiMilError(f"{path}: weight {bad[0]!r} holds NaN or inf")
     return model.eval(), meta

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.errors import ParamError, WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
-from napari_wsi_mil.mil import DEFAULT_THRESHOLD
+from napari_wsi_mil.mil import DEFAULT_THRESHOLD, MODELS
 from napari_wsi_mil.mil.bags import Bag, check_trainable, load_bags
 from napari_wsi_mil.mil.base import MilModel, TrainingEpoch
 from napari_wsi_mil.mil.metrics import (
@@ -44,6 +44,7 @@ from napari_wsi_mil.mil.metrics import (
 from napari_wsi_mil.mil.predict import predict_bags, save_model
 from napari_wsi_mil.mil.registry import build_model, training_defaults
 from napari_wsi_mil.store.keys import FEATURES
+from napari_wsi_mil.validate import check_float, check_fraction, check_int
 
 
 @dataclass
@@ -60,6 +61,27 @@ class MilConfig:
     tile_label_fraction: float = 1.0  # positive training cases whose tile labels MS-CLAM sees
     hparams: dict = field(default_factory=dict)  # architecture overrides
     threads: int | None = None
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ParamError(f"unknown MIL model {self.model!r}; choose one of {MODELS}")
+        for key in ("epochs", "threads"):
+            if getattr(self, key) is not None:
+                check_int(key, getattr(self, key))
+        if self.lr is not None:
+            check_float("lr", self.lr)
+        if self.weight_decay is not None:
+            check_float("weight_decay", self.weight_decay, open_minimum=False)
+        check_int("seed", self.seed, minimum=0)
+        check_int("folds", self.folds)
+        check_fraction("tile_label_fraction", self.tile_label_fraction)
+        if not isinstance(self.hparams, dict):
+            raise ParamError(f"hparams must be a dict, not {self.hparams!r}")
+        try:
+            with torch.device("meta"):  # a trial build: shapes only, nothing allocated
+                build_model(self.model, 8, **self.hparams)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ParamError(f"hparams {self.hparams}: {exc}") from None
 
 
 @dataclass

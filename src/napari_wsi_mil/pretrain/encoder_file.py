@@ -10,6 +10,7 @@ trained on, ``clusters`` (CluSiam).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -44,16 +45,54 @@ def load_encoder(path: str | os.PathLike) -> EncoderFile:
     tensors, metadata = load_tensors(path, ENCODER_FORMAT)
     trunk = {k: v for k, v in tensors.items() if not k.startswith(CLUSTER_PREFIX)}
     head = {k[len(CLUSTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(CLUSTER_PREFIX)}
+    try:
+        _check_contents(metadata, trunk, head)
+    except WsiMilError as exc:
+        raise WsiMilError(f"{path}: not a usable encoder file: {exc}") from None
     return EncoderFile(trunk, metadata, head)
 
 
+def _check_contents(meta: dict, trunk: dict, head: dict) -> None:
+    """Everything extraction reads from an encoder file is there, of the right shape and
+    finite, so a damaged or hand-made file fails here with its name, not deep in a run."""
+    from napari_wsi_mil.pretrain.models import ClusterHead, resnet18_trunk
+    from napari_wsi_mil.validate import check_float, check_int
+
+    arch = meta.get("arch", "resnet18")
+    if arch != "resnet18":
+        raise WsiMilError(f"architecture {arch!r} is not supported (resnet18 is)")
+    check_int("input_size", meta.get("input_size"), minimum=8)
+    for key in ("mean", "std"):
+        values = meta.get(key)
+        if not isinstance(values, list) or len(values) != 3:
+            raise WsiMilError(f"{key} must be a list of 3 numbers, not {values!r}")
+        for value in values:
+            check_float(key, value, 0.0 if key == "std" else -math.inf)
+    with torch.device("meta"):  # shapes only, nothing allocated
+        _check_state("trunk", trunk, resnet18_trunk("random"))
+        if head:
+            clusters = check_int("clusters", meta.get("clusters"))
+            _check_state("cluster head", head, ClusterHead(clusters))
+
+
+def _check_state(what: str, state: dict[str, torch.Tensor], module: nn.Module) -> None:
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WsiMilError(f"{what} weights: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for key, value in state.items():
+        if tuple(value.shape) != expected[key]:
+            shape = tuple(value.shape)
+            raise WsiMilError(f"{what} weight {key!r} has shape {shape}, not {expected[key]}")
+        if value.is_floating_point() and not value.isfinite().all():
+            raise WsiMilError(f"{what} weight {key!r} holds NaN or inf")
+
+
 def load_trunk(encoder: EncoderFile) -> nn.Module:
-    """A ResNet-18 trunk with the file's weights, in eval mode."""
+    """A ResNet-18 trunk with the file's weights (checked by :func:`load_encoder`), in
+    eval mode."""
     from napari_wsi_mil.pretrain.models import resnet18_trunk
 
-    arch = encoder.metadata.get("arch", "resnet18")
-    if arch != "resnet18":
-        raise WsiMilError(f"encoder architecture {arch!r} is not supported (resnet18 is)")
     trunk = resnet18_trunk(init="random")
     trunk.load_state_dict(encoder.trunk_state)
     return trunk.eval()

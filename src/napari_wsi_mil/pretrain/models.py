@@ -11,6 +11,7 @@ Shapes: ``N`` images, ``K`` clusters.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -92,6 +93,25 @@ def resnet18_trunk(init: str = "random") -> nn.Module:
     return trunk
 
 
+def load_weights_only(path: Path, map_location, advice: str):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never
+    code. Anything else (pickled objects, TorchScript, damage) is one
+    :class:`WsiMilError` naming the file, the reason in a few words, and ``advice``."""
+    try:
+        with warnings.catch_warnings():  # torch warns of TorchScript archives it refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # any failure means a bad or unsafe file
+        text = str(exc)
+        if "TorchScript" in text:
+            reason = "a TorchScript archive"
+        elif "Unsupported global" in text:
+            reason = "it holds pickled objects other than tensors"
+        else:
+            reason = "not a file of tensors saved with torch.save"
+        raise WsiMilError(f"{path}: not loadable safely ({reason}); {advice}") from None
+
+
 def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
     """The trunk weights in an encoder file or a ResNet-18 state dict (read with
     ``weights_only=True``; ``module.``/``trunk.`` prefixes and ``fc`` dropped)."""
@@ -99,14 +119,12 @@ def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
         from napari_wsi_mil.pretrain.encoder_file import load_encoder
 
         return load_encoder(path).trunk_state
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WsiMilError(
-            f"{path}: not loadable safely ({exc}). Give a safetensors encoder file, a "
-            "TorchScript file (torch.jit.save) or a ResNet-18 state dict; pickled "
-            "modules are refused because loading them can run arbitrary code"
-        ) from exc
+    state = load_weights_only(
+        path,
+        "cpu",
+        "give a safetensors encoder file or a ResNet-18 state dict; pickled modules, "
+        "TorchScript and torch.export files are refused because loading them can run code",
+    )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WsiMilError(f"{path}: expected a state dict of tensors")
     names = {k: k.removeprefix("module.").removeprefix("trunk.") for k in state}

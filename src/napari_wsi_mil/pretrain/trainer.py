@@ -27,8 +27,9 @@ from napari_wsi_mil.pretrain import distributed as ddp
 from napari_wsi_mil.pretrain.augment import HISTOLOGY, IMAGENET_MEAN, IMAGENET_STD, two_views
 from napari_wsi_mil.pretrain.encoder_file import EncoderFile, save_encoder
 from napari_wsi_mil.pretrain.losses import clusiam_loss, nt_xent, supcon, weaksupcon
-from napari_wsi_mil.pretrain.models import ContrastiveModel
+from napari_wsi_mil.pretrain.models import ContrastiveModel, load_weights_only
 from napari_wsi_mil.pretrain.optim import build_optimizer, learning_rate
+from napari_wsi_mil.validate import check_device, check_float, check_fraction, check_int
 
 #: Per-method defaults from the papers: learning rate per 256 patches, optimiser, schedule.
 METHOD_DEFAULTS = {
@@ -79,8 +80,22 @@ class PretrainConfig:
             raise WsiMilError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.method == "weaksupcon" and self.batch_size % 2:
             raise WsiMilError("WeakSupCon needs an even batch size (half negative, half positive)")
-        if self.batch_size < 2 or self.epochs < 1 or self.steps_per_epoch < 1:
-            raise WsiMilError("batch_size >= 2, epochs >= 1 and steps_per_epoch >= 1 please")
+        check_int("batch_size", self.batch_size, minimum=2)
+        for key in ("epochs", "steps_per_epoch", "step_every_epochs", "clusters", "grad_accum"):
+            check_int(key, getattr(self, key))
+        check_int("image_size", self.image_size, minimum=8)
+        check_int("num_workers", self.num_workers, minimum=0)
+        check_int("seed", self.seed, minimum=0)
+        if self.max_patches_per_slide is not None:
+            check_int("max_patches_per_slide", self.max_patches_per_slide)
+        for key in ("tau", "base_tau") + (("lr",) if self.lr is not None else ()):
+            check_float(key, getattr(self, key))
+        check_float("warmup_epochs", self.warmup_epochs, open_minimum=False)
+        check_fraction("momentum", self.momentum)
+        check_fraction("alpha", self.alpha)
+        if self.weight_decay is not None:
+            check_float("weight_decay", self.weight_decay, open_minimum=False)
+        check_device(self.device)
         defaults = METHOD_DEFAULTS[self.method]
         if self.lr is None:
             self.lr = defaults["lr_per_256"] * self.batch_size * self.grad_accum / 256
@@ -140,7 +155,7 @@ def collapse_warning(config: PretrainConfig, spread: float) -> str | None:
 
 def pick_device(name: str = "auto") -> torch.device:
     """CUDA when present, else Apple MPS, else CPU (or exactly what ``name`` says)."""
-    if name != "auto":
+    if check_device(name) != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -314,17 +329,21 @@ def pretrain_job(
     autocast, scaler = _autocast(device, config.amp)
     start_epoch, epoch_losses, epoch_spreads, final_spread = 0, [], [], None
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        state = _read_checkpoint(checkpoint_path, device)
         if state["config"] != asdict(config):
             raise WsiMilError(
                 f"{checkpoint_path}: was written with other settings; "
                 "start without --resume or use the same settings"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        epoch_losses, epoch_spreads = list(state["epoch_losses"]), list(state["epoch_spreads"])
-        final_spread = state["final_spread"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = check_int("epoch", state["epoch"], minimum=0) + 1
+            epoch_losses = [float(x) for x in state["epoch_losses"]]
+            epoch_spreads = [float(x) for x in state["epoch_spreads"]]
+            final_spread = state["final_spread"]
+        except (KeyError, TypeError, ValueError, RuntimeError, WsiMilError) as exc:
+            raise WsiMilError(f"{checkpoint_path}: not a usable checkpoint ({exc})") from None
 
     total_steps = config.epochs * config.steps_per_epoch
     throughput = 0.0
@@ -357,6 +376,12 @@ def pretrain_job(
                 loss, parts = contrastive_loss(
                     net, v1, v2, slide_labels[slide_index].to(device), config, generator
                 )
+            if not torch.isfinite(loss.detach()):
+                raise WsiMilError(
+                    f"the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}: "
+                    "training diverged; lower --lr or raise --tau (nothing was written for "
+                    "this epoch)"
+                )
             scaled = loss / config.grad_accum
             (scaler.scale(scaled) if scaler else scaled).backward()
             if (step + 1) % config.grad_accum == 0 or step + 1 == config.steps_per_epoch:
@@ -387,6 +412,16 @@ def pretrain_job(
         epoch_losses.append(ddp.all_reduce_mean(float(np.mean(losses))))
         epoch_spreads.append(ddp.all_reduce_mean(float(np.mean(spreads))))
         final_spread = ddp.all_reduce_mean(float(np.mean(spreads[-max(1, len(spreads) // 10) :])))
+        broken = [
+            k
+            for k, v in model.state_dict().items()
+            if v.is_floating_point() and not v.isfinite().all()
+        ]
+        if broken:
+            raise WsiMilError(
+                f"weight {broken[0]!r} became NaN or inf in epoch {epoch + 1}: training "
+                "diverged; lower --lr (nothing was written for this epoch)"
+            )
         if info.is_main:
             with atomic_file(checkpoint_path) as tmp:
                 torch.save(
@@ -414,6 +449,15 @@ def pretrain_job(
         final_spread,
         [warning] if warning else [],
     )
+
+
+def _read_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint written by :func:`pretrain_job`, read without unpickling code."""
+    advice = "start without --resume"
+    state = load_weights_only(path, device, advice)
+    if not isinstance(state, dict) or "config" not in state:
+        raise WsiMilError(f"{path}: not a checkpoint of wsi-mil pretrain; {advice}")
+    return state
 
 
 def _encoder_file(

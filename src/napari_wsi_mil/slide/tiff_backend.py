@@ -3,6 +3,8 @@ OME-TIFF) or plain, including files OpenSlide refuses."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 
 import numpy as np
@@ -84,6 +86,24 @@ def _to_rgb_uint8(data: np.ndarray, axes: str) -> np.ndarray:
     return np.clip(data / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+
+@contextlib.contextmanager
+def _tifffile_log():
+    """Collect what tifffile logs while a file is opened (a damaged file's details
+    belong in its SlideError, not on stderr beside it)."""
+    logged: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        logged.append(record.getMessage())
+        return False
+
+    log = logging.getLogger("tifffile")
+    log.addFilter(keep)
+    try:
+        yield logged
+    finally:
+        log.removeFilter(keep)
+
 class TiffBackend(SlideBackend):
     """Reads TIFF levels as zarr arrays through ``tifffile``'s zarr store.
 
@@ -96,15 +116,18 @@ class TiffBackend(SlideBackend):
         import zarr
 
         self.path = path
-        try:
-            self._tif = tifffile.TiffFile(path)
-            series = self._tif.series[0]
-            levels = list(series.levels)
-        except Exception as exc:  # tifffile raises many types for broken files
-            raise SlideError(
-                path,
-                f"not a readable TIFF: the file is truncated or its structure is damaged ({exc!r})",
-            ) from exc
+        with _tifffile_log() as logged:
+            try:
+                self._tif = tifffile.TiffFile(path)
+                series = self._tif.series[0]
+                levels = list(series.levels)
+            except Exception as exc:  # tifffile raises many types for broken files
+                found = "; ".join([*logged, repr(exc)])
+                raise SlideError(
+                    path,
+                    f"not a readable TIFF: the file is truncated or its structure is damaged "
+                    f"({found})",
+                ) from exc
         self._tif.filehandle.set_lock(True)
         self._axes = series.axes.replace("I", "").replace("Q", "")
         if series.ndim > 3 or not set(self._axes) <= {"Y", "X", "S", "C"}:

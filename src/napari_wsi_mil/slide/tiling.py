@@ -12,13 +12,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from napari_wsi_mil.errors import SlideError
+from napari_wsi_mil.errors import ParamError, SlideError
 from napari_wsi_mil.slide.slide import Slide
+from napari_wsi_mil.validate import check_float, check_fraction, check_int
 
 #: Tissue is detected on the level closest to this pixel size (um/px).
 TISSUE_MPP = 8.0
 #: ... or, when the slide has no pixel size, closest to this downsample.
 TISSUE_DOWNSAMPLE = 16.0
+#: A target pixel size may be at most this many times finer than the slide's own.
+MAX_UPSAMPLING = 4
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,18 @@ class TilingParams:
     slide_mpp: float | None = None
 
     def __post_init__(self):
-        if self.patch_size < 8:
-            raise ValueError("patch_size must be at least 8 pixels")
-        if self.stride is not None and self.stride < 1:
-            raise ValueError("stride must be positive")
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise ValueError("min_tissue is a fraction in [0, 1]")
+        check_int("patch_size", self.patch_size, minimum=8)
+        if self.stride is not None:
+            check_int("stride", self.stride)
+        check_fraction("min_tissue", self.min_tissue)
         if (self.target_mpp is None) == (self.level is None):
-            raise ValueError("give exactly one of target_mpp and level")
+            raise ParamError("give exactly one of target_mpp and level")
+        if self.target_mpp is not None:
+            check_float("target_mpp", self.target_mpp)
+        if self.level is not None:
+            check_int("level", self.level, minimum=0)
+        if self.slide_mpp is not None:
+            check_float("slide_mpp", self.slide_mpp)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,13 @@ class PatchGeometry:
                 "--level N",
             )
         factor = params.target_mpp / source_mpp
+        if factor < 1 / MAX_UPSAMPLING:
+            raise SlideError(
+                slide.path,
+                f"target {params.target_mpp:g} um/px is more than {MAX_UPSAMPLING}x finer than "
+                f"the slide's {source_mpp:g} um/px; patches would be blown-up pixels (use "
+                f"--mpp {source_mpp / MAX_UPSAMPLING:g} or coarser)",
+            )
         size0 = max(1, round(params.patch_size * factor))
         level = slide.best_level_for_downsample(factor)
         return cls(

@@ -421,10 +421,18 @@ def _problem_lines(problems: list[tuple[int | None, str]]) -> list[str]:
     return [f"line {line}: {text}" if line is not None else text for line, text in problems]
 
 
+#: A cohort error lists at most this many problems (then says how many more there are).
+MAX_LISTED_PROBLEMS = 20
+
+
 def _message(source: str | os.PathLike, problems: list[tuple[int | None, str]]) -> str:
-    count = len(problems)
-    head = f"{os.fspath(source)}: {count} problem{'s' if count != 1 else ''}"
-    return "\n  ".join([head, *_problem_lines(problems)])
+    lines = _problem_lines(problems)
+    if len(lines) == 1:
+        return f"{os.fspath(source)}: {lines[0]}"
+    listed = lines[:MAX_LISTED_PROBLEMS]
+    if len(lines) > len(listed):
+        listed.append(f"... and {len(lines) - len(listed)} more")
+    return "\n  ".join([f"{os.fspath(source)}: {len(lines)} problems", *listed])
 
 
 def _raise(source: Path, problems: list[tuple[int | None, str]]) -> None:

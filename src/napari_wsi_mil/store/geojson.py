@@ -130,6 +130,7 @@ def read_geojson_polygons(
         TypeError,
         IndexError,
         KeyError,
+        RecursionError,  # nested deeper than Python's parser goes
     ) as exc:
-        raise WsiMilError(f"{path}: invalid GeoJSON annotations ({exc})") from exc
+        raise WsiMilError(f"{path}: invalid GeoJSON annotations ({exc})") from None
     return polygons

@@ -68,6 +68,13 @@ def export_features_job(
     return written
 
 
+#: Level-0 coordinates and patch sizes beyond this many pixels are refused (the largest
+#: slides are about 200,000 px wide).
+MAX_LEVEL0_PIXELS = 2**24
+#: A patch grid of more cells than this is refused (its raster would not fit in memory).
+MAX_GRID_CELLS = 10**8
+
+
 def read_h5_features(path: Path, patch_size_level0: int | None = None):
     """``(coords, features, geometry kwargs)`` of a CLAM/TRIDENT file, validated."""
     import h5py
@@ -79,19 +86,23 @@ def read_h5_features(path: Path, patch_size_level0: int | None = None):
 
     try:
         with h5py.File(path, "r") as h5:
-            if "features" not in h5 or "coords" not in h5:
-                raise bad("needs 'features' (N x D) and 'coords' (N x 2) datasets")
+            for key in ("features", "coords"):
+                if not isinstance(h5.get(key), h5py.Dataset):
+                    raise bad("needs 'features' (N x D) and 'coords' (N x 2) datasets")
             features = np.asarray(h5["features"][...])
             coords = np.asarray(h5["coords"][...])
-            attrs = {
-                k: v.item() if hasattr(v, "item") else v for k, v in h5["coords"].attrs.items()
-            }
-    except OSError as exc:
+            attrs = dict(h5["coords"].attrs.items())
+    except (OSError, TypeError, ValueError) as exc:
         raise bad(f"not a readable HDF5 file ({exc})") from exc
     if features.ndim == 3 and features.shape[0] == 1:  # some tools keep a batch axis
         features = features[0]
     if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2:
         raise bad(f"features {features.shape} / coords {coords.shape} are not N x D / N x 2")
+    for key, array in (("features", features), ("coords", coords)):
+        if array.dtype.kind not in "iuf":
+            raise bad(f"{key} are {array.dtype}, not numbers")
+    if len(features) == 0 or features.shape[1] == 0:
+        raise bad(f"features {features.shape} are empty")
     if len(features) != len(coords):
         raise bad(f"{len(features)} feature rows but {len(coords)} coordinates")
     finite = np.isfinite(features).all(axis=1)
@@ -100,25 +111,55 @@ def read_h5_features(path: Path, patch_size_level0: int | None = None):
             f"{int((~finite).sum())} feature rows contain NaN or inf "
             f"(first at row {int(np.flatnonzero(~finite)[0])})"
         )
+    if not np.isfinite(coords).all() or (coords != np.round(coords)).any():
+        raise bad("coords are not whole numbers of pixels")
+    if coords.min() < 0 or coords.max() >= MAX_LEVEL0_PIXELS:
+        raise bad(
+            f"coords range from {coords.min():g} to {coords.max():g}; level-0 pixels are "
+            f"0 to {MAX_LEVEL0_PIXELS}"
+        )
+    coords = coords.astype(np.int64)
     if len(np.unique(coords, axis=0)) != len(coords):
         raise bad("duplicate patch coordinates")
+
+    def number(key: str, value, minimum: int) -> int:
+        value = value.item() if hasattr(value, "item") else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise bad(f"{key} {value!r} is not a number")
+        if value != int(value) or not minimum <= value < MAX_LEVEL0_PIXELS:
+            raise bad(
+                f"{key} must be a whole number from {minimum} to {MAX_LEVEL0_PIXELS - 1}, "
+                f"not {value!r}"
+            )
+        return int(value)
+
     size0 = patch_size_level0 or attrs.get("patch_size_level0")
-    if not size0:
+    if size0 is None:
         raise bad("the patch size at level 0 is not in the file's attrs; give --patch-size-level0")
-    size0 = int(size0)
+    size0 = number("patch_size_level0", size0, 1)
     target = attrs.get("target_mpp")
-    target = None if target is None or not np.isfinite(target) else float(target)
-    read_size = int(attrs.get("patch_size", size0))
+    try:
+        target = float(target)
+    except (TypeError, ValueError):
+        target = None
+    target = target if target is not None and np.isfinite(target) and target > 0 else None
+    read_size = number("patch_size", attrs.get("patch_size", size0), 1)
     geometry = dict(
         source_mpp=None,
         target_mpp=target,
-        patch_size=int(attrs.get("output_patch_size", read_size)),
+        patch_size=number("output_patch_size", attrs.get("output_patch_size", read_size), 1),
         patch_size_level0=size0,
         stride_level0=size0,
-        read_level=int(attrs.get("patch_level", 0)),
+        read_level=number("patch_level", attrs.get("patch_level", 0), 0),
         read_size=read_size,
     )
-    return coords.astype(np.int64), features, geometry
+    rows, cols = int(coords[:, 1].max()) // size0 + 1, int(coords[:, 0].max()) // size0 + 1
+    if rows * cols > MAX_GRID_CELLS:
+        raise bad(
+            f"the coords span a grid of {rows} x {cols} patches of {size0} px; check "
+            "patch_size_level0 (or --patch-size-level0)"
+        )
+    return coords, features, geometry
 
 
 def import_features_job(

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,11 +93,32 @@ class ProjectStore:
             fh.truncate()
             fh.write(f"pid {os.getpid()}")
             fh.flush()
+            self._remove_stale_temporaries(time.time())
             try:
                 yield
             finally:
                 fh.truncate(0)
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _remove_stale_temporaries(self, locked_at: float) -> None:
+        """Remove the ``.tmp-*`` and ``.trash-*`` folders of writers killed mid-write.
+
+        Called holding the lock, so every one older than this moment is an orphan: the
+        results folders (``<kind>/`` and ``<kind>/<name>/``) are searched, not the zarr
+        groups inside them.
+        """
+        folders = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        folders += [
+            sub
+            for folder in folders
+            for sub in folder.iterdir()
+            if sub.is_dir() and not sub.name.startswith(".") and not (sub / "zarr.json").exists()
+        ]
+        for folder in folders:
+            for entry in folder.iterdir():
+                if entry.name.startswith((".tmp-", ".trash-")) and entry.is_dir():
+                    if entry.stat().st_mtime < locked_at:
+                        shutil.rmtree(entry, ignore_errors=True)
 
     # -- generic results -----------------------------------------------------
     def result_dir(self, kind: str, name: str | None, slide_id: str) -> Path:

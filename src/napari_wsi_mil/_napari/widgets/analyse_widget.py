@@ -101,15 +101,15 @@ class AnalyseWidget(JobWidget):
         self._slide_layer = None
         self._names: dict[str, str] = {}  # what -> layer name
 
-        self.run_button.changed.connect(self.run)
+        self.run_button.changed.connect(self.guard(self.run))
         self.normalisation.changed.connect(self._update_attention)
         self.threshold.changed.connect(self._update_mask)
         self.k.changed.connect(self._update_gallery)
         self.paint_button.changed.connect(self.add_paint_layer)
         self.shapes_button.changed.connect(self.add_shapes_layer)
         self.shape_class.changed.connect(self._set_shape_class)
-        self.labels_button.changed.connect(self.use_as_tile_labels)
-        self.export_button.changed.connect(self.export)
+        self.labels_button.changed.connect(self.guard(self.use_as_tile_labels))
+        self.export_button.changed.connect(self.guard(self.export))
         napari_viewer.layers.events.inserted.connect(self.slide.reset_choices)
         napari_viewer.layers.events.removed.connect(self.slide.reset_choices)
         self.model.changed.connect(self._use_model_mask_threshold)

@@ -75,7 +75,7 @@ class EmbeddingWidget(JobWidget):
         self._pending: set[str] = set()  # slides whose layer edits are yet to be read
 
         self.project.changed.connect(self.feature_set.reset_choices)
-        self.run_button.changed.connect(self.compute)
+        self.run_button.changed.connect(self.guard(self.compute))
         self.slide.changed.connect(self._on_slide_changed)
         napari_viewer.layers.events.inserted.connect(self.slide.reset_choices)
         napari_viewer.layers.events.removed.connect(self.slide.reset_choices)

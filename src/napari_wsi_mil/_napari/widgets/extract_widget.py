@@ -40,7 +40,7 @@ class ExtractWidget(JobWidget):
             ]
         )
         self.add_controls()
-        self.run_button.changed.connect(self.run)
+        self.run_button.changed.connect(self.guard(self.run))
 
     def run(self) -> None:
         # imported on the main thread (torch's import is not thread-safe under Qt)

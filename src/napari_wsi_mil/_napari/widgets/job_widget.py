@@ -20,7 +20,8 @@ class JobWidget(Container):
     Subclasses build their parameter widgets, then call :meth:`start` with a
     generator function (the job) and a handler for its return value. The handler
     runs on the main thread, where layers may be changed; errors become napari
-    notifications and napari keeps running.
+    notifications and napari keeps running. Connect buttons through :meth:`guard` so
+    that settings refused before the job starts are notifications too.
     """
 
     def __init__(self, viewer, run_text: str = "Run"):
@@ -34,6 +35,20 @@ class JobWidget(Container):
         # wrap, so that a result at the end of the line is not clipped by a narrow dock
         self.status.native.setWordWrap(True)
         self.cancel_button.changed.connect(self.cancel)
+
+    def guard(self, callback: Callable[..., object]) -> Callable[..., None]:
+        """``callback`` for a button or field: a bad value it meets (a
+        :class:`~napari_wsi_mil.errors.WsiMilError` or an unreadable file) becomes a
+        notification and the status line, not a traceback in the console."""
+        from napari_wsi_mil.errors import WsiMilError
+
+        def guarded(*args, **kwargs) -> None:
+            try:
+                callback(*args, **kwargs)
+            except (WsiMilError, OSError) as exc:
+                self._on_error(exc)
+
+        return guarded
 
     def add_controls(self) -> None:
         """Append the run/cancel buttons, progress bar and status (after the parameters)."""

@@ -65,9 +65,9 @@ class PretrainWidget(JobWidget):
         self.extend([self.pause_button, self.clusters_button])
         self.canvas = CurveCanvas(napari_viewer, xlabel="step", ylabel="loss")
         self.native.layout().addWidget(self.canvas)
-        self.run_button.changed.connect(self.run)
+        self.run_button.changed.connect(self.guard(self.run))
         self.pause_button.changed.connect(self.toggle_pause)
-        self.clusters_button.changed.connect(self.show_clusters)
+        self.clusters_button.changed.connect(self.guard(self.show_clusters))
         self._started = 0.0
         self._paused = False
 

@@ -41,8 +41,8 @@ class TilingWidget(JobWidget):
             ]
         )
         self.add_controls()
-        self.run_button.changed.connect(lambda: self.run(use_mask=False))
-        self.retile_button.changed.connect(lambda: self.run(use_mask=True))
+        self.run_button.changed.connect(self.guard(lambda: self.run(use_mask=False)))
+        self.retile_button.changed.connect(self.guard(lambda: self.run(use_mask=True)))
         napari_viewer.layers.events.inserted.connect(self.slide.reset_choices)
         napari_viewer.layers.events.removed.connect(self.slide.reset_choices)
         self._mask_layer = None

@@ -52,7 +52,7 @@ class TrainMilWidget(JobWidget):
         self.canvas = CurveCanvas(napari_viewer, xlabel="epoch", ylabel="loss / AUC")
         self.native.layout().addWidget(self.canvas)
         self.project.changed.connect(self.features.reset_choices)
-        self.run_button.changed.connect(self.run)
+        self.run_button.changed.connect(self.guard(self.run))
 
     def _feature_choices(self, _widget=None) -> list[str]:
         folder = Path(self.project.value) / FEATURES if hasattr(self, "project") else None
