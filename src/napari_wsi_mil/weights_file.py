@@ -50,3 +50,42 @@ def load_tensors(path: str | os.PathLike, fmt: str) -> tuple[dict, dict]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise WsiMilError(f"{path}: not a readable safetensors file ({exc})") from exc
     return tensors, meta
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The tensors of a third-party weights file, without running code from it.
+
+    ``.safetensors`` files are read as they are; anything else with
+    ``torch.load(weights_only=True)``, which refuses pickled modules and TorchScript
+    archives. A checkpoint that wraps its weights (Lightning's ``state_dict``, a
+    ``model`` entry) is unwrapped.
+    """
+    import torch
+
+    if os.fspath(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(os.fspath(path))
+        except Exception as exc:
+            raise WsiMilError(f"{path}: not a readable safetensors file ({brief(exc)})") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WsiMilError(
+            f"{path}: not loadable safely ({brief(exc)}); give a safetensors file or a "
+            "state dict of tensors: pickled modules and TorchScript archives are refused "
+            "because loading them can run arbitrary code"
+        ) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WsiMilError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def brief(exc: BaseException) -> str:
+    """The first sentence of an exception's message, for one-line errors."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0][:200]

@@ -65,9 +65,12 @@ def extract_features_job(
     skip_errors: bool = False,
     slide_paths: dict[str, str | os.PathLike] | None = None,
     lock: bool = True,
+    weights: str | os.PathLike | None = None,
 ) -> Job[ExtractionReport]:
     """Extract features of ``slide_ids`` into ``features/<name>/<slide_id>`` of the store.
 
+    ``encoder`` is a spec (:func:`~napari_wsi_mil.features.encoders.load_encoder_spec`,
+    with ``weights`` as a local weights file for it) or a loaded encoder.
     ``lock=False`` is for workers of a distributed run whose driver holds the lock.
     """
     from torch.utils.data import DataLoader
@@ -90,7 +93,7 @@ def extract_features_job(
     if not todo:
         yield Progress("extract", 0, 0, message="all slides already have features")
         return report
-    loaded = load_encoder_spec(encoder) if isinstance(encoder, str) else encoder
+    loaded = load_encoder_spec(encoder, weights) if isinstance(encoder, str) else encoder
     dev = pick_device(device)
     model = loaded.model.to(dev).eval()
     if dev.type == "cuda":
