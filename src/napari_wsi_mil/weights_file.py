@@ -85,6 +85,17 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
+def file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` tag of a safetensors file (None for third-party files)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), "pt") as fh:
+            return (fh.metadata() or {}).get("format")
+    except (SafetensorError, OSError) as exc:
+        raise WsiMilError(f"{path}: not a readable safetensors file ({brief(exc)})") from exc
+
+
 def brief(exc: BaseException) -> str:
     """The first sentence of an exception's message, for one-line errors."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

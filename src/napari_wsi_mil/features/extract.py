@@ -185,3 +185,11 @@ def _write(project, name, slide_id, grid, features, loaded: LoadedEncoder, dtype
 def read_features(project: ProjectStore, name: str, slide_id: str) -> np.ndarray:
     """A slide's stored features ``(N, D)``, in its TileGrid order."""
     return project.read_result(FEATURES, name, slide_id)[0]["features"]
+
+
+def feature_dim(project: ProjectStore, name: str, slide_id: str) -> int:
+    """The width ``D`` of a slide's stored features, without reading them."""
+    import zarr
+
+    group = zarr.open_group(project.result_dir(FEATURES, name, slide_id), mode="r")
+    return int(group["features"].shape[1])

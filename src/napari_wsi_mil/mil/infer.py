@@ -86,7 +86,7 @@ def infer_job(
     written to ``slides.csv``; ``attention_mode`` the normalisation of the heatmap's
     attention channel (raw, minmax, rank).
     """
-    from napari_wsi_mil.features.extract import FEATURES, read_features
+    from napari_wsi_mil.features.extract import FEATURES, feature_dim, read_features
     from napari_wsi_mil.mil.predict import load_model, predict_bag, recorded_mask_threshold
 
     model, meta = load_model(model_path)
@@ -102,6 +102,12 @@ def infer_job(
         )
     if not ids:
         raise WsiMilError(f"the project has no slides with features {feature_name!r}")
+    for slide_id in ids:
+        if (dim := feature_dim(project, feature_name, slide_id)) != int(meta["in_dim"]):
+            raise WsiMilError(
+                f"features {feature_name!r} of slide {slide_id!r} have D={dim}; the model "
+                f"{model_path} expects D={meta['in_dim']} (features of another encoder)"
+            )
     threshold = float(meta.get("threshold", 0.5))
     if mask_threshold is None:
         mask_threshold = recorded_mask_threshold(meta)

@@ -114,11 +114,11 @@ def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
     """The trunk weights in an encoder file of this package or a ResNet-18 state dict
     (:func:`~napari_wsi_mil.weights_file.read_state_dict`: e.g. Ciga et al.'s Lightning
     checkpoint); wrapper prefixes and ``fc`` dropped."""
-    if path.suffix == ".safetensors":
-        from napari_wsi_mil.pretrain.encoder_file import load_encoder
+    from napari_wsi_mil.pretrain.encoder_file import ENCODER_FORMAT, load_encoder
+    from napari_wsi_mil.weights_file import file_format, read_state_dict
 
+    if path.suffix == ".safetensors" and file_format(path) == ENCODER_FORMAT:
         return load_encoder(path).trunk_state
-    from napari_wsi_mil.weights_file import read_state_dict
 
     state = read_state_dict(path)
     renamed = {}
