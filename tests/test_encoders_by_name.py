@@ -265,7 +265,8 @@ def test_offline_hub_model_extracts_and_384_d_features_flow_through_mil_pca_h5(
     capsys.readouterr()
 
     # the model expects 384-d features; a 512-d feature set of the same name is refused
-    assert main([*extract[:4], "random", "--name", "tiny-vit", "--overwrite", "--workers", "0"]) == 0
+    other = [*extract[:4], "random", "--name", "tiny-vit", "--overwrite", "--workers", "0"]
+    assert main(other) == 0
     capsys.readouterr()
     infer = ["infer", "--project", project, "--model", str(run / "model.safetensors")]
     assert main([*infer, "--out", str(tmp_path / "pred")]) == 2
