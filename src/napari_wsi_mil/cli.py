@@ -301,7 +301,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         from napari_wsi_mil.store.cohort import read_cohort
 
         ids = [e.slide_id for e in read_cohort(args.cohort)]
-    name = args.name or _default_feature_name(args.encoder)
+    from napari_wsi_mil.features.encoders import default_feature_name
+
+    name = args.name or default_feature_name(args.encoder)
     options = dict(
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, weights=args.weights
     )
@@ -341,16 +343,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     for slide_id, error in report.failed.items():
         print(f"FAILED {slide_id}: {error}", file=sys.stderr)
     return 1 if report.failed else 0
-
-
-def _default_feature_name(encoder: str) -> str:
-    from pathlib import Path
-
-    from napari_wsi_mil.features.encoders import names_a_model
-
-    if names_a_model(encoder):  # hf-hub:org/name -> name
-        return encoder.rsplit("/", 1)[-1].split(":")[-1]
-    return Path(encoder).stem
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:

@@ -28,7 +28,13 @@ from napari_wsi_mil.features.encoder_cards import CARDS
 from napari_wsi_mil.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from napari_wsi_mil.weight_caches import file_sha256
 
-__all__ = ["LoadedEncoder", "file_sha256", "load_encoder_spec", "names_a_model"]
+__all__ = [
+    "LoadedEncoder",
+    "default_feature_name",
+    "file_sha256",
+    "load_encoder_spec",
+    "names_a_model",
+]
 
 
 @dataclass
@@ -66,6 +72,14 @@ def names_a_model(spec: str) -> bool:
         or spec.startswith(HUB_PREFIXES)
         or (not Path(spec).is_file() and is_timm_name(spec))
     )
+
+
+def default_feature_name(spec: str) -> str:
+    """The feature-set name an encoder spec suggests: the name (``hf-hub:org/name`` ->
+    ``name``) or the file's stem."""
+    if names_a_model(spec):
+        return spec.rsplit("/", 1)[-1].split(":")[-1]
+    return Path(spec).stem
 
 
 def load_encoder_spec(spec: str, weights: str | Path | None = None) -> LoadedEncoder:
