@@ -66,6 +66,21 @@ def test_every_alias_builds_and_gives_its_documented_dimension(name):
     assert tuple(out.shape) == (2, card.dim)
 
 
+def test_virchow2_embedding_is_the_class_token_beside_the_mean_patch_token():
+    """Virchow2's tokens: class, 4 registers, then the patches (its model card)."""
+    tokens = torch.randn(2, 1 + 4 + 9, 8)
+
+    class Tokens(torch.nn.Module):
+        def forward(self, x):
+            return tokens
+
+    card = CARDS["virchow2"]
+    assert card.output == "class+mean_patch" and card.prefix_tokens == 5
+    out = timm_encoders.ClassAndMeanPatchTokens(Tokens(), card.prefix_tokens)(None)
+    expected = torch.cat([tokens[:, 0], tokens[:, 5:].mean(1)], dim=1)
+    torch.testing.assert_close(out, expected)
+
+
 def test_resnet_aliases_give_512_on_a_224_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.save(_resnet_state(1), _checkpoints(tmp_path) / "resnet18-f37072fd.pth")
