@@ -325,3 +325,33 @@ def test_bad_encoder_inputs_are_one_line_exit_2_and_write_nothing(tmp_path, tile
         assert not (tmp_path / "p" / "features").exists() or not any(
             (tmp_path / "p" / "features").glob("x*")
         )
+
+
+def test_2560_d_features_flow_through_import_mil_pca_and_export(tmp_path, capsys):
+    """The widest alias (Virchow2, 2560-d) as a TRIDENT user brings it: .h5 files."""
+    rng = np.random.default_rng(0)
+    h5_dir, rows = tmp_path / "h5", ["slide_id,label,split"]
+    h5_dir.mkdir()
+    for i in range(8):
+        features = rng.normal(size=(12, 2560)).astype(np.float32) + (i % 2)
+        coords = np.stack(np.meshgrid(np.arange(4), np.arange(3)), -1).reshape(-1, 2) * 224
+        with h5py.File(h5_dir / f"s{i}.h5", "w") as h5:
+            h5["features"] = features
+            h5["coords"] = coords
+        rows.append(f"s{i},{i % 2},{'test' if i >= 6 else 'train'}")
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text("\n".join(rows) + "\n")
+    project = str(tmp_path / "project")
+    imported = ["import-features", str(h5_dir), "--project", project, "--name", "v2"]
+    assert main([*imported, "--patch-size-level0", "224"]) == 0
+    run = tmp_path / "run"
+    train = ["train", "--project", project, "--cohort", str(cohort), "--features", "v2"]
+    assert main([*train, "--epochs", "2", "--threads", "1", "--out", str(run)]) == 0
+    infer = ["infer", "--project", project, "--model", str(run / "model.safetensors")]
+    assert main([*infer, "--out", str(tmp_path / "pred")]) == 0
+    pca = ["pca", "--project", project, "--cohort", str(cohort), "--features", "v2"]
+    assert main([*pca, "--out", str(tmp_path / "pca.png")]) == 0
+    out = tmp_path / "out"
+    assert main(["export-features", "--project", project, "--name", "v2", "--out", str(out)]) == 0
+    with h5py.File(out / "s7.h5") as h5:
+        assert h5["features"].shape == (12, 2560)
