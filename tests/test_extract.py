@@ -94,7 +94,10 @@ def test_empty_grid_and_damaged_slide(tmp_path):
     assert not store.has_result("features", "f", "gone")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # to write a TorchScript file
 def test_encoder_files_state_dict_and_refusal_of_code(tmp_path):
+    """State dicts load; TorchScript and pickled modules are refused (loading them can
+    run code)."""
     from napari_wsi_mil.pretrain.models import resnet18_trunk
 
     trunk = resnet18_trunk().eval()
@@ -106,7 +109,7 @@ def test_encoder_files_state_dict_and_refusal_of_code(tmp_path):
     torch.jit.save(torch.jit.script(trunk), tmp_path / "script.pt")
     torch.save(trunk, tmp_path / "pickled.pt")  # a whole pickled module
     for refused in ("script.pt", "pickled.pt"):  # both can run code when loaded
-        with pytest.raises(WsiMilError, match="pickled modules, TorchScript"):
+        with pytest.raises(WsiMilError, match="pickled modules and TorchScript archives are"):
             load_encoder_spec(str(tmp_path / refused))
     with pytest.raises(WsiMilError, match="no such encoder"):
         load_encoder_spec(str(tmp_path / "missing.safetensors"))

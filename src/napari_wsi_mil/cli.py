@@ -305,8 +305,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--init",
         default="random",
-        help="trunk start: random, imagenet (torch hub cache) or FILE (an encoder "
-        ".safetensors to continue from, or a ResNet-18 .pth state dict)",
+        help="trunk start: random, imagenet or ciga (torch hub cache, downloaded when "
+        "online) or FILE (an encoder .safetensors to continue from, or a ResNet-18 "
+        "state dict or checkpoint)",
     )
     p.add_argument("--image-size", type=PATCH_SIZE, default=224, help="augmented view size (224)")
     p.add_argument("--max-patches-per-slide", type=POSITIVE_INT)
@@ -332,8 +333,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         from napari_wsi_mil.store.cohort import read_cohort
 
         ids = [e.slide_id for e in read_cohort(args.cohort)]
-    name = args.name or _default_feature_name(args.encoder)
-    options = dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    from napari_wsi_mil.features.encoders import default_feature_name
+
+    name = args.name or default_feature_name(args.encoder)
+    options = dict(
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, weights=args.weights
+    )
     if args.scheduler or args.dask:
         from napari_wsi_mil.features.distributed import extract_with_dask_job
 
@@ -377,12 +382,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _default_feature_name(encoder: str) -> str:
-    from pathlib import Path
-
-    return encoder if encoder in ("random", "imagenet") else Path(encoder).stem
-
-
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "extract",
@@ -394,10 +393,17 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encoder",
         required=True,
-        help="encoder file (.safetensors, TorchScript, .pt2, ResNet-18 state "
-        "dict), 'imagenet' or 'random'",
+        help="an encoder name (random, imagenet, ciga, uni, virchow2, ...: see "
+        "`wsi-mil encoders`), hf-hub:ORG/NAME, a timm model name, or an encoder file "
+        "(.safetensors, ResNet-18 state dict)",
     )
-    p.add_argument("--name", help="feature-set name (default: encoder file stem)")
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="local weights for the named encoder (safetensors or a state dict), "
+        "instead of the cache",
+    )
+    p.add_argument("--name", help="feature-set name (default: from the encoder)")
     p.add_argument("--slides", nargs="*", help="slide ids (default: all tiled slides)")
     p.add_argument("--cohort", help="extract the slides of this cohort CSV")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
@@ -432,6 +438,43 @@ def _cmd_import_features(args: argparse.Namespace) -> int:
     )
     print(f"imported {len(done)} slides as feature set {args.name!r}")
     return 0
+
+
+def _cmd_encoders(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.features.encoder_cards import CARDS
+    from napari_wsi_mil.features.encoders import cached_weights, download_encoder
+
+    for name in args.download or []:
+        path = download_encoder(name)
+        print(f"{name}: {path or 'no weights needed'}")
+    if args.download:
+        return 0
+    print(f"{'name':<14} {'dim':>5} {'input':>6} {'um/px':>6}  {'cached':<6}  licence / source")
+    for name, card in CARDS.items():
+        size = f"{card.input_size}" if card.input_size else "as is"
+        mpp = f"{card.mpp:g}" if card.mpp else "any"
+        cached = "-" if name == "random" else ("yes" if cached_weights(name) else "no")
+        print(f"{name:<14} {card.dim:>5} {size:>6} {mpp:>6}  {cached:<6}  {card.licence}")
+        print(f"{'':<14} {card.description} [{card.repo or card.url or 'built in'}]")
+    print(
+        "Also: hf-hub:ORG/NAME (a timm model on the Hugging Face hub), any timm model "
+        "name, or an encoder file. Gated models: accept the terms on the model's hub "
+        "page, then set HF_TOKEN. Offline: HF_HUB_OFFLINE=1 reads the caches only."
+    )
+    return 0
+
+
+def _add_encoders(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encoders",
+        help="list the encoders by name, or download their weights into the caches",
+        description="List the encoder names with their feature dimension, input size, "
+        "recommended magnification, licence and cache state; --download fills the "
+        "torch hub / Hugging Face caches (run it on a connected machine, then copy "
+        "the caches to an offline one).",
+    )
+    p.add_argument("--download", nargs="+", metavar="NAME", help="encoder names to download")
+    p.set_defaults(func=_cmd_encoders)
 
 
 def _add_import_features(sub: argparse._SubParsersAction) -> None:
@@ -734,6 +777,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export_tiles,
     _add_pretrain,
     _add_extract,
+    _add_encoders,
     _add_import_features,
     _add_export_features,
     _add_pca,

@@ -53,3 +53,74 @@ def load_tensors(path: str | os.PathLike, fmt: str) -> tuple[dict, dict]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise WsiMilError(f"{path}: not a readable safetensors file ({exc})") from exc
     return tensors, meta
+
+
+def load_weights_only(path: str | os.PathLike, map_location, advice: str):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never
+    code. Anything else (pickled objects, TorchScript, damage) is one
+    :class:`WsiMilError` naming the file, the reason in a few words, and ``advice``."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch warns of TorchScript archives it refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # any failure means a bad or unsafe file
+        text = str(exc)
+        if "TorchScript" in text:
+            reason = "a TorchScript archive"
+        elif "Unsupported global" in text:
+            reason = "it holds pickled objects other than tensors"
+        else:
+            reason = "not a file of tensors saved with torch.save"
+        raise WsiMilError(f"{path}: not loadable safely ({reason}); {advice}") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The tensors of a third-party weights file, without running code from it.
+
+    ``.safetensors`` files are read as they are; anything else with
+    ``torch.load(weights_only=True)``, which refuses pickled modules and TorchScript
+    archives. A checkpoint that wraps its weights (Lightning's ``state_dict``, a
+    ``model`` entry) is unwrapped.
+    """
+    import torch
+
+    if os.fspath(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(os.fspath(path))
+        except Exception as exc:
+            raise WsiMilError(f"{path}: not a readable safetensors file ({brief(exc)})") from exc
+    state = load_weights_only(
+        path,
+        "cpu",
+        "give a safetensors file or a state dict of tensors: pickled modules and "
+        "TorchScript archives are refused because loading them can run arbitrary code",
+    )
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WsiMilError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` tag of a safetensors file (None for third-party files)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), "pt") as fh:
+            return (fh.metadata() or {}).get("format")
+    except (SafetensorError, OSError) as exc:
+        raise WsiMilError(f"{path}: not a readable safetensors file ({brief(exc)})") from exc
+
+
+def brief(exc: BaseException) -> str:
+    """The first sentence of an exception's message, for one-line errors."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0][:200]

@@ -64,9 +64,12 @@ def extract_features_job(
     skip_errors: bool = False,
     slide_paths: dict[str, str | os.PathLike] | None = None,
     lock: bool = True,
+    weights: str | os.PathLike | None = None,
 ) -> Job[ExtractionReport]:
     """Extract features of ``slide_ids`` into ``features/<name>/<slide_id>`` of the store.
 
+    ``encoder`` is a spec (:func:`~napari_wsi_mil.features.encoders.load_encoder_spec`,
+    with ``weights`` as a local weights file for it) or a loaded encoder.
     ``lock=False`` is for workers of a distributed run whose driver holds the lock.
     """
     from torch.utils.data import DataLoader
@@ -89,7 +92,7 @@ def extract_features_job(
     if not todo:
         yield Progress("extract", 0, 0, message="all slides already have features")
         return report
-    loaded = load_encoder_spec(encoder) if isinstance(encoder, str) else encoder
+    loaded = load_encoder_spec(encoder, weights) if isinstance(encoder, str) else encoder
     dev = pick_device(device)
     model = loaded.model.to(dev).eval()
     if dev.type == "cuda":
@@ -187,3 +190,11 @@ def _write(project, name, slide_id, grid, features, loaded: LoadedEncoder, dtype
 def read_features(project: ProjectStore, name: str, slide_id: str) -> np.ndarray:
     """A slide's stored features ``(N, D)``, in its TileGrid order."""
     return project.read_result(FEATURES, name, slide_id)[0]["features"]
+
+
+def feature_dim(project: ProjectStore, name: str, slide_id: str) -> int:
+    """The width ``D`` of a slide's stored features, without reading them."""
+    import zarr
+
+    group = zarr.open_group(project.result_dir(FEATURES, name, slide_id), mode="r")
+    return int(group["features"].shape[1])

@@ -78,7 +78,7 @@ def infer_job(
     probability of a tumour tile, stored with the predictions and written to
     ``slides.csv``.
     """
-    from napari_wsi_mil.features.extract import read_features
+    from napari_wsi_mil.features.extract import feature_dim, read_features
     from napari_wsi_mil.mil.predict import load_model, predict_bag, recorded_mask_threshold
 
     model, meta = load_model(model_path)
@@ -94,6 +94,12 @@ def infer_job(
         )
     if not ids:
         raise WsiMilError(f"the project has no slides with features {feature_name!r}")
+    for slide_id in ids:
+        if (dim := feature_dim(project, feature_name, slide_id)) != int(meta["in_dim"]):
+            raise WsiMilError(
+                f"features {feature_name!r} of slide {slide_id!r} have D={dim}; the model "
+                f"{model_path} expects D={meta['in_dim']} (features of another encoder)"
+            )
     threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
     if mask_threshold is None:
         mask_threshold = recorded_mask_threshold(meta)

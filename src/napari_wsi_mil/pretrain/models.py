@@ -11,7 +11,6 @@ Shapes: ``N`` images, ``K`` clusters.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -35,23 +34,26 @@ def imagenet_weights_path() -> Path:
         ``torch.hub.get_dir()/checkpoints/resnet18-f37072fd.pth`` (the basename of
         ``ResNet18_Weights.IMAGENET1K_V1.url``).
     """
-    name = os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
-    return Path(torch.hub.get_dir()) / "checkpoints" / name
+    from napari_wsi_mil.weight_caches import torch_hub_checkpoints
+
+    return torch_hub_checkpoints() / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
 
 
-def resnet18_trunk(init: str = "random") -> nn.Module:
+def resnet18_trunk(init: str = "random", weights: str | os.PathLike | None = None) -> nn.Module:
     """Torchvision ResNet-18 with ``fc`` replaced by identity: ``[N,3,H,W] -> [N,512]``.
 
     Parameters
     ----------
-    init : {"random", "imagenet"} or path
-        ``"imagenet"`` loads torchvision's ``IMAGENET1K_V1`` weights from torch
-        hub's local cache (:func:`imagenet_weights_path`). Any other value is a file
-        to start from: an encoder file of this package (``.safetensors``, e.g. to
-        continue pretraining with another method) or a torchvision ResNet-18 state
-        dict (``.pth``/``.pt``, e.g. ImageNet weights kept elsewhere), read with
-        ``weights_only=True``; an ``fc`` layer in it is dropped. Nothing is ever
-        downloaded.
+    init : {"random", "imagenet", "ciga"} or path
+        ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``) and ``"ciga"`` (Ciga et al.'s
+        histology SimCLR checkpoint) come from torch hub's cache, downloaded into it
+        when online (:mod:`napari_wsi_mil.weight_caches`; ``HF_HUB_OFFLINE=1``: cache
+        only). Any other value is a file to start from: an encoder file of this
+        package (``.safetensors``, e.g. to continue pretraining with another method)
+        or a ResNet-18 state dict or Lightning checkpoint (``.pth``/``.pt``/``.ckpt``),
+        read with ``weights_only=True``.
+    weights : path, optional
+        A local weights file for ``init`` instead of the cache (same formats).
 
     Returns
     -------
@@ -61,74 +63,72 @@ def resnet18_trunk(init: str = "random") -> nn.Module:
     Raises
     ------
     WsiMilError
-        The weights file is missing or is not a ResNet-18 trunk; for ``"imagenet"``
-        the message names the file and where to put it.
+        The weights file is missing, cannot be read safely or is not a ResNet-18
+        trunk; for a named start that is not cached, the message names the cache.
     """
     trunk = resnet18(weights=None)
     trunk.fc = nn.Identity()
-    if init == "random":
+    path = trunk_weights_path(init, weights)
+    if path is None:
         return trunk
-    if init == "imagenet":
-        path = imagenet_weights_path()
-        if not path.is_file():
-            raise WsiMilError(
-                f"{path}: ImageNet ResNet-18 weights not found; napari-wsi-mil never "
-                f"downloads. Download {ResNet18_Weights.IMAGENET1K_V1.url} on a machine "
-                f"with internet access and put the file {path.name} at {path} "
-                f"(torch hub's checkpoints folder), or use init='random'."
-            )
-    else:
-        path = Path(init)
-        if not path.is_file():
-            raise WsiMilError(
-                f"{init}: no such weights file; init is 'random', 'imagenet' or the path "
-                "of an encoder file (.safetensors) or a ResNet-18 state dict (.pth)"
-            )
+    from napari_wsi_mil.weights_file import brief
+
     try:
         trunk.load_state_dict(_trunk_state(path), strict=True)
     except WsiMilError:
         raise
     except Exception as exc:  # any failure means a bad file
-        raise WsiMilError(f"{path}: not a ResNet-18 trunk ({exc})") from exc
+        raise WsiMilError(f"{path}: not a ResNet-18 trunk ({brief(exc)})") from exc
     return trunk
 
 
-def load_weights_only(path: Path, map_location, advice: str):
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never
-    code. Anything else (pickled objects, TorchScript, damage) is one
-    :class:`WsiMilError` naming the file, the reason in a few words, and ``advice``."""
-    try:
-        with warnings.catch_warnings():  # torch warns of TorchScript archives it refuses
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # any failure means a bad or unsafe file
-        text = str(exc)
-        if "TorchScript" in text:
-            reason = "a TorchScript archive"
-        elif "Unsupported global" in text:
-            reason = "it holds pickled objects other than tensors"
-        else:
-            reason = "not a file of tensors saved with torch.save"
-        raise WsiMilError(f"{path}: not loadable safely ({reason}); {advice}") from None
+def trunk_weights_path(init: str, weights: str | os.PathLike | None = None) -> Path | None:
+    """The file a trunk ``init`` (see :func:`resnet18_trunk`) loads; None for random."""
+    from napari_wsi_mil.features.encoder_cards import CARDS, RESNET18_CARDS
+
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise WsiMilError(f"{weights}: no such weights file")
+        return Path(weights)
+    if init == "random":
+        return None
+    if init in RESNET18_CARDS:
+        from napari_wsi_mil.weight_caches import torch_hub_file
+
+        return torch_hub_file(CARDS[init].url, init)
+    if not Path(init).is_file():
+        raise WsiMilError(
+            f"{init}: no such weights file; a ResNet-18 trunk starts from "
+            f"{', '.join(RESNET18_CARDS)} or the path of an encoder file "
+            "(.safetensors) or a ResNet-18 state dict (.pth)"
+        )
+    return Path(init)
+
+
+#: Key prefixes of wrapped ResNet-18 state dicts: DDP, our ContrastiveModel, and the
+#: Lightning module of Ciga et al.'s checkpoint (``model.resnet.conv1.weight``).
+_WRAPPER_PREFIXES = ("module.", "trunk.", "model.", "resnet.")
 
 
 def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
-    """The trunk weights in an encoder file or a ResNet-18 state dict (read with
-    ``weights_only=True``; ``module.``/``trunk.`` prefixes and ``fc`` dropped)."""
-    if path.suffix == ".safetensors":
-        from napari_wsi_mil.pretrain.encoder_file import load_encoder
+    """The trunk weights in an encoder file of this package or a ResNet-18 state dict
+    (:func:`~napari_wsi_mil.weights_file.read_state_dict`: e.g. Ciga et al.'s Lightning
+    checkpoint); wrapper prefixes and ``fc`` dropped."""
+    from napari_wsi_mil.pretrain.encoder_file import ENCODER_FORMAT, load_encoder
+    from napari_wsi_mil.weights_file import file_format, read_state_dict
 
+    if path.suffix == ".safetensors" and file_format(path) == ENCODER_FORMAT:
         return load_encoder(path).trunk_state
-    state = load_weights_only(
-        path,
-        "cpu",
-        "give a safetensors encoder file or a ResNet-18 state dict; pickled modules, "
-        "TorchScript and torch.export files are refused because loading them can run code",
-    )
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WsiMilError(f"{path}: expected a state dict of tensors")
-    names = {k: k.removeprefix("module.").removeprefix("trunk.") for k in state}
-    return {names[k]: v for k, v in state.items() if not names[k].startswith("fc.")}
+
+    state = read_state_dict(path)
+    renamed = {}
+    for key, value in state.items():
+        name = key
+        while name.startswith(_WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        if not name.startswith("fc."):
+            renamed[name] = value
+    return renamed
 
 
 class ProjectionHead(nn.Module):
@@ -253,7 +253,7 @@ class ContrastiveModel(nn.Module):
     ----------
     method : {"simclr", "supcon", "weaksupcon", "clusiam"}
         Pretraining method.
-    init : {"random", "imagenet"}
+    init : {"random", "imagenet", "ciga"} or path
         Trunk initialisation (see :func:`resnet18_trunk`).
     k : int
         Number of clusters (upper bound) for clusiam.

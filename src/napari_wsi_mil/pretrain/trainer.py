@@ -27,9 +27,10 @@ from napari_wsi_mil.pretrain import distributed as ddp
 from napari_wsi_mil.pretrain.augment import HISTOLOGY, IMAGENET_MEAN, IMAGENET_STD, two_views
 from napari_wsi_mil.pretrain.encoder_file import EncoderFile, save_encoder
 from napari_wsi_mil.pretrain.losses import clusiam_loss, nt_xent, supcon, weaksupcon
-from napari_wsi_mil.pretrain.models import ContrastiveModel, load_weights_only
+from napari_wsi_mil.pretrain.models import ContrastiveModel
 from napari_wsi_mil.pretrain.optim import build_optimizer, learning_rate
 from napari_wsi_mil.validate import check_device, check_float, check_fraction, check_int
+from napari_wsi_mil.weights_file import load_weights_only
 
 #: Per-method defaults from the papers: learning rate per 256 patches, optimiser, schedule.
 METHOD_DEFAULTS = {

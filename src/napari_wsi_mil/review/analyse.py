@@ -29,7 +29,13 @@ from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
 
-BUILTIN_ENCODERS = ("random", "imagenet")
+
+def _named(spec: object) -> bool:
+    """True for an encoder name (``random``, ``uni``, ``hf-hub:...``), not a file."""
+    from napari_wsi_mil.features.encoders import names_a_model
+
+    return isinstance(spec, str) and bool(spec) and names_a_model(spec)
+
 
 #: Share of the analysis progress bar per stage: (start, end) in per-mille.
 _STAGES = {"tiling": (0, 100), "extract": (100, 880), "infer": (880, 960), "clusters": (960, 1000)}
@@ -90,7 +96,8 @@ def find_encoder(
     project: ProjectStore | None = None,
     encoder: str | os.PathLike | None = None,
 ) -> str:
-    """The encoder spec (``random``, ``imagenet`` or a file path) the model's features need.
+    """The encoder spec (a name such as ``imagenet`` or ``uni``, or a file path) the
+    model's features need.
 
     ``encoder`` (a path) is used when given; otherwise the file named in the model's
     ``feature_attrs['encoder']`` is looked for in the run folder, its parent, the
@@ -98,13 +105,13 @@ def find_encoder(
     """
     attrs = meta.get("feature_attrs") or {}
     name, sha = attrs.get("encoder"), attrs.get("encoder_sha256")
-    if encoder is None and name in BUILTIN_ENCODERS:
+    if encoder is None and _named(name):
         return name
     from napari_wsi_mil.features.encoders import file_sha256
 
     if encoder is not None:
         spec = str(encoder)
-        if spec in BUILTIN_ENCODERS:
+        if _named(spec):
             if name != spec:
                 raise WsiMilError(
                     f"{model_path}: the model was trained on features of {name!r}, not {spec!r}"
@@ -257,7 +264,7 @@ def analyse_slide_job(
                 f"{project.root}: features {feature_name!r} of slide {slide_id!r} come from "
                 "another encoder than the model's; use another project"
             )
-    if not have or fa.get("encoder") not in BUILTIN_ENCODERS:
+    if not have or not _named(fa.get("encoder")):
         from napari_wsi_mil.features.encoders import load_encoder_spec
 
         try:

@@ -86,7 +86,6 @@ def _to_rgb_uint8(data: np.ndarray, axes: str) -> np.ndarray:
     return np.clip(data / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-
 @contextlib.contextmanager
 def _tifffile_log():
     """Collect what tifffile logs while a file is opened (a damaged file's details
@@ -103,6 +102,7 @@ def _tifffile_log():
         yield logged
     finally:
         log.removeFilter(keep)
+
 
 class TiffBackend(SlideBackend):
     """Reads TIFF levels as zarr arrays through ``tifffile``'s zarr store.

@@ -12,8 +12,10 @@ from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 class ExtractWidget(JobWidget):
     """Extract patch features (all tiled slides, or only the slide on screen).
 
-    The encoder is a file from pretraining (or any supported encoder file), or
-    ``random`` / ``imagenet`` typed into the encoder field.
+    The encoder is a file from pretraining (or any supported encoder file), or a name
+    typed into the encoder field: ``random``, ``imagenet``, ``ciga``, ``uni``,
+    ``virchow2``, ... (``wsi-mil encoders`` lists them), ``hf-hub:ORG/NAME`` or a timm
+    model name. Named weights are downloaded into the standard caches when online.
     """
 
     def __init__(self, napari_viewer):
@@ -21,7 +23,7 @@ class ExtractWidget(JobWidget):
         home = Path.home()
         self.project = FileEdit(label="project", mode="d", value=home / "wsi-mil-project")
         self.encoder = LineEdit(
-            label="encoder (file, random, imagenet)", value=str(home / "encoder.safetensors")
+            label="encoder (name, hf-hub:ORG/NAME or file)", value=str(home / "encoder.safetensors")
         )
         self.name = LineEdit(label="feature-set name (empty = encoder name)", value="")
         self.batch_size = SpinBox(label="batch size", value=64, min=1, max=4096)
@@ -44,14 +46,13 @@ class ExtractWidget(JobWidget):
 
     def run(self) -> None:
         # imported on the main thread (torch's import is not thread-safe under Qt)
+        from napari_wsi_mil.features.encoders import default_feature_name
         from napari_wsi_mil.features.extract import extract_features_job
         from napari_wsi_mil.store.project import ProjectStore
         from napari_wsi_mil.store.tiling_job import slide_id_for
 
         encoder = self.encoder.value.strip()
-        name = self.name.value.strip() or (
-            encoder if encoder in ("random", "imagenet") else Path(encoder).stem
-        )
+        name = self.name.value.strip() or default_feature_name(encoder)
         project = Path(self.project.value)
         only = None
         if self.current_only.value:

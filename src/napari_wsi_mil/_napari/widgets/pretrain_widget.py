@@ -22,6 +22,8 @@ class PretrainWidget(JobWidget):
     """
 
     def __init__(self, napari_viewer):
+        from napari_wsi_mil.features.encoder_cards import RESNET18_CARDS
+
         super().__init__(napari_viewer, run_text="Train")
         home = Path.home()
         self.project = FileEdit(label="project", mode="d", value=home / "wsi-mil-project")
@@ -35,7 +37,7 @@ class PretrainWidget(JobWidget):
         self.lr = FloatSpinBox(
             label="learning rate (0 = default)", value=0.0, min=0.0, max=10.0, step=0.001
         )
-        self.init = ComboBox(label="init", choices=["random", "imagenet"], value="random")
+        self.init = ComboBox(label="init", choices=list(RESNET18_CARDS), value="random")
         self.image_size = SpinBox(label="view size (px)", value=224, min=16, max=1024)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.out = FileEdit(
