@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_wsi_mil.device import pick_device
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.features.encoders import LoadedEncoder, load_encoder_spec
 from napari_wsi_mil.jobs import Job, Progress
-from napari_wsi_mil.pretrain.trainer import pick_device
 from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.store.project import ProjectStore
 

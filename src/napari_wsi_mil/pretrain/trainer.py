@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_wsi_mil.device import pick_device
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
 from napari_wsi_mil.pretrain import METHODS
@@ -152,17 +153,6 @@ def collapse_warning(config: PretrainConfig, spread: float) -> str | None:
         f"the projections collapsed (spread {spread:.3f}, healthy is near 1): the encoder "
         f"has stopped learning. {advice}."
     )
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present, else Apple MPS, else CPU (or exactly what ``name`` says)."""
-    if check_device(name) != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _autocast(device: torch.device, amp: str):
