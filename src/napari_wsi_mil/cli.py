@@ -394,8 +394,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encoder",
         required=True,
-        help="encoder file (.safetensors, TorchScript, .pt2, ResNet-18 state "
-        "dict), 'imagenet' or 'random'",
+        help="encoder file (.safetensors, or a ResNet-18 state dict read without "
+        "unpickling code), 'imagenet' or 'random'",
     )
     p.add_argument("--name", help="feature-set name (default: encoder file stem)")
     p.add_argument("--slides", nargs="*", help="slide ids (default: all tiled slides)")
