@@ -469,3 +469,30 @@ def test_nothing_non_finite_is_stored(world):
             assert np.isfinite(features).all()
     assert not (world.root / "enc.safetensors").exists()
     assert json.loads((world.project / "project.json").read_text())["version"] == 1
+
+
+def test_model_files_honour_the_umask(tmp_path):
+    old = os.umask(0o002)  # a lab group sharing results
+    try:
+        save_tensors(tmp_path / "m.safetensors", {"w": torch.zeros(1)}, {}, MODEL_FORMAT)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o664
+
+
+def test_the_lock_removes_what_killed_writers_left(tmp_path):
+    from napari_wsi_mil.store.project import ProjectStore
+
+    store = ProjectStore(tmp_path / "p", create=True)
+    stale = [
+        store.root / "features" / "f" / ".tmp-s1-0badcafe",
+        store.root / "slides" / ".trash-s1-0badcafe",
+    ]
+    kept = store.root / "slides" / "s1"  # a finished result
+    for folder in [*stale, kept]:
+        folder.mkdir(parents=True)
+        (folder / "zarr.json").write_text("{}")
+        os.utime(folder, (1, 1))  # written long before this run took the lock
+    with store.lock():
+        assert not any(folder.exists() for folder in stale)
+    assert (kept / "zarr.json").exists()
