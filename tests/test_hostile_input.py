@@ -306,6 +306,11 @@ CASES = [
     ("cohort-10k-rows", lambda w: _tile(w, "--cohort", str(w.file("ten-thousand.csv"))), "more"),
     ("cohort-300-char-path", lambda w: _tile(w, "--cohort", str(w.file("long-path.csv"))), "long"),
     ("slide-id-300-chars", lambda w: ["tile", "p" * 300 + ".svs", "--project", str(w.project)], ""),
+    (
+        "project-under-a-file",  # an OSError like a read-only folder's, also as root
+        lambda w: ["tile", str(w.slide), "--project", str(w.slide / "p")],
+        "Not a directory",
+    ),
     # extraction settings and encoders
     ("extract-batch-size-0", lambda w: _extract(w, "--encoder", "random", "--batch-size", "0"), ""),
     (
@@ -496,3 +501,46 @@ def test_the_lock_removes_what_killed_writers_left(tmp_path):
     with store.lock():
         assert not any(folder.exists() for folder in stale)
     assert (kept / "zarr.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "setting"),
+    [
+        (lambda: _tiling(patch_size=0), "patch_size"),
+        (lambda: _tiling(target_mpp=float("nan")), "target_mpp"),
+        (lambda: _tiling(slide_mpp=0.0), "slide_mpp"),
+        (lambda: _tiling(min_tissue=-0.1), "min_tissue"),
+        (lambda: _pretrain_config(tau=0.0), "tau"),
+        (lambda: _pretrain_config(grad_accum=0), "grad_accum"),
+        (lambda: _pretrain_config(device="gpu"), "device"),
+        (lambda: _pretrain_config(lr=float("inf")), "lr"),
+        (lambda: _mil_config(epochs=0), "epochs"),
+        (lambda: _mil_config(folds=0), "folds"),
+        (lambda: _mil_config(hparams={"embed_dim": -1}), "hparams"),
+        (lambda: _mil_config(model="nope"), "nope"),
+    ],
+)
+def test_settings_are_checked_where_they_are_made(make, setting):
+    """The Python API and the widgets get the command line's checks: a ParamError."""
+    from napari_wsi_mil.errors import ParamError
+
+    with pytest.raises(ParamError, match=setting):
+        make()
+
+
+def _tiling(**kw):
+    from napari_wsi_mil.slide.tiling import TilingParams
+
+    return TilingParams(**kw)
+
+
+def _pretrain_config(**kw):
+    from napari_wsi_mil.pretrain.trainer import PretrainConfig
+
+    return PretrainConfig(**kw)
+
+
+def _mil_config(**kw):
+    from napari_wsi_mil.mil.train import MilConfig
+
+    return MilConfig(**kw)
