@@ -544,3 +544,14 @@ def _mil_config(**kw):
     from napari_wsi_mil.mil.train import MilConfig
 
     return MilConfig(**kw)
+
+
+def test_good_input_still_works(world, run_cli, tmp_path):
+    """The controls: the same commands with good values and files exit 0."""
+    result = run_cli(_extract(world, "--encoder", "random", "--name", "control"))
+    assert result.returncode == 0, result.stderr
+    out = ["--out", str(tmp_path / "pred")]
+    model = str(world.file("model-good.safetensors"))
+    result = run_cli(["infer", "--project", str(world.project), "--model", model, *out])
+    assert result.returncode == 0, result.stderr
+    assert "P(positive)" in result.stdout
