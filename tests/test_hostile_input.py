@@ -306,6 +306,11 @@ CASES = [
     ("cohort-10k-rows", lambda w: _tile(w, "--cohort", str(w.file("ten-thousand.csv"))), "more"),
     ("cohort-300-char-path", lambda w: _tile(w, "--cohort", str(w.file("long-path.csv"))), "long"),
     ("slide-id-300-chars", lambda w: ["tile", "p" * 300 + ".svs", "--project", str(w.project)], ""),
+    (
+        "project-under-a-file",  # an OSError like a read-only folder's, also as root
+        lambda w: ["tile", str(w.slide), "--project", str(w.slide / "p")],
+        "Not a directory",
+    ),
     # extraction settings and encoders
     ("extract-batch-size-0", lambda w: _extract(w, "--encoder", "random", "--batch-size", "0"), ""),
     (
@@ -469,3 +474,84 @@ def test_nothing_non_finite_is_stored(world):
             assert np.isfinite(features).all()
     assert not (world.root / "enc.safetensors").exists()
     assert json.loads((world.project / "project.json").read_text())["version"] == 1
+
+
+def test_model_files_honour_the_umask(tmp_path):
+    old = os.umask(0o002)  # a lab group sharing results
+    try:
+        save_tensors(tmp_path / "m.safetensors", {"w": torch.zeros(1)}, {}, MODEL_FORMAT)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o664
+
+
+def test_the_lock_removes_what_killed_writers_left(tmp_path):
+    from napari_wsi_mil.store.project import ProjectStore
+
+    store = ProjectStore(tmp_path / "p", create=True)
+    stale = [
+        store.root / "features" / "f" / ".tmp-s1-0badcafe",
+        store.root / "slides" / ".trash-s1-0badcafe",
+    ]
+    kept = store.root / "slides" / "s1"  # a finished result
+    for folder in [*stale, kept]:
+        folder.mkdir(parents=True)
+        (folder / "zarr.json").write_text("{}")
+        os.utime(folder, (1, 1))  # written long before this run took the lock
+    with store.lock():
+        assert not any(folder.exists() for folder in stale)
+    assert (kept / "zarr.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "setting"),
+    [
+        (lambda: _tiling(patch_size=0), "patch_size"),
+        (lambda: _tiling(target_mpp=float("nan")), "target_mpp"),
+        (lambda: _tiling(slide_mpp=0.0), "slide_mpp"),
+        (lambda: _tiling(min_tissue=-0.1), "min_tissue"),
+        (lambda: _pretrain_config(tau=0.0), "tau"),
+        (lambda: _pretrain_config(grad_accum=0), "grad_accum"),
+        (lambda: _pretrain_config(device="gpu"), "device"),
+        (lambda: _pretrain_config(lr=float("inf")), "lr"),
+        (lambda: _mil_config(epochs=0), "epochs"),
+        (lambda: _mil_config(folds=0), "folds"),
+        (lambda: _mil_config(hparams={"embed_dim": -1}), "hparams"),
+        (lambda: _mil_config(model="nope"), "nope"),
+    ],
+)
+def test_settings_are_checked_where_they_are_made(make, setting):
+    """The Python API and the widgets get the command line's checks: a ParamError."""
+    from napari_wsi_mil.errors import ParamError
+
+    with pytest.raises(ParamError, match=setting):
+        make()
+
+
+def _tiling(**kw):
+    from napari_wsi_mil.slide.tiling import TilingParams
+
+    return TilingParams(**kw)
+
+
+def _pretrain_config(**kw):
+    from napari_wsi_mil.pretrain.trainer import PretrainConfig
+
+    return PretrainConfig(**kw)
+
+
+def _mil_config(**kw):
+    from napari_wsi_mil.mil.train import MilConfig
+
+    return MilConfig(**kw)
+
+
+def test_good_input_still_works(world, run_cli, tmp_path):
+    """The controls: the same commands with good values and files exit 0."""
+    result = run_cli(_extract(world, "--encoder", "random", "--name", "control"))
+    assert result.returncode == 0, result.stderr
+    out = ["--out", str(tmp_path / "pred")]
+    model = str(world.file("model-good.safetensors"))
+    result = run_cli(["infer", "--project", str(world.project), "--model", model, *out])
+    assert result.returncode == 0, result.stderr
+    assert "P(positive)" in result.stdout
