@@ -120,8 +120,8 @@ SMOKE = Settings(
     patch=16,
     e2e_stride=None,
     workers=1,
-    total_s=150,
-    budgets={"cohort": 60, "pretrain_step": 45, "extract_model": 20, "extract_e2e": 20},
+    total_s=170,
+    budgets={"cohort": 60, "pretrain_step": 80, "extract_model": 30, "extract_e2e": 30},
     max_compare_steps=2,
     compiled_methods=("weaksupcon",),
 )
@@ -392,7 +392,7 @@ def _model_only(run: Run, loaded, precision: str, compiled: bool) -> dict:
     device = torch.device(s.device)
     amp = inference_autocast(device, precision)
     model = loaded.model.to(device).eval()
-    channels_last = amp is not None
+    channels_last = device.type == "cuda" or amp is not None  # as extract_features_job
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model, backend=s.compile_backend) if compiled else model

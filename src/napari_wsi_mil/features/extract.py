@@ -70,7 +70,9 @@ def preprocess(
     mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
-    if device.type == "cuda" if channels_last is None else channels_last:
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -94,9 +96,9 @@ def extract_features_job(
 ) -> Job[ExtractionReport]:
     """Extract features of ``slide_ids`` into ``features/<name>/<slide_id>`` of the store.
 
-    ``autocast`` is the inference precision (:func:`inference_autocast`); with autocast
-    on, model and batches are ``channels_last``. ``compile`` is a ``torch.compile``
-    backend (``"inductor"``), None for eager.
+    ``autocast`` is the inference precision (:func:`inference_autocast`); model and
+    batches are ``channels_last`` on CUDA and whenever autocast is on. ``compile`` is a
+    ``torch.compile`` backend (``"inductor"``), None for eager.
     ``lock=False`` is for workers of a distributed run whose driver holds the lock.
     """
     from torch.utils.data import DataLoader
@@ -122,7 +124,7 @@ def extract_features_job(
     loaded = load_encoder_spec(encoder) if isinstance(encoder, str) else encoder
     dev = pick_device(device)
     amp = inference_autocast(dev, autocast)
-    channels_last = amp is not None
+    channels_last = dev.type == "cuda" or amp is not None
     model = loaded.model.to(dev).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
