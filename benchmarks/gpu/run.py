@@ -177,7 +177,7 @@ class Run:
         except Exception as exc:  # a failing part is recorded; the others still run
             traceback.print_exc()
             record["status"] = "partial" if record["rows"] else "failed"
-            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["error"] = _short(exc)
         if not record["rows"]:
             del record["rows"]
         record["seconds"] = round(time.perf_counter() - t0, 1)
@@ -378,7 +378,13 @@ def pretrain_step(run: Run, section: dict, deadline: float) -> None:
             if compiled and left < run.settings.budgets["pretrain_step"] / 3:
                 skipped.append(f"{method} compiled")
                 continue
-            rows.append(_step_throughput(run, method, compiled))
+            try:
+                rows.append(_step_throughput(run, method, compiled))
+            except Exception as exc:  # a compiler failure costs only the compiled rows
+                if not compiled or time.perf_counter() >= deadline:  # (Dynamo wraps the timeout)
+                    raise
+                skipped.append(f"{method} compiled ({_short(exc)})")
+                continue
             print(f"   {_fmt_row(rows[-1])}", flush=True)
             torch._dynamo.reset()  # drop the compiled model before the next peak
 
@@ -444,7 +450,13 @@ def extract_model(run: Run, section: dict, deadline: float) -> None:
     loaded = random_encoder(run)
     variants = [("off", False), *((p, False) for p in _precisions(run)), ("bfloat16", True)]
     for precision, compiled in variants:
-        section["rows"].append(_model_only(run, loaded, precision, compiled))
+        try:
+            section["rows"].append(_model_only(run, loaded, precision, compiled))
+        except Exception as exc:  # a compiler failure costs only the compiled row
+            if not compiled or time.perf_counter() >= deadline:  # (Dynamo wraps the timeout)
+                raise
+            section.setdefault("skipped", []).append(f"{precision} compiled ({_short(exc)})")
+            continue
         print(f"   {_fmt_row(section['rows'][-1])}", flush=True)
 
 
@@ -564,6 +576,12 @@ def compare(run: Run, work: Path, section: dict, deadline: float) -> None:
                 marks.append(time.perf_counter())
         except StopIteration as stop:
             result = stop.value
+        except Exception as exc:  # e.g. a collapse the trainer stops on: a finding, recorded
+            if time.perf_counter() >= deadline:
+                raise
+            rows.append({"encoder": method, "steps": steps, "error": _short(exc)})
+            print(f"   {_fmt_row(rows[-1])}", flush=True)
+            continue
         pretrain_s = time.perf_counter() - t0
         # loader start-up and the first step's warm-up excluded
         later = marks[1:] if len(marks) > 2 else marks
@@ -597,6 +615,12 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
     return "" if v is None else str(v)
+
+
+def _short(exc: Exception) -> str:
+    """The exception's type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def _fmt_row(row: dict) -> str:
