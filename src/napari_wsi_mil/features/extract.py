@@ -34,8 +34,32 @@ class ExtractionReport:
     patches_per_second: float = 0.0
 
 
-def preprocess(images: torch.Tensor, encoder: LoadedEncoder, device: torch.device) -> torch.Tensor:
-    """uint8 ``[B,3,H,W]`` -> normalised float on ``device`` at the encoder's input size."""
+def inference_autocast(device: torch.device, autocast: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of inference on ``device``, or None for plain float32.
+
+    ``autocast``: ``"auto"`` (float16 on CUDA, off elsewhere), ``"bfloat16"`` (CUDA or
+    CPU), ``"float16"`` (CUDA only) or ``"off"``.
+    """
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "off": None}
+    if autocast == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if autocast not in dtypes:
+        raise WsiMilError(f"autocast must be auto, bfloat16, float16 or off, not {autocast!r}")
+    if autocast == "float16" and device.type != "cuda":
+        raise WsiMilError(f"float16 autocast needs a CUDA device, not {device.type}")
+    return dtypes[autocast]
+
+
+def preprocess(
+    images: torch.Tensor,
+    encoder: LoadedEncoder,
+    device: torch.device,
+    channels_last: bool | None = None,
+) -> torch.Tensor:
+    """uint8 ``[B,3,H,W]`` -> normalised float on ``device`` at the encoder's input size.
+
+    ``channels_last`` (default: on CUDA) returns the batch in that memory format.
+    """
     x = images.to(device, non_blocking=True).float().div_(255.0)
     size = encoder.input_size
     if size is not None and x.shape[-1] != size:
@@ -45,7 +69,9 @@ def preprocess(images: torch.Tensor, encoder: LoadedEncoder, device: torch.devic
     mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
-    if device.type == "cuda":
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -65,11 +91,16 @@ def extract_features_job(
     slide_paths: dict[str, str | os.PathLike] | None = None,
     lock: bool = True,
     weights: str | os.PathLike | None = None,
+    autocast: str = "auto",
+    compile: str | None = None,
 ) -> Job[ExtractionReport]:
     """Extract features of ``slide_ids`` into ``features/<name>/<slide_id>`` of the store.
 
     ``encoder`` is a spec (:func:`~napari_wsi_mil.features.encoders.load_encoder_spec`,
     with ``weights`` as a local weights file for it) or a loaded encoder.
+    ``autocast`` is the inference precision (:func:`inference_autocast`); model and
+    batches are ``channels_last`` on CUDA and whenever autocast is on. ``compile`` is a
+    ``torch.compile`` backend (``"inductor"``), None for eager.
     ``lock=False`` is for workers of a distributed run whose driver holds the lock.
     """
     from torch.utils.data import DataLoader
@@ -94,9 +125,13 @@ def extract_features_job(
         return report
     loaded = load_encoder_spec(encoder, weights) if isinstance(encoder, str) else encoder
     dev = pick_device(device)
+    amp = inference_autocast(dev, autocast)
+    channels_last = dev.type == "cuda" or amp is not None
     model = loaded.model.to(dev).eval()
-    if dev.type == "cuda":
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model, backend=compile)
     dataset = PatchDataset(project, todo, slide_paths, skip_errors=skip_errors)
     loader = DataLoader(
         dataset,
@@ -107,10 +142,8 @@ def extract_features_job(
         prefetch_factor=4 if num_workers else None,
     )
     counts = np.bincount(dataset.slide_index, minlength=len(todo))
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16)
-        if dev.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
+    autocasting = (
+        torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     )
     context = project.lock() if lock else contextlib.nullcontext()
     with context:
@@ -125,8 +158,8 @@ def extract_features_job(
         done, started = 0, time.perf_counter()
         with torch.inference_mode():
             for images, slide_index, _, ok in loader:
-                with autocast:
-                    feats = model(preprocess(images, loaded, dev))
+                with autocasting:
+                    feats = model(preprocess(images, loaded, dev, channels_last))
                 feats = feats.float().cpu().numpy()
                 for s in np.unique(slide_index.numpy()):
                     rows = (slide_index == int(s)).numpy()

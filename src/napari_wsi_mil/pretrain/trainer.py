@@ -70,8 +70,9 @@ class PretrainConfig:
     init: str = "random"
     image_size: int = 224
     max_patches_per_slide: int | None = None
-    amp: str = "auto"  # auto | bf16 | fp16 | off (CUDA only)
+    amp: str = "auto"  # auto | bf16 | fp16 | off (CUDA; bf16 also on CPU, when asked for)
     channels_last: bool = True  # CUDA only
+    compile: str | None = None  # a torch.compile backend ("inductor"); None: eager
     grad_accum: int = 1
     num_workers: int = 2
     device: str = "auto"
@@ -156,8 +157,10 @@ def collapse_warning(config: PretrainConfig, spread: float) -> str | None:
 
 
 def _autocast(device: torch.device, amp: str):
-    if device.type != "cuda" or amp == "off":
+    if amp == "off" or (device.type != "cuda" and amp != "bf16"):
         return contextlib.nullcontext(), None
+    if device.type != "cuda":
+        return torch.autocast(device.type, dtype=torch.bfloat16), None
     dtype = torch.bfloat16
     if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
         dtype = torch.float16
@@ -314,6 +317,8 @@ def pretrain_job(
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if config.compile:
+        net = torch.compile(net, backend=config.compile)
     optimizer = build_optimizer(
         config.optimizer, model, config.lr, config.momentum, config.weight_decay
     )
