@@ -8,6 +8,7 @@ import pytest
 
 from napari_wsi_mil.errors import CohortError
 from napari_wsi_mil.store.cohort import (
+    PATH_HINT,
     Cohort,
     CohortEntry,
     parse_label,
@@ -29,7 +30,9 @@ def _problems(path: Path, **kwargs) -> list[str]:
     message = str(info.value)
     assert message.startswith(str(path))
     count = len(info.value.problems)
-    assert len(message.splitlines()) == (1 if count == 1 else min(count, 20) + 1 + (count > 20))
+    hint = count > 1 and PATH_HINT in message  # the last line
+    lines = 1 if count == 1 else min(count, 20) + 1 + (count > 20) + hint
+    assert len(message.splitlines()) == lines
     return info.value.problems
 
 
@@ -197,6 +200,11 @@ def test_paths_are_checked_only_when_required(tmp_path):
         f"line 2: slide file {tmp_path / 'missing.svs'} does not exist",
         "line 3: no path for slide 's2'",
     ]
+    with pytest.raises(CohortError, match="--slide-dir"):
+        read_cohort(csv_path, require_paths=True)
+    with pytest.raises(CohortError) as info:
+        read_cohort(csv_path, require_paths=True, slide_dir=tmp_path)
+    assert "--slide-dir" not in str(info.value)  # a slide folder was given
 
 
 def test_require_paths_without_path_column(tmp_path):

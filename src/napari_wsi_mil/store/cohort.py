@@ -271,7 +271,9 @@ def read_cohort(
 
     problems.extend(_cross_entry_problems(entries, lines))
     if problems:
-        _raise(csv_path, problems)
+        path_problem = any(p.startswith(("no path", "slide file ")) for _, p in problems)
+        hint = PATH_HINT if path_problem and slide_root is None else ""
+        _raise(csv_path, problems, hint)
     return Cohort(entries, source=csv_path)
 
 
@@ -425,18 +427,28 @@ def _problem_lines(problems: list[tuple[int | None, str]]) -> list[str]:
 MAX_LISTED_PROBLEMS = 20
 
 
-def _message(source: str | os.PathLike, problems: list[tuple[int | None, str]]) -> str:
+#: Said once when slide files were not found and no slide folder was given.
+PATH_HINT = (
+    "relative paths are read from the CSV's folder; or give the slides' folder "
+    "(--slide-dir in wsi-mil) to find <slide_id>.svs, .tiff, ... there"
+)
+
+
+def _message(
+    source: str | os.PathLike, problems: list[tuple[int | None, str]], hint: str = ""
+) -> str:
     lines = _problem_lines(problems)
     if len(lines) == 1:
-        return f"{os.fspath(source)}: {lines[0]}"
+        return f"{os.fspath(source)}: {lines[0]}" + (f"; {hint}" if hint else "")
     listed = lines[:MAX_LISTED_PROBLEMS]
     if len(lines) > len(listed):
         listed.append(f"... and {len(lines) - len(listed)} more")
-    return "\n  ".join([f"{os.fspath(source)}: {len(lines)} problems", *listed])
+    head = f"{os.fspath(source)}: {len(lines)} problems"
+    return "\n  ".join([head, *listed, *([hint] if hint else [])])
 
 
-def _raise(source: Path, problems: list[tuple[int | None, str]]) -> None:
+def _raise(source: Path, problems: list[tuple[int | None, str]], hint: str = "") -> None:
     problems = sorted(problems, key=lambda problem: problem[0] or 0)  # stable: by line
-    error = CohortError(_message(source, problems))
+    error = CohortError(_message(source, problems, hint))
     error.problems = _problem_lines(problems)  # type: ignore[attr-defined]
     raise error
