@@ -146,18 +146,30 @@ def build(source: TimmSource, device: str | torch.device = "cpu") -> nn.Module:
         raise WsiMilError(f"{source.spec}: timm cannot build {source.arch} ({brief(exc)})") from exc
 
 
-def load_weights(model: nn.Module, path: Path, spec: str) -> None:
-    """Load ``path`` into ``model`` strictly (a classifier head in the file is dropped)."""
+def build_with_weights(source: TimmSource, path: Path) -> nn.Module:
+    """The architecture holding the tensors of ``path``, loaded strictly (a classifier
+    head in the file is dropped). Built on the meta device and handed the file's tensors,
+    so a billion-parameter model is not first initialised at random; built on the CPU
+    when the architecture has tensors the file does not hold (non-persistent buffers)."""
     state = read_state_dict(path)
+    model = build(source, "meta")
     head = str(getattr(model, "pretrained_cfg", {}).get("classifier") or "head")
-    own = set(model.state_dict())
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(head + ".")}
+    own = model.state_dict()
+    state = {
+        k: v.to(own[k].dtype) if k in own else v
+        for k, v in state.items()
+        if k in own or not k.startswith(head + ".")
+    }
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            model = build(source)
+            model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
         detail = lines[1][:200] if len(lines) > 1 else brief(exc)
-        raise WsiMilError(f"{path}: not weights of {spec} ({detail})") from exc
+        raise WsiMilError(f"{path}: not weights of {source.spec} ({detail})") from exc
+    return model
 
 
 def _resolve_layers(kwargs: dict) -> dict:
