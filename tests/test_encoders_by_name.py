@@ -194,6 +194,15 @@ def test_offline_missing_cache_names_the_path_and_the_command(tmp_path, monkeypa
         load_encoder_spec("uni")
 
 
+def test_no_network_fails_at_once_with_one_message(monkeypatch):
+    """Online mode, but nothing answers: one probe, no retries, the cache path named."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port
+    with pytest.raises(WsiMilError, match="cannot reach http://127.0.0.1:9") as info:
+        load_encoder_spec("hf-hub:someorg/absent")
+    assert "models--someorg--absent" in str(info.value)
+    assert "wsi-mil encoders --download hf-hub:someorg/absent" in str(info.value)
+
+
 # ----------------------------------------------------------------- Hugging Face cache
 
 TINY_ARGS = {"img_size": 32, "patch_size": 16, "depth": 1, "num_heads": 6, "embed_dim": 384}

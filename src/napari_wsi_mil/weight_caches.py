@@ -185,6 +185,13 @@ def hf_file(repo: str, filenames: tuple[str, ...], name: str, *, gated: bool = F
         raise missing_from_cache(f"{repo} ({' or '.join(filenames)})", where, name)
     if gated and not hf_token():
         raise gated_error(repo)
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if not reachable(endpoint):  # huggingface_hub would retry for half a minute
+        raise WsiMilError(
+            f"{repo}: cannot reach {endpoint} and it is not in the cache {where}; check "
+            f"the network, or run `wsi-mil encoders --download {name}` on a connected "
+            "machine, copy the cache here and set HF_HUB_OFFLINE=1"
+        )
     for filename in filenames:
         try:
             return Path(
@@ -201,15 +208,29 @@ def hf_file(repo: str, filenames: tuple[str, ...], name: str, *, gated: bool = F
             ) from exc
         except RemoteEntryNotFoundError:
             continue  # the repo has the next file name instead
-        except LocalEntryNotFoundError as exc:  # no connection
+        except LocalEntryNotFoundError as exc:  # the connection failed midway
             raise WsiMilError(
-                f"{repo}: cannot reach the Hugging Face hub and it is not in the cache {where}; "
-                f"check the network, or run `wsi-mil encoders --download {name}` on a "
-                "connected machine and set HF_HUB_OFFLINE=1 here"
+                f"{repo}: the Hugging Face hub stopped answering and it is not in the cache "
+                f"{where}; try again, or run `wsi-mil encoders --download {name}` on a "
+                "connected machine, copy the cache here and set HF_HUB_OFFLINE=1"
             ) from exc
         except OSError as exc:
             raise WsiMilError(f"{repo}: download failed ({exc})") from exc
     raise WsiMilError(f"{repo}: has none of {', '.join(filenames)}")
+
+
+def reachable(url: str) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within :data:`CONNECT_TIMEOUT`."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError:
+        return False
+    return True
 
 
 def gated_error(repo: str) -> WsiMilError:
