@@ -81,6 +81,17 @@ def test_virchow2_embedding_is_the_class_token_beside_the_mean_patch_token():
     torch.testing.assert_close(out, expected)
 
 
+def test_encoders_lists_every_alias_with_its_facts_and_cache_state(tmp_path, capsys):
+    torch.save(_resnet_state(7), _checkpoints(tmp_path) / "resnet18-f37072fd.pth")
+    assert main(["encoders"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, card in CARDS.items():
+        row = next(line.split() for line in lines if line.startswith(name + " "))
+        assert row[1] == str(card.dim)
+    assert next(x for x in lines if x.startswith("imagenet ")).split()[4] == "yes"
+    assert next(x for x in lines if x.startswith("uni ")).split()[4] == "no"
+
+
 def test_resnet_aliases_give_512_on_a_224_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.save(_resnet_state(1), _checkpoints(tmp_path) / "resnet18-f37072fd.pth")
