@@ -169,9 +169,9 @@ def hf_file(repo: str, filenames: tuple[str, ...], name: str, *, gated: bool = F
     (downloaded into it when online). ``name`` is the encoder name used in messages."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
+        EntryNotFoundError,
         GatedRepoError,
         LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
         RepositoryNotFoundError,
     )
 
@@ -196,7 +196,11 @@ def hf_file(repo: str, filenames: tuple[str, ...], name: str, *, gated: bool = F
         try:
             return Path(
                 hf_hub_download(
-                    repo, filename, cache_dir=cache, etag_timeout=CONNECT_TIMEOUT, token=None
+                    repo,
+                    filename,
+                    cache_dir=cache,
+                    endpoint=endpoint,
+                    etag_timeout=CONNECT_TIMEOUT,
                 )
             )
         except GatedRepoError as exc:
@@ -206,14 +210,14 @@ def hf_file(repo: str, filenames: tuple[str, ...], name: str, *, gated: bool = F
                 f"{repo}: no such model on the Hugging Face hub (or it is private or gated "
                 "and HF_TOKEN is not set)"
             ) from exc
-        except RemoteEntryNotFoundError:
-            continue  # the repo has the next file name instead
-        except LocalEntryNotFoundError as exc:  # the connection failed midway
+        except LocalEntryNotFoundError as exc:  # the server did not answer as the hub does
             raise WsiMilError(
-                f"{repo}: the Hugging Face hub stopped answering and it is not in the cache "
+                f"{repo}: {endpoint} did not serve {filename} and it is not in the cache "
                 f"{where}; try again, or run `wsi-mil encoders --download {name}` on a "
                 "connected machine, copy the cache here and set HF_HUB_OFFLINE=1"
             ) from exc
+        except EntryNotFoundError:  # on the hub, but not this file name
+            continue
         except OSError as exc:
             raise WsiMilError(f"{repo}: download failed ({exc})") from exc
     raise WsiMilError(f"{repo}: has none of {', '.join(filenames)}")
