@@ -235,7 +235,7 @@ def _fake_hub_repo(tmp_path, repo="testorg/tiny-vit"):
     config = {
         "architecture": "vit_small_patch16_224",
         "num_classes": 0,
-        "model_args": TINY_ARGS,
+        "model_args": {**TINY_ARGS, "num_classes": 10},  # features are taken all the same
         "pretrained_cfg": {
             "input_size": [3, 32, 32],
             "mean": [0.5, 0.5, 0.5],
