@@ -81,6 +81,17 @@ def test_virchow2_embedding_is_the_class_token_beside_the_mean_patch_token():
     torch.testing.assert_close(out, expected)
 
 
+def test_encoders_lists_every_alias_with_its_facts_and_cache_state(tmp_path, capsys):
+    torch.save(_resnet_state(7), _checkpoints(tmp_path) / "resnet18-f37072fd.pth")
+    assert main(["encoders"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, card in CARDS.items():
+        row = next(line.split() for line in lines if line.startswith(name + " "))
+        assert row[1] == str(card.dim)
+    assert next(x for x in lines if x.startswith("imagenet ")).split()[4] == "yes"
+    assert next(x for x in lines if x.startswith("uni ")).split()[4] == "no"
+
+
 def test_resnet_aliases_give_512_on_a_224_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.save(_resnet_state(1), _checkpoints(tmp_path) / "resnet18-f37072fd.pth")
@@ -194,6 +205,15 @@ def test_offline_missing_cache_names_the_path_and_the_command(tmp_path, monkeypa
         load_encoder_spec("uni")
 
 
+def test_no_network_fails_at_once_with_one_message(monkeypatch):
+    """Online mode, but nothing answers: one probe, no retries, the cache path named."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port
+    with pytest.raises(WsiMilError, match="cannot reach http://127.0.0.1:9") as info:
+        load_encoder_spec("hf-hub:someorg/absent")
+    assert "models--someorg--absent" in str(info.value)
+    assert "wsi-mil encoders --download hf-hub:someorg/absent" in str(info.value)
+
+
 # ----------------------------------------------------------------- Hugging Face cache
 
 TINY_ARGS = {"img_size": 32, "patch_size": 16, "depth": 1, "num_heads": 6, "embed_dim": 384}
@@ -215,7 +235,7 @@ def _fake_hub_repo(tmp_path, repo="testorg/tiny-vit"):
     config = {
         "architecture": "vit_small_patch16_224",
         "num_classes": 0,
-        "model_args": TINY_ARGS,
+        "model_args": {**TINY_ARGS, "num_classes": 10},  # features are taken all the same
         "pretrained_cfg": {
             "input_size": [3, 32, 32],
             "mean": [0.5, 0.5, 0.5],

@@ -446,14 +446,15 @@ def _cmd_encoders(args: argparse.Namespace) -> int:
         return 0
     print(f"{'name':<14} {'dim':>5} {'input':>6} {'um/px':>6}  {'cached':<6}  licence / source")
     for name, card in CARDS.items():
-        size = f"{card.input_size}" if card.input_size else "as is"
+        size = f"{card.input_size}" if card.input_size else "stored"
         mpp = f"{card.mpp:g}" if card.mpp else "any"
         cached = "-" if name == "random" else ("yes" if cached_weights(name) else "no")
         print(f"{name:<14} {card.dim:>5} {size:>6} {mpp:>6}  {cached:<6}  {card.licence}")
         print(f"{'':<14} {card.description} [{card.repo or card.url or 'built in'}]")
     print(
-        "Also: hf-hub:ORG/NAME (a timm model on the Hugging Face hub), any timm model "
-        "name, or an encoder file. Gated models: accept the terms on the model's hub "
+        "Input 'stored': patches go in at their stored size. Also: hf-hub:ORG/NAME (a "
+        "timm model on the Hugging Face hub), any timm model name, or an encoder file. "
+        "Gated models: accept the terms on the model's hub "
         "page, then set HF_TOKEN. Offline: HF_HUB_OFFLINE=1 reads the caches only."
     )
     return 0

@@ -169,9 +169,9 @@ def hf_file(repo: str, filenames: tuple[str, ...], name: str, *, gated: bool = F
     (downloaded into it when online). ``name`` is the encoder name used in messages."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
+        EntryNotFoundError,
         GatedRepoError,
         LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
         RepositoryNotFoundError,
     )
 
@@ -185,11 +185,22 @@ def hf_file(repo: str, filenames: tuple[str, ...], name: str, *, gated: bool = F
         raise missing_from_cache(f"{repo} ({' or '.join(filenames)})", where, name)
     if gated and not hf_token():
         raise gated_error(repo)
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if not reachable(endpoint):  # huggingface_hub would retry for half a minute
+        raise WsiMilError(
+            f"{repo}: cannot reach {endpoint} and it is not in the cache {where}; check "
+            f"the network, or run `wsi-mil encoders --download {name}` on a connected "
+            "machine, copy the cache here and set HF_HUB_OFFLINE=1"
+        )
     for filename in filenames:
         try:
             return Path(
                 hf_hub_download(
-                    repo, filename, cache_dir=cache, etag_timeout=CONNECT_TIMEOUT, token=None
+                    repo,
+                    filename,
+                    cache_dir=cache,
+                    endpoint=endpoint,
+                    etag_timeout=CONNECT_TIMEOUT,
                 )
             )
         except GatedRepoError as exc:
@@ -199,17 +210,31 @@ def hf_file(repo: str, filenames: tuple[str, ...], name: str, *, gated: bool = F
                 f"{repo}: no such model on the Hugging Face hub (or it is private or gated "
                 "and HF_TOKEN is not set)"
             ) from exc
-        except RemoteEntryNotFoundError:
-            continue  # the repo has the next file name instead
-        except LocalEntryNotFoundError as exc:  # no connection
+        except LocalEntryNotFoundError as exc:  # the server did not answer as the hub does
             raise WsiMilError(
-                f"{repo}: cannot reach the Hugging Face hub and it is not in the cache {where}; "
-                f"check the network, or run `wsi-mil encoders --download {name}` on a "
-                "connected machine and set HF_HUB_OFFLINE=1 here"
+                f"{repo}: {endpoint} did not serve {filename} and it is not in the cache "
+                f"{where}; try again, or run `wsi-mil encoders --download {name}` on a "
+                "connected machine, copy the cache here and set HF_HUB_OFFLINE=1"
             ) from exc
+        except EntryNotFoundError:  # on the hub, but not this file name
+            continue
         except OSError as exc:
             raise WsiMilError(f"{repo}: download failed ({exc})") from exc
     raise WsiMilError(f"{repo}: has none of {', '.join(filenames)}")
+
+
+def reachable(url: str) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within :data:`CONNECT_TIMEOUT`."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError:
+        return False
+    return True
 
 
 def gated_error(repo: str) -> WsiMilError:

@@ -66,7 +66,7 @@ class EncoderCard:
         }
 
 
-_VIT = dict(num_classes=0, init_values=1e-5, dynamic_img_size=True)
+_VIT = dict(init_values=1e-5, dynamic_img_size=True)  # num_classes=0 is always set
 
 CARDS: dict[str, EncoderCard] = {
     card.name: card

@@ -170,8 +170,7 @@ def _timm(source, weights, output: str = "pooled", prefix_tokens: int = 1) -> Lo
     from napari_wsi_mil.features import timm_encoders as te
 
     path = Path(weights) if weights is not None else source.weights()
-    model = te.build(source)
-    te.load_weights(model, path, source.spec)
+    model = te.build_with_weights(source, path)
     dim = int(model.num_features)
     if output == "class+mean_patch":
         model, dim = te.ClassAndMeanPatchTokens(model, prefix_tokens), 2 * dim

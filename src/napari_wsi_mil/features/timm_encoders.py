@@ -18,6 +18,7 @@ from torch import nn
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.features.encoder_cards import EncoderCard
+from napari_wsi_mil.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from napari_wsi_mil.weight_caches import hf_file, torch_hub_file
 from napari_wsi_mil.weights_file import brief, read_state_dict
 
@@ -99,7 +100,7 @@ def hub_source(spec: str) -> TimmSource:
         raise WsiMilError(f"{repo}: config.json is not a timm model config ({exc})") from exc
     if not is_timm_name(arch):
         raise WsiMilError(f"{repo}: architecture {arch!r} is not a timm model")
-    kwargs = dict(config.get("model_args") or {})
+    kwargs = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}
     cfg = config.get("pretrained_cfg") or {}
     return _with_transforms(spec, arch, kwargs, cfg, repo=repo)
 
@@ -128,8 +129,8 @@ def name_source(name: str) -> TimmSource:
 
 def _with_transforms(spec, arch, kwargs, cfg, **where) -> TimmSource:
     size = cfg.get("input_size") or (3, 224, 224)
-    mean = tuple(cfg.get("mean") or (0.485, 0.456, 0.406))
-    std = tuple(cfg.get("std") or (0.229, 0.224, 0.225))
+    mean = tuple(cfg.get("mean") or IMAGENET_MEAN)
+    std = tuple(cfg.get("std") or IMAGENET_STD)
     return TimmSource(spec, arch, kwargs, int(size[-1]), mean, std, **where)
 
 
@@ -139,25 +140,36 @@ def build(source: TimmSource, device: str | torch.device = "cpu") -> nn.Module:
 
     try:
         with torch.device(device):
-            return timm.create_model(
-                source.arch, pretrained=False, **{"num_classes": 0, **source.kwargs}
-            )
+            # features, not logits: whatever a repo's config says about the classifier
+            return timm.create_model(source.arch, pretrained=False, **source.kwargs, num_classes=0)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise WsiMilError(f"{source.spec}: timm cannot build {source.arch} ({brief(exc)})") from exc
 
 
-def load_weights(model: nn.Module, path: Path, spec: str) -> None:
-    """Load ``path`` into ``model`` strictly (a classifier head in the file is dropped)."""
+def build_with_weights(source: TimmSource, path: Path) -> nn.Module:
+    """The architecture holding the tensors of ``path``, loaded strictly (a classifier
+    head in the file is dropped). Built on the meta device and handed the file's tensors,
+    so a billion-parameter model is not first initialised at random; built on the CPU
+    when the architecture has tensors the file does not hold (non-persistent buffers)."""
     state = read_state_dict(path)
+    model = build(source, "meta")
     head = str(getattr(model, "pretrained_cfg", {}).get("classifier") or "head")
-    own = set(model.state_dict())
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(head + ".")}
+    own = model.state_dict()
+    state = {
+        k: v.to(own[k].dtype) if k in own else v
+        for k, v in state.items()
+        if k in own or not k.startswith(head + ".")
+    }
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            model = build(source)
+            model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
         detail = lines[1][:200] if len(lines) > 1 else brief(exc)
-        raise WsiMilError(f"{path}: not weights of {spec} ({detail})") from exc
+        raise WsiMilError(f"{path}: not weights of {source.spec} ({detail})") from exc
+    return model
 
 
 def _resolve_layers(kwargs: dict) -> dict:
