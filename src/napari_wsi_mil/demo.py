@@ -28,14 +28,14 @@ DEMO_TILES = Path(__file__).resolve().parent / "data" / "tiles"
 #: The demo's WeakSupCon pretraining, the one place to change it (fields of
 #: :class:`~napari_wsi_mil.pretrain.trainer.PretrainConfig`; the demo adds the view size,
 #: loader workers and seed). The method's default lr (0.025 at batch 64) collapses the
-#: projections within ~50 steps (benchmarks/README.md, sections 14 and 19); at lr 0.002 for
-#: 80 steps the spread stays well above the collapse threshold.
+#: projections within ~50 steps (benchmarks/README.md, sections 14 and 19); lr 0.001 kept
+#: them above the collapse threshold for 600 steps there (section 19).
 PRETRAINING = {
     "method": "weaksupcon",
     "epochs": 1,
-    "steps_per_epoch": 80,
+    "steps_per_epoch": 60,
     "batch_size": 64,
-    "lr": 0.002,
+    "lr": 0.001,
     "warmup_epochs": 0.25,
 }
 
@@ -54,7 +54,7 @@ class DemoSettings:
     pretraining: dict = field(default_factory=lambda: dict(PRETRAINING))
     models: tuple[str, ...] = ("abmil", "weno", "msclam")
     mil_epochs: dict[str, int] = field(
-        default_factory=lambda: {"abmil": 30, "weno": 15, "msclam": 30}
+        default_factory=lambda: {"abmil": 40, "weno": 30, "msclam": 40}
     )
     mil_lr: float = 5e-4
     tile_label_fraction: float = 0.3  # MS-CLAM sees the annotations of ~30% tumour cases
