@@ -37,7 +37,7 @@ def test_demo_writes_a_report_with_every_model_and_encoder(tmp_path):
         assert png in html
     # report.json holds every number of the table, the same as the metrics computed
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report == result.findings
+    assert report == json.loads(json.dumps(result.findings))
     assert {(r["encoder"], r["model"]) for r in report["results"]} == pairs
     spread = report["encoders"]["weaksupcon"]["spread"]
     assert 0 < spread and report["encoders"]["random"]["spread"] is None

@@ -1,6 +1,7 @@
 """Metrics the MIL papers report: bag, instance and localisation, and their spread.
 
-- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)).
+- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)), and a stratified
+  percentile bootstrap interval of the AUC.
 - Instance: AUC and average precision of instance scores against known tile labels.
 - Localisation, on tile masks cut at the model's mask threshold (``threshold``: 0.5, or
   WENO's fitted bag threshold, see :func:`napari_wsi_mil.mil.predict.mask_threshold_for`):
