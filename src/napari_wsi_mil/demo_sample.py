@@ -11,7 +11,7 @@ the test slide is ``mosaic_005`` (a lesion on 15% of its 6 x 8 tiles) and MS-CLA
 tumour, P = 0.61 at threshold 0.5; AB-MIL, tried in its place, gave 0.45. MS-CLAM's
 attention is undertrained at 40 epochs (training-slide instance AUC 0.37, AB-MIL's 0.65),
 so the heatmap is rough. The build took 444 s at a load average of about 20 on two cores
-(six jobs sharing them); it does about 1/15 of the work of ``wsi-mil demo``.
+shared by many jobs; it is not timed on a quiet machine.
 
 Everything is built under a temporary name and renamed into ``<cache>/demo_cohort_v2``
 at the end (:func:`~napari_wsi_mil.jobs.atomic_dir`), so a killed build leaves nothing
