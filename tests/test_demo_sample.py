@@ -1,6 +1,7 @@
 """The "Demo cohort" sample core: one cached build per settings, atomic, resumable."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -10,7 +11,7 @@ from napari_wsi_mil.store.cohort import read_cohort
 
 #: Small enough for a test (a few seconds); the defaults are what users get.
 SMALL = ds.DemoSampleSettings(
-    slides=4, width=1024, height=768, lesion_fractions=(0.3,), test_fraction=0.5, epochs=5
+    slides=4, rows=3, cols=4, lesion_fractions=(0.3,), test_fraction=0.5, epochs=5
 )
 
 
@@ -41,6 +42,8 @@ def test_small_build_is_a_positive_test_slide_with_a_model(small):
     _, meta = load_tensors(sample.model_path, MODEL_FORMAT)
     assert meta["model"] == SMALL.model and meta["feature_attrs"]["encoder"] == "random"
     assert meta["feature_attrs"]["patch_size"] == SMALL.patch_size
+    manifest = json.loads((sample.root / ds.MANIFEST).read_text())
+    assert 0 <= manifest["test_probability"] <= 1 and 0 <= manifest["threshold"] <= 1
 
 
 def test_second_call_uses_the_cache(small, monkeypatch):
@@ -83,10 +86,14 @@ def test_cancelled_build_leaves_nothing_and_broken_cache_is_rebuilt(small, tmp_p
 
 @pytest.mark.slow
 def test_default_build_is_what_users_get(tmp_path):
-    """The default sample (about 25-30 s on two busy CPU cores)."""
+    """The default sample: its model calls the held-out lesion slide tumour."""
     sample = ds.demo_sample(tmp_path)
     assert sample.root == tmp_path / ds.VERSION
     _check(sample)
     meta = json.loads((sample.root / ds.MANIFEST).read_text())
-    assert meta["settings"]["model"] == "msclam" and meta["settings"]["slides"] == 10
-    print(f"default demo sample built in {meta['build_seconds']} s")
+    assert meta["settings"] == json.loads(json.dumps(asdict(ds.DemoSampleSettings())))
+    assert meta["test_probability"] >= meta["threshold"]
+    print(
+        f"default demo sample built in {meta['build_seconds']} s; P(tumour) of "
+        f"{sample.slide_id} = {meta['test_probability']:.3f} (threshold {meta['threshold']:.3f})"
+    )

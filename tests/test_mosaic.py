@@ -1,4 +1,4 @@
-"""Semi-real mosaic cohorts built from ../shared/data/tiles-labelled."""
+"""Semi-real mosaic cohorts built from the packaged real H&E tiles (the demo's)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from napari_wsi_mil.demo import DEMO_TILES
 from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.mil.bags import slide_tile_labels
 from napari_wsi_mil.slide.mosaic import NORMAL, TUMOUR, make_mosaic_cohort, tile_class, tile_pools
@@ -33,8 +34,15 @@ def test_tile_class_from_file_names(name, kind):
     assert tile_class(Path(name)) == kind
 
 
-def test_mosaic_cohort_has_lesions_where_its_annotations_say(shared_data, tmp_path):
-    tiles = shared_data / "tiles-labelled"
+def test_packaged_tiles_have_both_classes_and_their_licence():
+    kinds = [tile_class(p) for p in DEMO_TILES.glob("*.jpg")]
+    assert kinds.count(TUMOUR) == 32 and kinds.count(NORMAL) == 159
+    attribution = (DEMO_TILES / "ATTRIBUTION.md").read_text()
+    assert "CC BY 4.0" in attribution and "creativecommons.org/licenses/by/4.0" in attribution
+
+
+def test_mosaic_cohort_has_lesions_where_its_annotations_say(tmp_path):
+    tiles = DEMO_TILES
     cohort = make_mosaic_cohort(
         tiles, tmp_path / "cohort", n_slides=6, rows=4, cols=5, lesion_fractions=(0.2,), seed=3
     )
@@ -61,8 +69,8 @@ def test_mosaic_cohort_has_lesions_where_its_annotations_say(shared_data, tmp_pa
         assert 48 <= tumour <= 64 if entry.label else tumour == 0
 
 
-def test_test_slides_never_reuse_training_tiles(shared_data, tmp_path):
-    pools = tile_pools(shared_data / "tiles-labelled", 32, seed=0)
+def test_test_slides_never_reuse_training_tiles():
+    pools = tile_pools(DEMO_TILES, 32, seed=0)
     for kind in (TUMOUR, NORMAL):
         train = {a.tobytes() for a in pools[("train", kind)]}
         test = {a.tobytes() for a in pools[("test", kind)]}

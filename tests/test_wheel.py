@@ -47,7 +47,7 @@ out["samples"] = {}
 from napari_wsi_mil.demo_sample import DemoSampleSettings
 
 small = DemoSampleSettings(
-    slides=4, width=1024, height=768, lesion_fractions=(0.3,), test_fraction=0.5, epochs=2
+    slides=4, rows=3, cols=4, lesion_fractions=(0.3,), test_fraction=0.5, epochs=2
 )
 for sample in manifest.contributions.sample_data:
     if sample.key == "cmu_small_region":
@@ -103,6 +103,10 @@ def test_wheel_is_a_napari_plugin_in_a_fresh_venv(tmp_path):
         meta = email.message_from_bytes(zf.read(f"{info}/METADATA"))
         entry_points = zf.read(f"{info}/entry_points.txt").decode()
     assert "napari_wsi_mil/napari.yaml" in names
+    # the demo's real H&E tiles, with their licence
+    assert "napari_wsi_mil/data/tiles/ATTRIBUTION.md" in names
+    tiles = [n for n in names if n.startswith("napari_wsi_mil/data/tiles/") and n.endswith(".jpg")]
+    assert len(tiles) == len(list((ROOT / "src/napari_wsi_mil/data/tiles").glob("*.jpg")))
     assert f"{info}/licenses/LICENSE" in names
     assert "[napari.manifest]" in entry_points
     assert "napari-wsi-mil = napari_wsi_mil:napari.yaml" in entry_points

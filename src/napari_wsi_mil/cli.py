@@ -741,24 +741,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     settings = DemoSettings(seed=args.seed)
     result = drive(demo_job(args.out, settings))
-    print("test-set metrics (bag AUC, instance AUC, Dice, specificity):")
-    for (encoder, model), m in result.metrics.items():
-        values = ", ".join(
-            "-" if m.get(k) is None else f"{m[k]:.3f}"
-            for k in ("auc", "instance_auc", "dice", "specificity")
-        )
-        print(f"  {encoder:>10} {model:>7}: {values}")
-    print(f"report: {result.report}")
+    report = result.findings
+    print(report["headline"])
+    for alarm in report["alarms"]:
+        print(f"WARNING: {alarm}")
+    print("test-set metrics (bag AUC [95% interval], instance AUC, Dice, specificity):")
+    for r in report["results"]:
+        keys = ("auc", "instance_auc", "dice", "specificity")
+        number = ["-" if r[k] is None else f"{r[k]:.3f}" for k in keys]
+        if r["auc_interval"] is not None:
+            number[0] += " [{:.2f}-{:.2f}]".format(*r["auc_interval"])
+        print(f"  {r['encoder']:>10} {r['model']:>7}: {', '.join(number)}")
+    print(f"report: {result.report} (every number also in report.json)")
     return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole workflow on a generated cohort",
-        description="Generate a synthetic cohort, tile it, pretrain with "
-        "WeakSupCon, extract features, train AB-MIL/WENO/MS-CLAM, evaluate "
-        "and write DIR/report.html. Minutes on a laptop CPU; resumable.",
+        help="run the whole workflow on a cohort built from packaged real H&E tiles",
+        description="Build a cohort of mosaic slides from packaged real H&E tiles "
+        "(CC BY 4.0), tile it, pretrain with WeakSupCon, extract features, train "
+        "AB-MIL/WENO/MS-CLAM, evaluate on 20 held-out slides and write DIR/report.html "
+        "and DIR/report.json; prints whether learning happened. Minutes on a laptop "
+        "CPU; resumable.",
     )
     p.add_argument("--out", default="wsi-mil-demo", help="output folder (wsi-mil-demo)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)

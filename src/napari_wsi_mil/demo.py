@@ -1,49 +1,76 @@
-"""``wsi-mil demo``: the whole mission on a generated cohort, on a CPU in minutes.
+"""``wsi-mil demo``: the whole mission on a cohort of real tissue, on a CPU in minutes.
 
-Stages: synthetic cohort -> tiling -> WeakSupCon pretraining (short) -> features from
-that encoder and from a random-init encoder -> AB-MIL, WENO and MS-CLAM on both ->
-inference on the test slides -> evaluation -> ``report.html`` with the PCA figures,
-ROC curves, a metrics table and one test slide with its heatmap and predicted tiles.
-Every stage reuses the jobs of the library and resumes when run again.
+Stages: a cohort of mosaic slides built from the packaged real H&E tiles (lesion blobs
+of tumour tiles among normal tissue, :mod:`napari_wsi_mil.slide.mosaic`) -> tiling ->
+WeakSupCon pretraining (short) -> features from that encoder and from a random-init
+encoder -> AB-MIL, WENO and MS-CLAM on both -> inference on the held-out test slides ->
+evaluation -> ``report.html`` and ``report.json`` with the same numbers: a headline that
+says whether learning happened (bag AUC with a 95% bootstrap interval), a red banner
+when a result is at chance or the encoder collapsed, the PCA figures, ROC curves, a
+metrics table and one test slide with its heatmap and predicted tiles. Every stage
+reuses the jobs of the library and resumes when run again.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from napari_wsi_mil.jobs import Job, Progress
 from napari_wsi_mil.store.keys import PREDICTIONS
+
+#: The packaged real H&E tiles (CC BY 4.0, see ``data/tiles/ATTRIBUTION.md``) that the
+#: demo and the "Demo cohort" sample build their slides from.
+DEMO_TILES = Path(__file__).resolve().parent / "data" / "tiles"
+
+#: The demo's WeakSupCon pretraining, the one place to change it (fields of
+#: :class:`~napari_wsi_mil.pretrain.trainer.PretrainConfig`; the demo adds the view size,
+#: loader workers and seed). The method's default lr (0.025 at batch 64) collapses the
+#: projections within ~50 steps (benchmarks/README.md, sections 14 and 19); lr 0.001 kept
+#: them above the collapse threshold for 600 steps there (section 19).
+PRETRAINING = {
+    "method": "weaksupcon",
+    "epochs": 1,
+    "steps_per_epoch": 60,
+    "batch_size": 64,
+    "lr": 0.001,
+    "warmup_epochs": 0.25,
+}
 
 
 @dataclass
 class DemoSettings:
     """Small enough for a 2-core CPU; every number is a documented demo choice."""
 
-    slides: int = 24
-    width: int = 2048
-    height: int = 1536
-    lesion_fractions: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3)
-    test_fraction: float = 0.25
+    slides: int = 40
+    rows: int = 6  # tiles of 224 px at 0.5 um/px per slide: 6 x 8 tiles, 336 x 448 um
+    cols: int = 8
+    lesion_fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    test_fraction: float = 0.5  # 20 held-out test slides
     target_mpp: float = 1.0
-    patch_size: int = 32
-    pretrain_steps: int = 60
-    pretrain_batch: int = 32
+    patch_size: int = 28  # 16 patches per tile
+    pretraining: dict = field(default_factory=lambda: dict(PRETRAINING))
     models: tuple[str, ...] = ("abmil", "weno", "msclam")
     mil_epochs: dict[str, int] = field(
-        default_factory=lambda: {"abmil": 30, "weno": 15, "msclam": 30}
+        default_factory=lambda: {"abmil": 40, "weno": 30, "msclam": 40}
     )
     mil_lr: float = 5e-4
     tile_label_fraction: float = 0.3  # MS-CLAM sees the annotations of ~30% tumour cases
     seed: int = 0
 
 
+#: The result the headline is about: the paper's encoder with the plainest MIL model.
+HEADLINE = ("weaksupcon", "abmil")
+
+
 @dataclass
 class DemoResult:
     report: Path
     metrics: dict[tuple[str, str], dict]
+    findings: dict  # report.json: headline, alarms, results, ...
 
 
 def stage(name: str, job: Generator) -> Generator:
@@ -60,28 +87,51 @@ def stage(name: str, job: Generator) -> Generator:
 
 
 def cohort_job(settings, out: Path) -> Job:
-    """``make_cohort_job`` with the cohort fields of :class:`DemoSettings` (or of
-    ``demo_sample.DemoSampleSettings``: slides, seed, lesion_fractions, width, height,
-    test_fraction)."""
-    from napari_wsi_mil.slide.synthetic import make_cohort_job
+    """:func:`~napari_wsi_mil.slide.mosaic.make_mosaic_cohort_job` on :data:`DEMO_TILES`
+    with the cohort fields of :class:`DemoSettings` (or of
+    ``demo_sample.DemoSampleSettings``: slides, rows, cols, lesion_fractions,
+    test_fraction, seed). Test slides are made from other tile images than training
+    slides."""
+    from napari_wsi_mil.slide.mosaic import make_mosaic_cohort_job
 
-    return make_cohort_job(
+    return make_mosaic_cohort_job(
+        DEMO_TILES,
         out,
         n_slides=settings.slides,
-        seed=settings.seed,
+        rows=settings.rows,
+        cols=settings.cols,
         lesion_fractions=settings.lesion_fractions,
-        width=settings.width,
-        height=settings.height,
         test_fraction=settings.test_fraction,
+        seed=settings.seed,
     )
 
 
-def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[DemoResult]:
+class _Clock:
+    """Wall and CPU seconds per stage (CPU counts every thread and finished loader
+    worker: on a shared machine it shows what the stage costs, wall what it took)."""
+
+    def __init__(self):
+        self.timings: dict[str, dict[str, float]] = {}
+        self._wall, self._cpu = time.perf_counter(), self._cpu_now()
+
+    @staticmethod
+    def _cpu_now() -> float:
+        return sum(os.times()[:4])
+
+    def lap(self, name: str) -> None:
+        wall, cpu = time.perf_counter(), self._cpu_now()
+        self.timings[name] = {"wall_s": wall - self._wall, "cpu_s": cpu - self._cpu}
+        self._wall, self._cpu = wall, cpu
+
+
+def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -> Job[DemoResult]:
     from napari_wsi_mil.features.embedding import embedding_job, plot_embedding
     from napari_wsi_mil.features.extract import extract_features_job
     from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
+    from napari_wsi_mil.mil.metrics import bootstrap_auc_interval
     from napari_wsi_mil.mil.train import MilConfig, train_mil_job
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
+    from napari_wsi_mil.report import findings, roc_figure, write_report
     from napari_wsi_mil.slide.tiling import TilingParams
     from napari_wsi_mil.store.cohort import Cohort, read_cohort
     from napari_wsi_mil.store.project import ProjectStore
@@ -89,22 +139,11 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
 
     s = settings or DemoSettings()
     out = Path(out_dir)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = now - clock
-        clock = now
-
-    synthetic = yield from stage(
-        "1/7 synthetic cohort",
-        cohort_job(s, out / "cohort"),
-    )
-    cohort = read_cohort(synthetic.csv_path)
-    annotations = synthetic.root / "annotations"
-    lap("synthetic cohort")
+    clock = _Clock()
+    mosaic = yield from stage("1/7 real-tile cohort", cohort_job(s, out / "cohort"))
+    cohort = read_cohort(mosaic.csv_path)
+    annotations = mosaic.root / "annotations"
+    clock.lap("cohort")
     store = ProjectStore(out / "project", create=not (out / "project").exists())
     yield from stage(
         "2/7 tiling",
@@ -114,31 +153,24 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
             TilingParams(target_mpp=s.target_mpp, patch_size=s.patch_size),
         ),
     )
-    lap("tiling")
+    clock.lap("tiling")
     encoder = out / "weaksupcon.safetensors"
     if not encoder.exists():
         config = PretrainConfig(
-            method="weaksupcon",
-            epochs=1,
-            steps_per_epoch=s.pretrain_steps,
-            batch_size=s.pretrain_batch,
-            image_size=s.patch_size,
-            warmup_epochs=0.1,
-            num_workers=1,
-            seed=s.seed,
+            **s.pretraining, image_size=s.patch_size, num_workers=1, seed=s.seed
         )
         yield from stage("3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder))
-    lap("pretraining")
-    pretrain_warning = _pretrain_warning(encoder)
-    encoders = {"weaksupcon": str(encoder), "random": "random"}
+    clock.lap("pretraining")
+    encoders = {"weaksupcon": _encoder_state(encoder), "random": _encoder_state(None)}
+    specs = {"weaksupcon": str(encoder), "random": "random"}
     ids = [e.slide_id for e in cohort]
-    for name, spec in encoders.items():
+    for name, spec in specs.items():
         yield from stage(
             f"4/7 features ({name})", extract_features_job(store, ids, spec, name, num_workers=1)
         )
-    lap("feature extraction")
+    clock.lap("feature extraction")
     figures = []
-    for name in encoders:
+    for name in specs:
         table = yield from stage(
             f"5/7 PCA ({name})", embedding_job(store, cohort, name, max_per_slide=200, seed=s.seed)
         )
@@ -148,11 +180,12 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
                 plot_embedding(table, out / f"pca-{name}.png", title=f"PCA, {name} encoder"),
             )
         )
-    lap("PCA")
+    clock.lap("PCA")
     test_cohort = Cohort([e for e in cohort if e.split == "test"])
     test_ids = [e.slide_id for e in test_cohort]
-    metrics, curves, predictions = {}, {}, {}
-    for name in encoders:
+    labels = test_cohort.labels()
+    metrics, curves = {}, {}
+    for name in specs:
         for model in s.models:
             run = f"{name}-{model}"
             config = MilConfig(
@@ -180,78 +213,85 @@ def demo_job(out_dir: str | Path, settings: DemoSettings | None = None) -> Job[D
                     name=run,
                 ),
             )
+            truth = [labels[i] for i in report.probabilities]
+            probabilities = list(report.probabilities.values())
             metrics[(name, model)] = evaluate_predictions(
                 out / "predictions" / run, test_cohort, annotations, project=store
             )
-            labels = test_cohort.labels()
-            curves.setdefault(name, {})[model] = (
-                [labels[i] for i in report.probabilities],
-                list(report.probabilities.values()),
+            metrics[(name, model)]["auc_interval"] = bootstrap_auc_interval(
+                truth, probabilities, seed=s.seed
             )
-            predictions[(name, model)] = report
-    lap("MIL training, inference, evaluation")
+            curves.setdefault(name, {})[model] = (truth, probabilities)
+    clock.lap("MIL training, inference, evaluation")
     yield Progress("7/7 report", 0, 1)
-    from napari_wsi_mil.report import roc_figure, write_report
-
     figures.append(("ROC curves on the test slides", roc_figure(curves, out / "roc.png")))
     figures.append(
-        ("A test slide", _slide_figure(store, synthetic, test_cohort, out / "test-slide.png"))
+        ("A test slide", _slide_figure(store, mosaic, test_cohort, out / "test-slide.png"))
     )
-    lap("report")
+    clock.lap("report")
+    pretraining = ", ".join(f"{k} {v}" for k, v in s.pretraining.items() if k != "method")
     summary = [
-        f"{len(cohort)} synthetic slides ({sum(e.label for e in cohort)} with lesions covering "
-        f"{', '.join(f'{f:.0%}' for f in s.lesion_fractions)} of the tissue), "
-        f"{len(test_cohort)} held out for testing",
-        f"patches of {s.patch_size} px at {s.target_mpp} um/px; WeakSupCon pretraining for "
-        f"{s.pretrain_steps} steps of {s.pretrain_batch} patches",
+        f"{len(cohort)} slides of {s.rows} x {s.cols} real H&E tiles (CRC-VAL-HE-7K and "
+        f"Kather 2016, CC BY 4.0), {sum(e.label for e in cohort)} with a tumour lesion on "
+        f"{', '.join(f'{f:.0%}' for f in s.lesion_fractions)} of the tiles; "
+        f"{len(test_cohort)} held out for testing, made from tile images no training slide uses",
+        f"patches of {s.patch_size} px at {s.target_mpp} um/px; {s.pretraining['method']} "
+        f"pretraining from random init ({pretraining}); the random-init encoder is the baseline",
         f"MS-CLAM sees the tumour outlines of {s.tile_label_fraction:.0%} of the training "
         "tumour cases; instance metrics use every outline",
-        *([f"pretraining warning: {pretrain_warning}"] if pretrain_warning else []),
     ]
-    path = write_report(
-        out / "report.html",
+    report = findings(
         title="napari-wsi-mil demo",
-        summary=summary,
         metrics=metrics,
+        encoders=encoders,
+        headline=HEADLINE,
+        summary=summary,
+        settings=asdict(s),
         figures=figures,
-        timings=timings,
+        timings=clock.timings,
     )
+    path = write_report(out / "report.html", report)
     yield Progress("7/7 report", 1, 1)
-    return DemoResult(path, metrics)
+    return DemoResult(path, metrics, report)
 
 
-def _pretrain_warning(encoder: Path) -> str | None:
-    """The collapse warning of a pretrained encoder file, from its recorded spread."""
+def _encoder_state(encoder: Path | None) -> dict:
+    """The projection spread a pretrained encoder file recorded, and its collapse warning
+    (both None for the random-init encoder, which is not trained)."""
     from napari_wsi_mil.pretrain.encoder_file import load_encoder
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, collapse_warning
 
+    if encoder is None:
+        return {"spread": None, "collapse_warning": None}
     metadata = load_encoder(encoder).metadata
     spread = metadata.get("projection_spread")
-    return None if spread is None else collapse_warning(PretrainConfig(metadata["method"]), spread)
+    warning = (
+        None if spread is None else collapse_warning(PretrainConfig(metadata["method"]), spread)
+    )
+    return {"spread": spread, "collapse_warning": warning}
 
 
-def _slide_figure(store, synthetic, test_cohort, path: Path) -> Path:
-    """The positive test slide with the largest lesion, scored by WeakSupCon + AB-MIL
-    (the demo always trains that pair)."""
+def _slide_figure(store, mosaic, test_cohort, path: Path) -> Path:
+    """The positive test slide with the largest lesion, scored by the headline pair
+    (WeakSupCon + AB-MIL: the demo always trains it)."""
     from napari_wsi_mil.mil.predict import recorded_mask_threshold
     from napari_wsi_mil.report import slide_figure
     from napari_wsi_mil.slide import open_slide
     from napari_wsi_mil.store.geojson import read_geojson_polygons
 
-    by_id = {s.path.stem: s for s in synthetic.slides}
+    fractions = dict(zip(mosaic.slide_ids, mosaic.lesion_fractions, strict=True))
     positives = [e for e in test_cohort if e.label == 1] or list(test_cohort)
-    entry = max(positives, key=lambda e: by_id[e.slide_id].lesion_fraction)
-    run = store.root.parent / "runs" / "weaksupcon-abmil"  # the demo always trains it
-    arrays, attrs = store.read_result(PREDICTIONS, run.name, entry.slide_id)
+    entry = max(positives, key=lambda e: fractions[e.slide_id])
+    run = "-".join(HEADLINE)
+    arrays, attrs = store.read_result(PREDICTIONS, run, entry.slide_id)
     grid, _ = store.read_tiles(entry.slide_id)
-    geojson = synthetic.root / "annotations" / f"{entry.slide_id}.geojson"
+    geojson = mosaic.root / "annotations" / f"{entry.slide_id}.geojson"
     polygons = read_geojson_polygons(geojson) if geojson.exists() else []
     with open_slide(entry.path) as slide:
         thumbnail = slide.thumbnail(1024)
         size = slide.dimensions
     title = (
-        f"{entry.slide_id} (label {entry.label}): P(tumour) = {attrs['probability']:.2f} "
-        f"by {run.name}"
+        f"{entry.slide_id} (label {entry.label}): P(tumour) = {attrs['probability']:.2f} by {run}"
     )
     return slide_figure(
         thumbnail,

@@ -1,8 +1,11 @@
-"""The demo's HTML report and its figures (matplotlib Agg, no pyplot, no viewer)."""
+"""The demo's report: ``report.json`` with every number, ``report.html`` showing them,
+its verdict (did learning happen?) and its figures (matplotlib Agg, no pyplot, no viewer).
+"""
 
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
 
@@ -10,13 +13,18 @@ import numpy as np
 
 from napari_wsi_mil.jobs import atomic_file
 
+#: The metrics of each (encoder, model) result in report.json, and their table headers
 METRIC_COLUMNS = [
     ("auc", "bag AUC"),
+    ("auc_interval", "95% interval"),
     ("balanced_accuracy", "balanced accuracy"),
     ("instance_auc", "instance AUC"),
     ("dice", "Dice (tumour slides)"),
     ("specificity", "specificity (normal slides)"),
+    ("encoder_spread", "encoder spread"),
+    ("n_test_slides", "test slides"),
 ]
+CHANCE = 0.5
 
 
 def _figure(width: float, height: float):
@@ -113,46 +121,184 @@ def slide_figure(
     return _save(figure, path)
 
 
-def _relative(image: Path, page: Path) -> str:
+def learned(result: dict) -> bool:
+    """Whether a result's bag AUC is above chance: its bootstrap interval lies above 0.5."""
+    interval = result.get("auc_interval")
+    return interval is not None and interval[0] > CHANCE
+
+
+def _auc_text(result: dict) -> str:
+    interval = result.get("auc_interval")
+    if result.get("auc") is None or interval is None:
+        return "no bag AUC (the test slides hold one class only)"
+    return f"bag AUC {result['auc']:.2f} (95% interval {interval[0]:.2f}-{interval[1]:.2f})"
+
+
+def _name(encoder: str, model: str) -> str:
+    names = {
+        "weaksupcon": "WeakSupCon",
+        "random": "random-init",
+        "abmil": "AB-MIL",
+        "weno": "WENO",
+        "msclam": "MS-CLAM",
+        "clam": "CLAM-SB",
+        "dtfd": "DTFD-MIL",
+    }
+    return f"{names.get(encoder, encoder)} + {names.get(model, model)}"
+
+
+def verdict(
+    results: list[dict], encoders: dict[str, dict], headline: tuple[str, str]
+) -> tuple[bool, str, list[str]]:
+    """``(learning happened, headline sentence, alarms)``.
+
+    Learning happened when the ``headline`` (encoder, model) result's bag AUC interval
+    lies above chance and its encoder did not collapse. An alarm (the report's red
+    banner) names every collapsed encoder and every result whose interval reaches 0.5.
+    """
+    by_pair = {(r["encoder"], r["model"]): r for r in results}
+    main = by_pair[headline]
+    n = main["n_test_slides"]
+    collapse = encoders.get(headline[0], {}).get("collapse_warning")
+    ok = learned(main) and collapse is None
+    if ok:
+        sentence = (
+            f"Learning happened: {_name(*headline)} tells tumour from normal slides on "
+            f"{n} held-out test slides with {_auc_text(main)}, above chance (0.5)."
+        )
+    elif learned(main):
+        sentence = (
+            f"Learning is not shown: {_name(*headline)} reaches {_auc_text(main)} on {n} "
+            f"held-out test slides, but its encoder collapsed."
+        )
+    else:
+        sentence = (
+            f"No learning shown: {_name(*headline)} reaches {_auc_text(main)} on {n} "
+            f"held-out test slides, no better than chance (0.5)."
+        )
+    others = [
+        f"{_name(r['encoder'], r['model'])} {r['auc']:.2f}"
+        for r in results
+        if r is not main and r["model"] == headline[1] and r.get("auc") is not None
+    ]
+    if others:
+        sentence += f" For comparison, bag AUC of {', '.join(others)}."
+    alarms = [
+        f"The {encoder} encoder collapsed: {state['collapse_warning']}"
+        for encoder, state in encoders.items()
+        if state.get("collapse_warning")
+    ]
+    alarms += [
+        f"{_name(r['encoder'], r['model'])} is at chance: {_auc_text(r)} includes 0.5 or "
+        "lies below it."
+        for r in results
+        if not learned(r)
+    ]
+    return ok, sentence, alarms
+
+
+def findings(
+    *,
+    title: str,
+    metrics: dict[tuple[str, str], dict],
+    encoders: dict[str, dict],
+    headline: tuple[str, str],
+    summary: list[str],
+    settings: dict,
+    figures: list[tuple[str, Path]],
+    timings: dict[str, dict[str, float]],
+) -> dict:
+    """The report as one JSON-ready dict; ``report.html`` shows exactly these numbers.
+
+    ``metrics[(encoder, model)]`` are :func:`~napari_wsi_mil.mil.infer.evaluate_predictions`
+    results with ``auc_interval``; ``encoders[name]`` holds ``spread`` and
+    ``collapse_warning`` (None when not pretrained or not collapsed).
+    """
+    results = []
+    for (encoder, model), values in metrics.items():
+        interval = values.get("auc_interval")
+        result = {
+            "encoder": encoder,
+            "model": model,
+            "auc": values.get("auc"),
+            "auc_interval": None if interval is None else list(interval),
+            "balanced_accuracy": values.get("balanced_accuracy"),
+            "instance_auc": values.get("instance_auc"),
+            "dice": values.get("dice"),
+            "specificity": values.get("specificity"),
+            "encoder_spread": encoders[encoder]["spread"],
+            "n_test_slides": values.get("n"),
+        }
+        result["above_chance"] = learned(result)
+        results.append(result)
+    ok, sentence, alarms = verdict(results, encoders, headline)
+    return {
+        "title": title,
+        "learning_happened": ok,
+        "headline": sentence,
+        "alarms": alarms,
+        "headline_pair": list(headline),
+        "summary": summary,
+        "encoders": encoders,
+        "results": results,
+        "settings": settings,
+        "figures": [{"caption": caption, "path": str(path)} for caption, path in figures],
+        "timings": timings,
+    }
+
+
+def _relative(image: str | Path, page: Path) -> str:
     return os.path.relpath(image, page.parent)
 
 
 def _cell(value) -> str:
-    return "&ndash;" if value is None else f"{value:.3f}"
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "&ndash;".join(f"{v:.2f}" for v in value)
+    return f"{value:.3f}"
 
 
-def write_report(
-    path: str | os.PathLike,
-    *,
-    title: str,
-    summary: list[str],
-    metrics: dict[tuple[str, str], dict],
-    figures: list[tuple[str, Path]],
-    timings: dict[str, float],
-) -> Path:
-    """A self-contained HTML page (images referenced by relative path)."""
+_BANNER = "background:#c62828;color:#fff;padding:0.6em 1em;border-radius:4px;font-weight:bold"
+
+
+def write_report(path: str | os.PathLike, report: dict) -> Path:
+    """``report.html`` (self-contained, images by relative path) and ``report.json``
+    beside it, both from the :func:`findings` dict."""
     path = Path(path)
+    e = html.escape
     rows = []
-    for (encoder, model), values in metrics.items():
-        cells = "".join(f"<td>{_cell(values.get(key))}</td>" for key, _ in METRIC_COLUMNS)
-        rows.append(f"<tr><td>{html.escape(encoder)}</td><td>{html.escape(model)}</td>{cells}</tr>")
+    for r in report["results"]:
+        cells = "".join(f"<td>{_cell(r.get(key))}</td>" for key, _ in METRIC_COLUMNS)
+        rows.append(f"<tr><td>{e(r['encoder'])}</td><td>{e(r['model'])}</td>{cells}</tr>")
     header = "".join(f"<th>{label}</th>" for _, label in METRIC_COLUMNS)
     images = "".join(
-        f"<h2>{html.escape(caption)}</h2><img src='{html.escape(_relative(img, path))}' "
+        f"<h2>{e(f['caption'])}</h2><img src='{e(_relative(f['path'], path))}' "
         "style='max-width:100%'>"
-        for caption, img in figures
+        for f in report["figures"]
     )
-    stages = "".join(f"<li>{html.escape(k)}: {v:.1f} s</li>" for k, v in timings.items())
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in summary)
+    stages = "".join(
+        f"<li>{e(k)}: {v['wall_s']:.1f} s (CPU {v['cpu_s']:.1f} s)</li>"
+        for k, v in report["timings"].items()
+    )
+    items = "".join(f"<li>{e(line)}</li>" for line in report["summary"])
+    banner = "".join(f"<p>{e(a)}</p>" for a in report["alarms"])
+    banner = f"<div class='banner' style='{_BANNER}'>{banner}</div>" if banner else ""
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html><head><meta charset="utf-8"><title>{e(report["title"])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 8px;
 text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}</style></head>
-<body><h1>{html.escape(title)}</h1><ul>{items}</ul>
+<body><h1>{e(report["title"])}</h1><p class='headline'>{e(report["headline"])}</p>
+{banner}<ul>{items}</ul>
 <h2>Test-set metrics</h2><table><tr><th>encoder</th><th>model</th>{header}</tr>
-{"".join(rows)}</table>{images}<h2>Time per stage</h2><ul>{stages}</ul></body></html>
+{"".join(rows)}</table>{images}<h2>Time per stage</h2><ul>{stages}</ul>
+<p>Every number on this page is in <a href='report.json'>report.json</a>.</p></body></html>
 """
     with atomic_file(path) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
+    with atomic_file(path.with_name("report.json")) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return path

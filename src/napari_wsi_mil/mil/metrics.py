@@ -1,6 +1,7 @@
 """Metrics the MIL papers report: bag, instance and localisation, and their spread.
 
-- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)).
+- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)), and a stratified
+  percentile bootstrap interval of the AUC.
 - Instance: AUC and average precision of instance scores against known tile labels.
 - Localisation, on tile masks cut at the model's mask threshold (``threshold``: 0.5, or
   WENO's fitted bag threshold, see :meth:`napari_wsi_mil.mil.base.MilModel.mask_threshold`):
@@ -95,3 +96,32 @@ def summarise(runs: list[dict[str, float | None]]) -> dict[str, dict[str, float 
             "runs": len(values),
         }
     return out
+
+
+def bootstrap_auc_interval(
+    labels, scores, *, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the ROC AUC (None with one class only).
+
+    Positives and negatives are resampled separately, each with replacement to its own
+    count (a stratified bootstrap: every resample has both classes, as the test set has).
+    Ties count half, as in :func:`sklearn.metrics.roc_auc_score`.
+    """
+    y = np.asarray(labels, int)
+    s = np.asarray(scores, float)
+    positives, negatives = s[y == 1], s[y == 0]
+    if len(positives) == 0 or len(negatives) == 0:
+        return None
+    wins = (positives[:, None] > negatives[None, :]) + 0.5 * (
+        positives[:, None] == negatives[None, :]
+    )
+    rng = np.random.default_rng(seed)
+    # how often each slide is drawn in each resample: the AUC of a resample is the
+    # count-weighted mean of the pairwise wins
+    n_pos, n_neg = len(positives), len(negatives)
+    drawn_pos = rng.multinomial(n_pos, np.full(n_pos, 1 / n_pos), resamples)
+    drawn_neg = rng.multinomial(n_neg, np.full(n_neg, 1 / n_neg), resamples)
+    aucs = np.einsum("bp,pn,bn->b", drawn_pos, wins, drawn_neg) / (n_pos * n_neg)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(aucs, [tail, 100 - tail])
+    return float(low), float(high)
