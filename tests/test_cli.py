@@ -164,3 +164,39 @@ def test_train_and_infer_on_imported_h5_features_without_slides(tmp_path, model,
     # instance scores (column 4) rank the six tumour rows above the rest
     scores = tiles[:, 4]
     assert scores[:6].mean() > scores[6:].mean()
+
+
+def _subcommands():
+    import argparse
+
+    from napari_wsi_mil.cli import build_parser
+
+    parser = build_parser()
+    (choices,) = [a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return choices
+
+
+def test_every_option_has_help_and_shows_its_default(capsys):
+    import argparse
+
+    for name, sub in _subcommands().items():
+        for action in sub._actions:
+            assert action.help, f"wsi-mil {name} {action.option_strings or action.dest}: no help"
+        text = sub.format_help()
+        for action in sub._actions:
+            default = action.default
+            if not action.option_strings or any(
+                default is v for v in (None, False, argparse.SUPPRESS)
+            ):
+                continue
+            shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+            assert shown in text, f"wsi-mil {name} --help does not show {action.dest}={shown}"
+
+
+def test_version(capsys):
+    from napari_wsi_mil import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wsi-mil {__version__}"

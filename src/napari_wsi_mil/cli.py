@@ -186,7 +186,7 @@ def _add_export_tiles(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export-tiles", help="write <slide_id>.h5 coordinates in the CLAM/TRIDENT layout"
     )
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="project store folder")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_export_tiles)
 
@@ -216,7 +216,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a synthetic cohort (slides, cohort.csv, GeoJSON)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--slides", type=POSITIVE_INT, default=8, help="number of slides (8)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed")
     p.add_argument(
         "--lesion-fraction",
         type=FRACTION,
@@ -224,12 +224,18 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         default=[0.05],
         help="lesion fraction(s) of tissue, cycled over positive slides (0.05)",
     )
-    p.add_argument("--positive-ratio", type=FRACTION, default=0.5)
-    p.add_argument("--width", type=POSITIVE_INT, default=4096)
-    p.add_argument("--height", type=POSITIVE_INT, default=3072)
-    p.add_argument("--mpp", type=POSITIVE_FLOAT, default=0.5)
-    p.add_argument("--slides-per-case", type=POSITIVE_INT, default=1)
-    p.add_argument("--test-fraction", type=FRACTION, default=0.25)
+    p.add_argument(
+        "--positive-ratio", type=FRACTION, default=0.5, help="fraction of positive slides"
+    )
+    p.add_argument("--width", type=POSITIVE_INT, default=4096, help="slide width in pixels")
+    p.add_argument("--height", type=POSITIVE_INT, default=3072, help="slide height in pixels")
+    p.add_argument("--mpp", type=POSITIVE_FLOAT, default=0.5, help="microns per pixel")
+    p.add_argument(
+        "--slides-per-case", type=POSITIVE_INT, default=1, help="slides of one case (one bag)"
+    )
+    p.add_argument(
+        "--test-fraction", type=FRACTION, default=0.25, help="fraction of cases held out"
+    )
     p.set_defaults(func=_cmd_synth)
 
 
@@ -288,7 +294,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         description="Pretrain a ResNet-18 patch encoder on the split=train "
         "slides of a cohort. Runs under torchrun for several GPUs or nodes.",
     )
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="project store folder")
     p.add_argument("--cohort", required=True, help="cohort CSV with slide labels and splits")
     p.add_argument("--method", choices=METHODS, default="weaksupcon")
     p.add_argument("--epochs", type=POSITIVE_INT, default=10)
@@ -317,7 +323,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-accum", type=POSITIVE_INT, default=1)
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="patch loader workers (2)")
     p.add_argument("--device", type=DEVICE, default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed")
     p.add_argument("--checkpoint-dir", help="default: <out>-checkpoints beside --out")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--out", required=True, help="encoder file to write (.safetensors)")
@@ -384,7 +390,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         description="Run an encoder over every patch of the tiled slides and "
         "store N x D features per slide under a feature-set name.",
     )
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="project store folder")
     p.add_argument(
         "--encoder",
         required=True,
@@ -401,19 +407,23 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="feature-set name (default: from the encoder)")
     p.add_argument("--slides", nargs="*", help="slide ids (default: all tiled slides)")
     p.add_argument("--cohort", help="extract the slides of this cohort CSV")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="patches per batch")
     p.add_argument(
         "--workers",
         type=NON_NEGATIVE_INT,
         default=2,
         help="loader workers (or Dask workers of the local cluster)",
     )
-    p.add_argument("--device", type=DEVICE, default="auto")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--device", type=DEVICE, default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument(
+        "--dtype", choices=["float16", "float32"], default="float16", help="stored feature type"
+    )
     p.add_argument("--scheduler", help="Dask distributed scheduler address (one task/slide)")
     p.add_argument("--dask", action="store_true", help="use a local Dask cluster")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--skip-errors", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="redo slides that have features")
+    p.add_argument(
+        "--skip-errors", action="store_true", help="go on past unreadable slides and report them"
+    )
     p.set_defaults(func=_cmd_extract)
 
 
@@ -476,14 +486,14 @@ def _add_encoders(sub: argparse._SubParsersAction) -> None:
 def _add_import_features(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-features", help="import CLAM/TRIDENT .h5 features")
     p.add_argument("h5_dir", help="folder of <slide_id>.h5 files (features, coords)")
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="project store folder")
     p.add_argument("--name", required=True, help="feature-set name")
     p.add_argument(
         "--patch-size-level0",
         type=POSITIVE_INT,
         help="patch size at level 0 when the files do not record it",
     )
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing feature set")
     p.set_defaults(func=_cmd_import_features)
 
 
@@ -498,9 +508,9 @@ def _cmd_export_features(args: argparse.Namespace) -> int:
 
 def _add_export_features(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-features", help="write features as CLAM/TRIDENT .h5 files")
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="project store folder")
     p.add_argument("--name", required=True, help="feature-set name")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_export_features)
 
 
@@ -529,16 +539,18 @@ def _cmd_pca(args: argparse.Namespace) -> int:
 
 def _add_pca(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pca", help="PCA (or UMAP) figure of patch features, train vs test")
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="project store folder")
     p.add_argument("--cohort", required=True, help="cohort CSV (labels and splits)")
     p.add_argument("--features", required=True, help="feature-set name")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument(
         "--max-per-slide", type=NON_NEGATIVE_INT, default=500, help="patches per slide (0 = all)"
     )
-    p.add_argument("--method", choices=["pca", "umap"], default="pca")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
-    p.add_argument("--title")
+    p.add_argument(
+        "--method", choices=["pca", "umap"], default="pca", help="embedding (umap needs umap-learn)"
+    )
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed")
+    p.add_argument("--title", help="figure title (default: the method and feature-set name)")
     p.set_defaults(func=_cmd_pca)
 
 
@@ -593,10 +605,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a MIL model on the split=train cases; val/test "
         "cases are evaluated. Defaults per model follow the papers.",
     )
-    p.add_argument("--project", required=True)
-    p.add_argument("--cohort", required=True)
+    p.add_argument("--project", required=True, help="project store folder")
+    p.add_argument("--cohort", required=True, help="cohort CSV with slide labels and splits")
     p.add_argument("--features", required=True, help="feature-set name")
-    p.add_argument("--model", choices=MODELS, default="abmil")
+    p.add_argument("--model", choices=MODELS, default="abmil", help="MIL model")
     p.add_argument("--annotations", help="folder of <slide_id>.geojson tumour outlines")
     p.add_argument(
         "--tile-label-fraction",
@@ -604,10 +616,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="fraction of annotated tumour cases MS-CLAM may use (1.0)",
     )
-    p.add_argument("--epochs", type=POSITIVE_INT)
-    p.add_argument("--lr", type=POSITIVE_FLOAT)
-    p.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT)
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default: the model's)")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, help="learning rate (default: the model's)")
+    p.add_argument(
+        "--weight-decay", type=NON_NEGATIVE_FLOAT, help="weight decay (default: the model's)"
+    )
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed")
     p.add_argument(
         "--folds", type=POSITIVE_INT, default=1, help="k-fold cross-validation (1 = off)"
     )
@@ -665,7 +679,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="predict slides with a trained MIL model")
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="project store folder")
     p.add_argument("--model", required=True, help="RUN_DIR/model.safetensors")
     p.add_argument("--slides", nargs="*", help="slide ids (default: all with features)")
     p.add_argument("--cohort", help="group slides into case bags as in training")
@@ -719,7 +733,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="bag, instance and localisation metrics of predictions")
     p.add_argument("--pred", required=True, help="prediction folder of wsi-mil infer")
-    p.add_argument("--cohort", required=True)
+    p.add_argument("--cohort", required=True, help="cohort CSV with slide labels and splits")
     p.add_argument(
         "--project",
         help="project store the predictions were made from: its tile labels (painted in "
@@ -767,7 +781,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "CPU; resumable.",
     )
     p.add_argument("--out", default="wsi-mil-demo", help="output folder (wsi-mil-demo)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -789,18 +803,40 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none or says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if not action.option_strings or any(default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+        if f"({shown})" in text or "default" in text:
+            return text
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line (``wsi-mil tile: error: ...``), exit status 2."""
+    """Usage errors as one line (``wsi-mil tile: error: ...``), exit status 2; help shows
+    defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from napari_wsi_mil import __version__
+
     parser = _Parser(
         prog="wsi-mil",
         description="Weakly supervised learning on whole-slide images (napari-wsi-mil).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
