@@ -205,31 +205,47 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
+#: ``PretrainConfig`` field -> ``wsi-mil pretrain`` option, for settings a preset can set.
+PRETRAIN_OPTIONS = {
+    "method": "--method",
+    "epochs": "--epochs",
+    "steps_per_epoch": "--steps-per-epoch",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "optimizer": "--optimizer",
+    "schedule": "--schedule",
+    "warmup_epochs": "--warmup-epochs",
+    "init": "--init",
+    "image_size": "--image-size",
+    "train_from": "--train-from",
+    "augment": "--augment",
+    "negative_weight": "--negative-weight",
+    "allow_collapse": "--allow-collapse",
+    "max_patches_per_slide": "--max-patches-per-slide",
+    "amp": "--amp",
+    "grad_accum": "--grad-accum",
+    "num_workers": "--workers",
+    "device": "--device",
+    "seed": "--seed",
+    "tau": "--tau",
+    "clusters": "--clusters",
+    "preset": "--preset",
+}
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.pretrain.collapse import CollapseError
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
     from napari_wsi_mil.store.cohort import read_cohort
     from napari_wsi_mil.store.project import ProjectStore
 
-    config = PretrainConfig(
-        method=args.method,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs,
-        init=args.init,
-        image_size=args.image_size,
-        max_patches_per_slide=args.max_patches_per_slide,
-        amp=args.amp,
-        grad_accum=args.grad_accum,
-        num_workers=args.workers,
-        device=args.device,
-        seed=args.seed,
-        tau=args.tau,
-        clusters=args.clusters,
-    )
+    given = {
+        field: getattr(args, opt[2:].replace("-", "_")) for field, opt in PRETRAIN_OPTIONS.items()
+    }
+    explicit = {
+        k: v for k, v in given.items() if k != "preset" and v is not None and v is not False
+    }
+    config = PretrainConfig.from_preset(args.preset, **explicit)
     job = pretrain_job(
         ProjectStore(args.project),
         read_cohort(args.cohort),
@@ -238,13 +254,21 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
     )
-    result = drive(job)
+    try:
+        result = drive(job)
+    except CollapseError as exc:
+        raise WsiMilError(exc.describe(PRETRAIN_OPTIONS)) from exc
     if int(os.environ.get("RANK", "0")) > 0:
         return 0
     if result.epoch_losses:
         losses = ", ".join(f"{x:.4f}" for x in result.epoch_losses)
         print(f"epoch losses: {losses}")
-        print(f"projection spread: {', '.join(f'{x:.3f}' for x in result.epoch_spreads)}")
+        watched = "positive-bag group" if result.group_spreads else "batch"
+        spreads = ", ".join(f"{x:.3f}" for x in result.epoch_spreads)
+        print(f"projection spread ({watched}) per epoch: {spreads}")
+        if result.group_spreads:
+            groups = ", ".join(f"{k} {v:.3f}" for k, v in result.group_spreads.items())
+            print(f"projection spread at the end by bag group: {groups}")
     for warning in result.warnings:
         print(f"warning: {warning}")
     print(f"encoder: {result.encoder_path} (checkpoint {result.checkpoint_path})")
@@ -253,38 +277,62 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     from napari_wsi_mil.pretrain import METHODS
+    from napari_wsi_mil.pretrain.augment import RECIPES
+    from napari_wsi_mil.pretrain.models import TRUNK_STAGES
+    from napari_wsi_mil.pretrain.presets import PRESETS
 
     p = sub.add_parser(
         "pretrain",
         help="pretrain a patch encoder (WeakSupCon, SimCLR, ...)",
         description="Pretrain a ResNet-18 patch encoder on the split=train "
-        "slides of a cohort. Runs under torchrun for several GPUs or nodes.",
+        "slides of a cohort. Runs under torchrun for several GPUs or nodes. A run whose "
+        "projections collapse stops with advice (see --allow-collapse).",
     )
     p.add_argument("--project", required=True)
     p.add_argument("--cohort", required=True, help="cohort CSV with slide labels and splits")
-    p.add_argument("--method", choices=METHODS, default="weaksupcon")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=64, help="patches per step, all ranks")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="a named recipe (cpu-quick: WeakSupCon in about 20 min on a 2-core CPU); "
+        "options given explicitly override it",
+    )
+    p.add_argument("--method", choices=METHODS, help="(weaksupcon)")
+    p.add_argument("--epochs", type=int, help="(10)")
+    p.add_argument("--steps-per-epoch", type=int, help="(50)")
+    p.add_argument("--batch-size", type=int, help="patches per step, all ranks (64)")
     p.add_argument("--lr", type=float, help="learning rate (method default scaled by batch)")
     p.add_argument("--optimizer", choices=["sgd", "lars", "adam"])
     p.add_argument("--schedule", choices=["cosine", "step", "constant"])
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up (1.0)")
     p.add_argument(
         "--init",
         default="random",
         help="trunk start: random, imagenet (torch hub cache) or FILE (an encoder "
         ".safetensors to continue from, or a ResNet-18 .pth state dict)",
     )
-    p.add_argument("--image-size", type=int, default=224, help="augmented view size (224)")
+    p.add_argument("--image-size", type=int, help="augmented view size, px (224)")
+    p.add_argument(
+        "--train-from",
+        choices=TRUNK_STAGES,
+        help="first trunk stage trained; earlier ones frozen, BatchNorm in eval mode (conv1)",
+    )
+    p.add_argument(
+        "--augment", choices=list(RECIPES), help="augmentation recipe (histology; he: H&E)"
+    )
+    p.add_argument("--negative-weight", type=float, help="WeakSupCon similarity-term weight (1.0)")
+    p.add_argument(
+        "--allow-collapse",
+        action="store_true",
+        help="go on with a warning when the projections collapse (default: stop)",
+    )
     p.add_argument("--max-patches-per-slide", type=int)
-    p.add_argument("--tau", type=float, default=0.1, help="temperature (0.1)")
-    p.add_argument("--clusters", type=int, default=100, help="CluSiam clusters (100)")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--workers", type=int, default=2, help="patch loader workers (2)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tau", type=float, help="temperature (0.1)")
+    p.add_argument("--clusters", type=int, help="CluSiam clusters (100)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="(auto)")
+    p.add_argument("--grad-accum", type=int, help="(1)")
+    p.add_argument("--workers", type=int, help="patch loader workers (2)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (auto)")
+    p.add_argument("--seed", type=int, help="(0)")
     p.add_argument("--checkpoint-dir", help="default: <out>-checkpoints beside --out")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--out", required=True, help="encoder file to write (.safetensors)")
