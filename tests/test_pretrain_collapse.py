@@ -3,6 +3,7 @@ small mosaic of real H&E tiles (skipped when ../shared/data/tiles-labelled is ab
 
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,9 @@ def test_a_collapsing_run_stops_within_the_first_epoch_with_advice(mosaic, tmp_p
     with pytest.raises(CollapseError) as caught:
         run_job(pretrain_job(store, cohort, config, out))
     error = caught.value
-    assert f"by step {WINDOW}" in str(error) and "positive-bag group" in str(error)
+    # judged after WINDOW steps; the first step or two are still spread out
+    step = int(re.search(r"by step (\d+)", str(error)).group(1))
+    assert WINDOW <= step <= WINDOW + 3 and "positive-bag group" in str(error)
     assert error.suggestions["preset"] == CPU_QUICK and error.suggestions["lr"] < 5.0
     assert error.suggestions["negative_weight"] == PRESETS[CPU_QUICK]["negative_weight"]
     assert not out.exists()
@@ -127,12 +130,14 @@ def test_an_allowed_collapse_warns_early_and_is_recorded(mosaic, tmp_path):
     store, cohort = mosaic
     events = []
     out = tmp_path / "enc.safetensors"
-    config = _quick(lr=5.0, negative_weight=1.0, allow_collapse=True)
+    config = _quick(lr=5.0, negative_weight=1.0, allow_collapse=True, steps_per_epoch=WINDOW + 5)
     result = run_job(pretrain_job(store, cohort, config, out), events.append)
     warned = [e for e in events if "warning" in e.info]
-    assert len(warned) == 1 and warned[0].info["step"] == WINDOW - 1  # in the first epoch
-    assert result.collapsed_at == WINDOW and result.warnings == [warned[0].info["warning"]]
-    assert load_encoder(out).metadata["collapsed_at_step"] == WINDOW
+    assert len(warned) == 1 and warned[0].info["epoch"] == 0  # in the first epoch
+    assert WINDOW <= result.collapsed_at <= WINDOW + 3
+    assert warned[0].info["step"] + 1 == result.collapsed_at
+    assert result.warnings == [warned[0].info["warning"]]
+    assert load_encoder(out).metadata["collapsed_at_step"] == result.collapsed_at
     assert result.final_spread < COLLAPSED_SPREAD
 
 
