@@ -2,7 +2,7 @@
 
 A preset fills :class:`~napari_wsi_mil.pretrain.trainer.PretrainConfig` fields; settings
 given explicitly (a CLI option, a widget field the user changed, a keyword) override it.
-The measurements behind each preset are in ``benchmarks/README.md`` (section 22).
+What was measured of each preset is in ``benchmarks/README.md`` (section 22).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from napari_wsi_mil.errors import WsiMilError
 
 CPU_QUICK = "cpu-quick"
 
-#: ``cpu-quick``: WeakSupCon that fits in about 20 minutes on a 2-core CPU, the best
-#: setting measured in ``benchmarks/bench_encoders.py`` (README section 22): small views,
-#: only the last trunk stage trained (the earlier ones frozen, BatchNorm in eval mode),
-#: H&E-appropriate augmentation and a down-weighted similarity term.
+#: ``cpu-quick``: WeakSupCon meant to fit in about 20 minutes on a 2-core CPU: small
+#: views, only the last trunk stage trained (the earlier ones frozen, BatchNorm in eval
+#: mode), H&E-appropriate augmentation and a down-weighted similarity term. Not yet shown
+#: to beat its start: its one finished 50-step pilot from random init collapsed at step 19
+#: (``benchmarks/README.md`` section 22), and the monitor stops such runs.
 PRESETS: dict[str, dict[str, object]] = {
     CPU_QUICK: {
         "method": "weaksupcon",
