@@ -54,8 +54,8 @@ BENCHMARKS = [
     (
         "bench_encoders",
         "bench_encoders.py",
-        [],
-        "encoder comparison: random vs SimCLR vs SupCon vs WeakSupCon",
+        ["--preset", "cpu-quick"],
+        "encoder comparison at 64 px views, cpu-quick recipe: start vs SimCLR, SupCon, WeakSupCon",
     ),
     ("bench_review_layers", "bench_review_layers.py", [], "review layers in napari"),
 ]

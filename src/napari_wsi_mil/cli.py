@@ -239,31 +239,47 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
+#: ``PretrainConfig`` field -> ``wsi-mil pretrain`` option, for settings a preset can set.
+PRETRAIN_OPTIONS = {
+    "method": "--method",
+    "epochs": "--epochs",
+    "steps_per_epoch": "--steps-per-epoch",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "optimizer": "--optimizer",
+    "schedule": "--schedule",
+    "warmup_epochs": "--warmup-epochs",
+    "init": "--init",
+    "image_size": "--image-size",
+    "train_from": "--train-from",
+    "augment": "--augment",
+    "negative_weight": "--negative-weight",
+    "allow_collapse": "--allow-collapse",
+    "max_patches_per_slide": "--max-patches-per-slide",
+    "amp": "--amp",
+    "grad_accum": "--grad-accum",
+    "num_workers": "--workers",
+    "device": "--device",
+    "seed": "--seed",
+    "tau": "--tau",
+    "clusters": "--clusters",
+    "preset": "--preset",
+}
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.pretrain.collapse import CollapseError
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
     from napari_wsi_mil.store.cohort import read_cohort
     from napari_wsi_mil.store.project import ProjectStore
 
-    config = PretrainConfig(
-        method=args.method,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs,
-        init=args.init,
-        image_size=args.image_size,
-        max_patches_per_slide=args.max_patches_per_slide,
-        amp=args.amp,
-        grad_accum=args.grad_accum,
-        num_workers=args.workers,
-        device=args.device,
-        seed=args.seed,
-        tau=args.tau,
-        clusters=args.clusters,
-    )
+    given = {
+        field: getattr(args, opt[2:].replace("-", "_")) for field, opt in PRETRAIN_OPTIONS.items()
+    }
+    explicit = {
+        k: v for k, v in given.items() if k != "preset" and v is not None and v is not False
+    }
+    config = PretrainConfig.from_preset(args.preset, **explicit)
     job = pretrain_job(
         ProjectStore(args.project),
         read_cohort(args.cohort),
@@ -272,13 +288,21 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
     )
-    result = drive(job)
+    try:
+        result = drive(job)
+    except CollapseError as exc:
+        raise WsiMilError(exc.describe(PRETRAIN_OPTIONS)) from exc
     if int(os.environ.get("RANK", "0")) > 0:
         return 0
     if result.epoch_losses:
         losses = ", ".join(f"{x:.4f}" for x in result.epoch_losses)
         print(f"epoch losses: {losses}")
-        print(f"projection spread: {', '.join(f'{x:.3f}' for x in result.epoch_spreads)}")
+        watched = "positive-bag group" if result.group_spreads else "batch"
+        spreads = ", ".join(f"{x:.3f}" for x in result.epoch_spreads)
+        print(f"projection spread ({watched}) per epoch: {spreads}")
+        if result.group_spreads:
+            groups = ", ".join(f"{k} {v:.3f}" for k, v in result.group_spreads.items())
+            print(f"projection spread at the end by bag group: {groups}")
     for warning in result.warnings:
         print(f"warning: {warning}")
     print(f"encoder: {result.encoder_path} (checkpoint {result.checkpoint_path})")
@@ -286,28 +310,40 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    from napari_wsi_mil.pretrain import METHODS
+    from napari_wsi_mil.pretrain import AUGMENTATIONS, METHODS, TRUNK_STAGES
+    from napari_wsi_mil.pretrain.presets import PRESETS
 
     p = sub.add_parser(
         "pretrain",
         help="pretrain a patch encoder (WeakSupCon, SimCLR, ...)",
         description="Pretrain a ResNet-18 patch encoder on the split=train "
-        "slides of a cohort. Runs under torchrun for several GPUs or nodes.",
+        "slides of a cohort. Runs under torchrun for several GPUs or nodes. A run whose "
+        "projections collapse stops with advice (see --allow-collapse).",
     )
     p.add_argument("--project", required=True, help="project store folder")
     p.add_argument("--cohort", required=True, help="cohort CSV with slide labels and splits")
-    p.add_argument("--method", choices=METHODS, default="weaksupcon")
-    p.add_argument("--epochs", type=POSITIVE_INT, default=10)
-    p.add_argument("--steps-per-epoch", type=POSITIVE_INT, default=50)
     p.add_argument(
-        "--batch-size", type=BATCH_OF_PAIRS, default=64, help="patches per step, all ranks"
+        "--preset",
+        choices=list(PRESETS),
+        help="a named recipe (cpu-quick: WeakSupCon sized for a 2-core CPU); options given "
+        "explicitly override it",
+    )
+    p.add_argument("--method", choices=METHODS, help="pretraining method (weaksupcon)")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (10)")
+    p.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="steps per epoch (50)")
+    p.add_argument("--batch-size", type=BATCH_OF_PAIRS, help="patches per step, all ranks (64)")
+    p.add_argument(
+        "--lr", type=POSITIVE_FLOAT, help="learning rate (default: the method's, scaled by batch)"
     )
     p.add_argument(
-        "--lr", type=POSITIVE_FLOAT, help="learning rate (method default scaled by batch)"
+        "--optimizer", choices=["sgd", "lars", "adam"], help="optimiser (default: the method's)"
     )
-    p.add_argument("--optimizer", choices=["sgd", "lars", "adam"])
-    p.add_argument("--schedule", choices=["cosine", "step", "constant"])
-    p.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=1.0)
+    p.add_argument(
+        "--schedule",
+        choices=["cosine", "step", "constant"],
+        help="learning-rate schedule (default: the method's)",
+    )
+    p.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, help="linear warm-up, epochs (1.0)")
     p.add_argument(
         "--init",
         default="random",
@@ -315,15 +351,39 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "online) or FILE (an encoder .safetensors to continue from, or a ResNet-18 "
         "state dict or checkpoint)",
     )
-    p.add_argument("--image-size", type=PATCH_SIZE, default=224, help="augmented view size (224)")
-    p.add_argument("--max-patches-per-slide", type=POSITIVE_INT)
-    p.add_argument("--tau", type=POSITIVE_FLOAT, default=0.1, help="temperature (0.1)")
-    p.add_argument("--clusters", type=POSITIVE_INT, default=100, help="CluSiam clusters (100)")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
-    p.add_argument("--grad-accum", type=POSITIVE_INT, default=1)
-    p.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="patch loader workers (2)")
-    p.add_argument("--device", type=DEVICE, default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed")
+    p.add_argument("--image-size", type=PATCH_SIZE, help="augmented view size, px (224)")
+    p.add_argument(
+        "--train-from",
+        choices=TRUNK_STAGES,
+        help="first trunk stage trained; earlier ones frozen, BatchNorm in eval mode (conv1)",
+    )
+    p.add_argument(
+        "--augment", choices=AUGMENTATIONS, help="augmentation recipe (histology; he: H&E)"
+    )
+    p.add_argument(
+        "--negative-weight",
+        type=NON_NEGATIVE_FLOAT,
+        help="WeakSupCon similarity-term weight (1.0)",
+    )
+    p.add_argument(
+        "--allow-collapse",
+        action="store_true",
+        help="go on with a warning when the projections collapse (default: stop)",
+    )
+    p.add_argument(
+        "--max-patches-per-slide",
+        type=POSITIVE_INT,
+        help="sample at most this many patches of a slide (default: all)",
+    )
+    p.add_argument("--tau", type=POSITIVE_FLOAT, help="temperature (0.1)")
+    p.add_argument("--clusters", type=POSITIVE_INT, help="CluSiam clusters (100)")
+    p.add_argument(
+        "--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision on CUDA (auto)"
+    )
+    p.add_argument("--grad-accum", type=POSITIVE_INT, help="gradient accumulation steps (1)")
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, help="patch loader workers (2)")
+    p.add_argument("--device", type=DEVICE, help="auto, cpu, cuda, cuda:1, mps (auto)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (0)")
     p.add_argument("--checkpoint-dir", help="default: <out>-checkpoints beside --out")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--out", required=True, help="encoder file to write (.safetensors)")

@@ -31,6 +31,9 @@ def test_trains_and_plots_loss(make_napari_viewer_proxy, qtbot, cohort, tmp_path
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert "encoder written" in widget.status.value, widget.status.value
     assert len(widget.canvas.series["loss"][0]) == 3
+    # the spread per bag group is plotted beside the loss
+    assert {"batch", "negative", "positive"} <= set(widget.spread_canvas.series)
+    assert len(widget.spread_canvas.series["positive"][0]) == 3
     assert load_encoder(tmp_path / "enc.safetensors").metadata["method"] == "weaksupcon"
 
 
@@ -87,3 +90,29 @@ def test_run_warnings_reach_the_user(make_napari_viewer_proxy, tmp_path):
     widget._finished(PretrainResult(tmp_path / "enc.safetensors", tmp_path / "ckpt"))
     assert notification_manager.records == []
     assert widget.status.value.startswith("encoder written")
+
+
+def test_preset_fills_fields_and_collapse_advice_names_them(make_napari_viewer_proxy):
+    """Choosing cpu-quick fills the fields; a collapse error names the widget's fields
+    (not CLI flags) and "Apply advice" sets them."""
+    from napari_wsi_mil.pretrain.collapse import CollapseError
+    from napari_wsi_mil.pretrain.presets import CPU_QUICK, PRESETS
+
+    widget = PretrainWidget(make_napari_viewer_proxy())
+    error = CollapseError("the projections collapsed.", {"preset": CPU_QUICK, "lr": 0.001})
+    widget._on_error(error)
+    assert '"preset" cpu-quick' in widget.status.value
+    assert '"learning rate (0 = default)" 0.001' in widget.status.value
+    assert '"allow collapse"' in widget.status.value and "--" not in widget.status.value
+    assert widget.advice_button.enabled
+    widget.advice_button.clicked.emit()
+    preset = PRESETS[CPU_QUICK]
+    assert widget.preset.value == CPU_QUICK
+    assert widget.train_from.value == preset["train_from"]
+    assert widget.image_size.value == preset["image_size"]
+    assert widget.negative_weight.value == preset["negative_weight"]
+    config = widget.config()
+    assert config.preset == CPU_QUICK and config.augment == preset["augment"]
+    assert config.num_workers == preset["num_workers"]  # a preset setting without a field
+    widget.epochs.value = 2  # a field changed after choosing the preset wins
+    assert widget.config().epochs == 2

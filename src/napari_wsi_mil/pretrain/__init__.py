@@ -15,3 +15,10 @@ Submodules (import them directly; importing this package loads nothing heavy):
 
 #: The pretraining methods, in the order the papers introduce them.
 METHODS = ("simclr", "supcon", "weaksupcon", "clusiam")
+
+#: Trunk stages in order; ``train_from`` names the first one trained (earlier ones frozen).
+TRUNK_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+
+#: Augmentation recipes (:data:`napari_wsi_mil.pretrain.augment.RECIPES`): ``histology``
+#: (SimCLR's, rotations and flips added) and ``he`` (lighter colour jitter, HED jitter).
+AUGMENTATIONS = ("histology", "he")

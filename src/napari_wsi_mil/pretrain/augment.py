@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from napari_wsi_mil.pretrain import AUGMENTATIONS
+
 #: ImageNet channel mean and standard deviation (inputs of ImageNet-initialised trunks).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +39,10 @@ class AugmentParams:
     probability 1/4 each (``rotate90``); horizontal and vertical flips; ColorJitter
     with probability ``jitter_p`` (brightness, contrast, saturation factors drawn
     from ``[1 - x, 1 + x]``, hue shift from ``[-hue, hue]``, the four in a random
-    order per image, as torchvision); RandomGrayscale; Gaussian blur with sigma in
+    order per image, as torchvision); HED jitter when ``hed_sigma`` > 0 (each image's
+    haematoxylin, eosin and DAB optical densities scaled by a factor from
+    ``[1 - s, 1 + s]`` and shifted by ``[-s, s]``, Tellez et al. 2018); RandomGrayscale;
+    Gaussian blur with sigma in
     ``blur_sigma`` and a kernel ``blur_kernel_fraction`` of the side (made odd,
     at least 3); normalisation with ``mean`` / ``std``. A probability of 0 or a
     jitter strength of 0 switches that step off.
@@ -53,6 +58,7 @@ class AugmentParams:
     contrast: float = 0.4
     saturation: float = 0.4
     hue: float = 0.1
+    hed_sigma: float = 0.0
     grayscale_p: float = 0.2
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -71,7 +77,7 @@ class AugmentParams:
                 raise ValueError(f"{name} must be a probability")
         if not 0.0 <= self.hue <= 0.5:
             raise ValueError("hue must be in [0, 0.5]")
-        if min(self.brightness, self.contrast, self.saturation) < 0.0:
+        if min(self.brightness, self.contrast, self.saturation, self.hed_sigma) < 0.0:
             raise ValueError("jitter strengths must be non-negative")
         if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"blur_sigma must satisfy 0 < min <= max; got {self.blur_sigma}")
@@ -83,6 +89,21 @@ class AugmentParams:
 #: ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, RandomGrayscale p=0.2, Gaussian blur
 #: sigma [0.1, 2] p=0.5 with a kernel ~10% of the side, ImageNet normalisation.
 HISTOLOGY = AugmentParams()
+
+#: H&E-appropriate recipe: the same crops, rotations, flips and blur, but lighter colour
+#: jitter (0.2, 0.2, 0.2, hue 0.02: a hue shift of 0.1 turns eosin pink into orange or
+#: purple), stain variation as HED jitter (sigma 0.05) and no grayscale (colour tells
+#: haematoxylin-dense tumour from stroma).
+HE = AugmentParams(
+    brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, hed_sigma=0.05, grayscale_p=0.0
+)
+
+#: The recipes by name (``PretrainConfig.augment``).
+RECIPES = dict(zip(AUGMENTATIONS, (HISTOLOGY, HE), strict=True))
+
+#: Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB optical density
+#: in R, G, B), as scikit-image's ``rgb_from_hed``.
+_RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
 
 
 def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -234,6 +255,19 @@ def _color_jitter(
     return out
 
 
+def _hed_jitter(x: torch.Tensor, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Scale and shift each image's H, E and D optical densities (per-image factors)."""
+    n, device = x.shape[0], x.device
+    rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=x.dtype, device=device)
+    hed_from_rgb = torch.linalg.inv(rgb_from_hed)
+    u = _rand(6 * n, generator, device).reshape(2, n, 1, 3)
+    scale, shift = _uniform(1 - sigma, 1 + sigma, u[0]), _uniform(-sigma, sigma, u[1])
+    od = -torch.log(x.clamp(min=1e-6)).permute(0, 2, 3, 1).reshape(n, -1, 3)  # [N, P, 3]
+    hed = (od @ hed_from_rgb) * scale + shift
+    rgb = torch.exp(-(hed @ rgb_from_hed)).clamp(0.0, 1.0)
+    return rgb.reshape(n, x.shape[2], x.shape[3], 3).permute(0, 3, 1, 2).contiguous()
+
+
 def blur_kernel_size(side: int, fraction: float) -> int:
     """Odd Gaussian kernel size ``~fraction * side``, at least 3."""
     k = max(3, int(round(fraction * side)))
@@ -315,6 +349,8 @@ def augment_batch(
     x = torch.where((u[2] < params.vflip_p).view(-1, 1, 1, 1), x.flip(2), x)
     if params.jitter_p > 0:
         x = _color_jitter(x, params, generator)
+    if params.hed_sigma > 0:
+        x = _hed_jitter(x, params.hed_sigma, generator)
     gray = (u[3] < params.grayscale_p).view(-1, 1, 1, 1)
     x = torch.where(gray, _grayscale(x).expand(-1, 3, -1, -1), x)
     blur = u[4] < params.blur_p

@@ -25,7 +25,7 @@ class WeakSupConLoss(NamedTuple):
     """The WeakSupCon loss and its two parts (all 0-d tensors)."""
 
     loss: torch.Tensor
-    """``similarity + simclr``."""
+    """``negative_weight * similarity + simclr``."""
     similarity: torch.Tensor
     """Similarity loss of the negative-bag group."""
     simclr: torch.Tensor
@@ -202,6 +202,7 @@ def weaksupcon(
     bag_labels: torch.Tensor,
     tau: float = TAU,
     base_tau: float = BASE_TAU,
+    negative_weight: float = 1.0,
 ) -> WeakSupConLoss:
     """WeakSupCon loss (Zhang et al.): similarity on negative bags + SimCLR on positive bags.
 
@@ -209,8 +210,9 @@ def weaksupcon(
     bag label. Negative-bag patches (label 0) get :func:`bag_similarity`;
     positive-bag patches (label != 0) get SimCLR on their own views only, i.e.
     :func:`supcon` with the identity mask, so negative-bag patches are never used
-    as negatives of positive-bag patches. ``L = L_sim + L_simclr``; a group that is
-    empty (or has a single view) contributes 0, never NaN.
+    as negatives of positive-bag patches. ``L = w L_sim + L_simclr`` (``w`` =
+    ``negative_weight``, 1 in the paper); a group that is empty (or has a single view)
+    contributes 0, never NaN.
 
     Parameters
     ----------
@@ -222,6 +224,8 @@ def weaksupcon(
         Temperature of the SimCLR part.
     base_tau : float
         Base temperature of both parts.
+    negative_weight : float
+        Weight ``w`` of the similarity term (the negative-bag group).
 
     Returns
     -------
@@ -237,7 +241,7 @@ def weaksupcon(
     negatives, positives = z_views[~positive], z_views[positive]
     similarity = bag_similarity(negatives, base_tau) if len(negatives) else _zero(z_views)
     simclr = supcon(positives, None, tau, base_tau) if len(positives) else _zero(z_views)
-    return WeakSupConLoss(similarity + simclr, similarity, simclr)
+    return WeakSupConLoss(negative_weight * similarity + simclr, similarity, simclr)
 
 
 def gumbel_softmax(

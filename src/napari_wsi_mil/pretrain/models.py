@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from napari_wsi_mil.errors import WsiMilError
-from napari_wsi_mil.pretrain import METHODS
+from napari_wsi_mil.pretrain import METHODS, TRUNK_STAGES
 
 #: Trunk output size (ResNet-18 after global average pooling).
 TRUNK_DIM = 512
@@ -129,6 +129,42 @@ def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
         if not name.startswith("fc."):
             renamed[name] = value
     return renamed
+
+
+#: The trunk's stages in forward order; ``PretrainConfig.train_from`` names the first
+#: trained one ("conv1": the whole trunk).
+_STAGE_MODULES = {
+    "conv1": ("conv1", "bn1"),
+    "layer1": ("layer1",),
+    "layer2": ("layer2",),
+    "layer3": ("layer3",),
+    "layer4": ("layer4",),
+}
+
+
+def freeze_before(trunk: nn.Module, stage: str) -> list[nn.Module]:
+    """Freeze the trunk's stages before ``stage`` (no gradients) and return their modules.
+
+    The caller puts the returned modules in eval mode after every ``train()`` call
+    (:func:`keep_frozen_eval`), so their BatchNorm layers use and keep their running
+    statistics: frozen means the features of those stages do not change at all.
+    """
+    if stage not in TRUNK_STAGES:
+        raise WsiMilError(f"unknown trunk stage {stage!r}: use one of {', '.join(TRUNK_STAGES)}")
+    frozen = [
+        getattr(trunk, name)
+        for earlier in TRUNK_STAGES[: TRUNK_STAGES.index(stage)]
+        for name in _STAGE_MODULES[earlier]
+    ]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def keep_frozen_eval(frozen: list[nn.Module]) -> None:
+    """Eval mode for frozen stages (call after ``model.train()``)."""
+    for module in frozen:
+        module.eval()
 
 
 class ProjectionHead(nn.Module):

@@ -25,11 +25,29 @@ from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
 from napari_wsi_mil.pretrain import METHODS
 from napari_wsi_mil.pretrain import distributed as ddp
-from napari_wsi_mil.pretrain.augment import HISTOLOGY, IMAGENET_MEAN, IMAGENET_STD, two_views
+from napari_wsi_mil.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, RECIPES, two_views
+from napari_wsi_mil.pretrain.collapse import (  # noqa: F401 (COLLAPSED_SPREAD re-exported)
+    COLLAPSED_SPREAD,
+    GROUPS,
+    CollapseError,
+    CollapseMonitor,
+    collapse_suggestions,
+    collapse_summary,
+    collapse_warning,
+    projection_spread,
+    step_spreads,
+    watched_key,
+)
 from napari_wsi_mil.pretrain.encoder_file import EncoderFile, save_encoder
 from napari_wsi_mil.pretrain.losses import clusiam_loss, nt_xent, supcon, weaksupcon
-from napari_wsi_mil.pretrain.models import ContrastiveModel
+from napari_wsi_mil.pretrain.models import (
+    TRUNK_STAGES,
+    ContrastiveModel,
+    freeze_before,
+    keep_frozen_eval,
+)
 from napari_wsi_mil.pretrain.optim import build_optimizer, learning_rate
+from napari_wsi_mil.pretrain.presets import preset_settings
 from napari_wsi_mil.validate import check_device, check_float, check_fraction, check_int
 from napari_wsi_mil.weights_file import load_weights_only
 
@@ -50,6 +68,15 @@ class PretrainConfig:
     ``batch_size`` is the global number of patches per optimiser micro-step (two views
     each); with ``grad_accum`` > 1 gradients of several micro-batches are summed before
     a step, and contrastive negatives come from within each micro-batch.
+
+    Recipe knobs: ``image_size`` is the side of the augmented views (patches are read
+    at their tiling size and cropped/resized to it); ``train_from`` the first trunk
+    stage that is trained (earlier ones frozen, BatchNorm in eval mode; "conv1" trains
+    everything); ``augment`` the recipe in :data:`~napari_wsi_mil.pretrain.augment.RECIPES`;
+    ``negative_weight`` WeakSupCon's similarity-term weight. ``allow_collapse`` lets a
+    collapsed run go on with a warning instead of stopping it (see
+    :mod:`~napari_wsi_mil.pretrain.collapse`). ``preset`` only records which preset
+    the settings came from; build a config from one with :meth:`from_preset`.
     """
 
     method: str = "weaksupcon"
@@ -69,6 +96,11 @@ class PretrainConfig:
     alpha: float = 0.5
     init: str = "random"
     image_size: int = 224
+    train_from: str = "conv1"
+    augment: str = "histology"
+    negative_weight: float = 1.0
+    allow_collapse: bool = False
+    preset: str | None = None
     max_patches_per_slide: int | None = None
     amp: str = "auto"  # auto | bf16 | fp16 | off (CUDA; bf16 also on CPU, when asked for)
     channels_last: bool = True  # CUDA only
@@ -86,7 +118,7 @@ class PretrainConfig:
         check_int("batch_size", self.batch_size, minimum=2)
         for key in ("epochs", "steps_per_epoch", "step_every_epochs", "clusters", "grad_accum"):
             check_int(key, getattr(self, key))
-        check_int("image_size", self.image_size, minimum=8)
+        check_int("image_size", self.image_size, minimum=16)
         check_int("num_workers", self.num_workers, minimum=0)
         check_int("seed", self.seed, minimum=0)
         if self.max_patches_per_slide is not None:
@@ -99,6 +131,16 @@ class PretrainConfig:
         if self.weight_decay is not None:
             check_float("weight_decay", self.weight_decay, open_minimum=False)
         check_device(self.device)
+        if self.train_from not in TRUNK_STAGES:
+            raise WsiMilError(
+                f"unknown train_from {self.train_from!r}: use one of {', '.join(TRUNK_STAGES)}"
+            )
+        if self.augment not in RECIPES:
+            raise WsiMilError(
+                f"unknown augmentation {self.augment!r}: use one of {', '.join(RECIPES)}"
+            )
+        check_float("negative_weight", self.negative_weight, open_minimum=False)
+        preset_settings(self.preset)  # an unknown preset name fails here
         defaults = METHOD_DEFAULTS[self.method]
         if self.lr is None:
             self.lr = defaults["lr_per_256"] * self.batch_size * self.grad_accum / 256
@@ -107,6 +149,11 @@ class PretrainConfig:
         if self.weight_decay is None:
             self.weight_decay = defaults["weight_decay"]
 
+    @classmethod
+    def from_preset(cls, preset: str | None, **explicit) -> PretrainConfig:
+        """The preset's settings, overridden by every ``explicit`` one."""
+        return cls(**{**preset_settings(preset), **explicit, "preset": preset})
+
 
 @dataclass
 class PretrainResult:
@@ -114,46 +161,17 @@ class PretrainResult:
     checkpoint_path: Path
     epoch_losses: list[float] = field(default_factory=list)
     patches_per_second: float = 0.0
-    #: mean :func:`projection_spread` over each epoch's steps
+    #: mean watched spread (:func:`~napari_wsi_mil.pretrain.collapse.watched_key`: the
+    #: positive-bag group for WeakSupCon, the whole batch otherwise) over each epoch
     epoch_spreads: list[float] = field(default_factory=list)
-    #: mean spread over the last tenth of the last epoch's steps (what the warning uses:
-    #: a run that collapses within its only epoch still has a healthy epoch mean)
+    #: watched spread over the last tenth of the last epoch's steps (what the end-of-run
+    #: warning uses: a run that collapses within its only epoch has a healthy epoch mean)
     final_spread: float | None = None
     warnings: list[str] = field(default_factory=list)
-
-
-#: Below this :func:`projection_spread` the projections count as collapsed. Full
-#: collapse measures about 0.003; WeakSupCon *means* to pull normal tissue onto one point,
-#: and with a fraction ``f`` of lesion patches spread out the spread is about ``sqrt(f)``
-#: (0.1 at 1 %), so only near-total collapse is flagged.
-COLLAPSED_SPREAD = 0.02
-
-
-def projection_spread(z: torch.Tensor) -> float:
-    """How spread out a batch of projections is: 1 for uniformly spread, 0 for collapsed.
-
-    The mean per-dimension standard deviation of the L2-normalised rows times
-    ``sqrt(D)`` (SimSiam's collapse monitor, Chen & He 2021): rows spread uniformly
-    over the sphere give about 1, identical rows give 0.
-    """
-    z = torch.nn.functional.normalize(z.detach().float(), dim=1)
-    return float(z.std(0).mean() * z.shape[1] ** 0.5)
-
-
-def collapse_warning(config: PretrainConfig, spread: float) -> str | None:
-    """A user-facing warning when the projections ended collapsed, else None."""
-    if spread >= COLLAPSED_SPREAD:
-        return None
-    advice = "use init='imagenet' (weights in torch's hub cache), a lower --lr or more warm-up"
-    if config.method == "weaksupcon":
-        advice = (
-            "WeakSupCon's similarity term pulls every negative-bag patch together and can "
-            f"collapse a random-init encoder; {advice}"
-        )
-    return (
-        f"the projections collapsed (spread {spread:.3f}, healthy is near 1): the encoder "
-        f"has stopped learning. {advice}."
-    )
+    #: WeakSupCon: the last tenth's spread of the ``negative`` and ``positive`` groups
+    group_spreads: dict[str, float] = field(default_factory=dict)
+    #: the step (from 1) at which the monitor saw the watched group collapse, else None
+    collapsed_at: int | None = None
 
 
 def _autocast(device: torch.device, amp: str):
@@ -203,13 +221,13 @@ def contrastive_loss(
     z = model(torch.cat([v1, v2]))["z"].float()
     z1, z2 = gather(z[:n]), gather(z[n:])
     all_labels = ddp.gather_no_grad(labels)
-    spread = {"spread": projection_spread(z1)}
+    spread = step_spreads(config.method, z1, all_labels)
     if config.method == "simclr":
         return nt_xent(z1, z2, config.tau), spread
     views = torch.stack([z1, z2], dim=1)
     if config.method == "supcon":
         return supcon(views, all_labels, config.tau, config.base_tau), spread
-    out = weaksupcon(views, all_labels, config.tau, config.base_tau)
+    out = weaksupcon(views, all_labels, config.tau, config.base_tau, config.negative_weight)
     return out.loss, {
         "similarity": float(out.similarity.detach()),
         "simclr": float(out.simclr.detach()),
@@ -308,6 +326,8 @@ def pretrain_job(
 
     torch.manual_seed(config.seed)
     model = ContrastiveModel(config.method, config.init, config.clusters).to(device)
+    frozen = freeze_before(model.trunk, config.train_from)
+    recipe = RECIPES[config.augment]
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -324,6 +344,8 @@ def pretrain_job(
     )
     autocast, scaler = _autocast(device, config.amp)
     start_epoch, epoch_losses, epoch_spreads, final_spread = 0, [], [], None
+    group_spreads: dict[str, float] = {}
+    monitor = CollapseMonitor(config.method)
     if resume and checkpoint_path.exists():
         state = _read_checkpoint(checkpoint_path, device)
         if state["config"] != asdict(config):
@@ -338,14 +360,17 @@ def pretrain_job(
             epoch_losses = [float(x) for x in state["epoch_losses"]]
             epoch_spreads = [float(x) for x in state["epoch_spreads"]]
             final_spread = state["final_spread"]
+            group_spreads = {str(k): float(v) for k, v in state["group_spreads"].items()}
+            monitor.collapsed_at = state["collapsed_at"]
         except (KeyError, TypeError, ValueError, RuntimeError, WsiMilError) as exc:
             raise WsiMilError(f"{checkpoint_path}: not a usable checkpoint ({exc})") from None
 
     total_steps = config.epochs * config.steps_per_epoch
-    throughput = 0.0
+    throughput, warnings, watched = 0.0, [], watched_key(config.method)
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         net.train()
+        keep_frozen_eval(frozen)
         losses, spreads, seen, started = [], [], 0, time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         for step, (images, slide_index, _, _) in enumerate(loader):
@@ -364,7 +389,7 @@ def pretrain_job(
             torch.manual_seed(seed)
             generator = torch.Generator(device).manual_seed(seed)
             images = images.to(device, non_blocking=True)
-            v1, v2 = two_views(images, config.image_size, HISTOLOGY, generator=generator)
+            v1, v2 = two_views(images, config.image_size, recipe, generator=generator)
             if device.type == "cuda" and config.channels_last:
                 v1 = v1.contiguous(memory_format=torch.channels_last)
                 v2 = v2.contiguous(memory_format=torch.channels_last)
@@ -388,14 +413,26 @@ def pretrain_job(
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-            spreads.append(parts["spread"])
+            spreads.append({k: v for k, v in parts.items() if k.startswith("spread")})
             seen += len(images) * info.world_size
             throughput = seen / max(time.perf_counter() - started, 1e-9)
+            warning = None
+            if monitor.update(epoch * config.steps_per_epoch + step + 1, spreads[-1]):
+                error = CollapseError(
+                    collapse_summary(config.method, monitor.collapsed_at, monitor.means()),
+                    collapse_suggestions(config),
+                )
+                if not config.allow_collapse:
+                    dataset.close()
+                    raise error
+                warning = f"{error.summary} Going on (collapse allowed)."
+                warnings.append(warning)
             yield Progress(
                 f"epoch {epoch + 1}/{config.epochs}",
                 step + 1,
                 config.steps_per_epoch,
-                message=f"loss {losses[-1]:.4f}, {throughput:.0f} patches/s",
+                message=f"loss {losses[-1]:.4f}, spread {parts[watched]:.3f}, "
+                f"{throughput:.0f} patches/s",
                 info={
                     "epoch": epoch,
                     "step": step,
@@ -403,11 +440,18 @@ def pretrain_job(
                     "lr": lr,
                     "patches_per_second": throughput,
                     **parts,
+                    **({"warning": warning} if warning else {}),
                 },
             )
         epoch_losses.append(ddp.all_reduce_mean(float(np.mean(losses))))
-        epoch_spreads.append(ddp.all_reduce_mean(float(np.mean(spreads))))
-        final_spread = ddp.all_reduce_mean(float(np.mean(spreads[-max(1, len(spreads) // 10) :])))
+        epoch_spreads.append(ddp.all_reduce_mean(float(np.nanmean([s[watched] for s in spreads]))))
+        tail = spreads[-max(1, len(spreads) // 10) :]
+        final_spread = ddp.all_reduce_mean(float(np.nanmean([s[watched] for s in tail])))
+        group_spreads = {
+            group: ddp.all_reduce_mean(float(np.nanmean([s[f"spread_{group}"] for s in tail])))
+            for group in GROUPS
+            if f"spread_{group}" in tail[0]
+        }
         broken = [
             k
             for k, v in model.state_dict().items()
@@ -428,14 +472,23 @@ def pretrain_job(
                         "epoch_losses": epoch_losses,
                         "epoch_spreads": epoch_spreads,
                         "final_spread": final_spread,
+                        "group_spreads": group_spreads,
+                        "collapsed_at": monitor.collapsed_at,
                         "config": asdict(config),
                     },
                     tmp,
                 )
     dataset.close()
     if info.is_main:
-        save_encoder(out, _encoder_file(model, config, project, slide_ids[0], final_spread))
+        facts = {
+            "projection_spread": final_spread,
+            **{f"spread_{group}": value for group, value in group_spreads.items()},
+            "collapsed_at_step": monitor.collapsed_at,
+        }
+        save_encoder(out, _encoder_file(model, config, project, slide_ids[0], facts))
     warning = collapse_warning(config, final_spread) if final_spread is not None else None
+    if warning and not warnings:
+        warnings.append(warning)
     return PretrainResult(
         out,
         checkpoint_path,
@@ -443,7 +496,9 @@ def pretrain_job(
         throughput,
         epoch_spreads,
         final_spread,
-        [warning] if warning else [],
+        warnings,
+        group_spreads,
+        monitor.collapsed_at,
     )
 
 
@@ -461,7 +516,7 @@ def _encoder_file(
     config: PretrainConfig,
     project,
     slide_id: str,
-    final_spread: float | None,
+    spread_facts: dict[str, object],
 ) -> EncoderFile:
     geometry = project.read_tiles(slide_id)[1]["geometry"]
     metadata = {
@@ -474,7 +529,12 @@ def _encoder_file(
         "patch_size": geometry["patch_size"],
         "epochs": config.epochs,
         "init": config.init,
-        "projection_spread": final_spread,
+        "preset": config.preset,
+        "train_from": config.train_from,
+        "augment": config.augment,
+        "negative_weight": config.negative_weight,
+        "lr": config.lr,
+        **spread_facts,
     }
     head = {}
     if config.method == "clusiam":

@@ -1,22 +1,29 @@
-"""The "Pretrain encoder" dock widget: live loss curve, patches/s and ETA, pause/cancel."""
+"""The "Pretrain encoder" dock widget: presets, live loss and spread curves, patches/s and
+ETA, pause/cancel, collapse warnings worded with its own fields."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton, SpinBox
 
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 from napari_wsi_mil._napari.widgets.plot_canvas import CurveCanvas
 from napari_wsi_mil.pretrain import METHODS
+
+NO_PRESET = "none"
 
 
 class PretrainWidget(JobWidget):
     """Pretrain a patch encoder on a tiled project with the cohort's bag labels.
 
     Defaults follow the papers (see ``PretrainConfig``); a learning rate of 0 means the
-    method's default scaled by the batch size. Cancel keeps the last epoch checkpoint,
+    method's default scaled by the batch size. Choosing a preset fills the fields with
+    its settings, which can then be changed. The projection spread is plotted beside the
+    loss (for WeakSupCon per bag group); a run that collapses stops with advice naming
+    this widget's fields ("Apply advice" sets them), unless "allow collapse" is ticked.
+    Cancel keeps the last epoch checkpoint,
     from which ``wsi-mil pretrain --resume`` continues. For CluSiam encoders, "Show
     clusters" colours the current slide's patches by cluster.
     """
@@ -30,6 +37,11 @@ class PretrainWidget(JobWidget):
         self.cohort = FileEdit(
             label="cohort CSV", mode="r", filter="*.csv", value=home / "cohort.csv"
         )
+        from napari_wsi_mil.pretrain.augment import RECIPES
+        from napari_wsi_mil.pretrain.models import TRUNK_STAGES
+        from napari_wsi_mil.pretrain.presets import PRESETS
+
+        self.preset = ComboBox(label="preset", choices=[NO_PRESET, *PRESETS], value=NO_PRESET)
         self.method = ComboBox(label="method", choices=list(METHODS), value="weaksupcon")
         self.epochs = SpinBox(label="epochs", value=10, min=1, max=10_000)
         self.steps = SpinBox(label="steps / epoch", value=50, min=1, max=1_000_000)
@@ -39,6 +51,13 @@ class PretrainWidget(JobWidget):
         )
         self.init = ComboBox(label="init", choices=list(RESNET18_CARDS), value="random")
         self.image_size = SpinBox(label="view size (px)", value=224, min=16, max=1024)
+        self.train_from = ComboBox(label="train from", choices=list(TRUNK_STAGES), value="conv1")
+        self.augment = ComboBox(label="augmentation", choices=list(RECIPES), value="histology")
+        self.warmup = FloatSpinBox(label="warm-up epochs", value=1.0, min=0.0, max=1000, step=0.5)
+        self.negative_weight = FloatSpinBox(
+            label="negative-group weight", value=1.0, min=0.0, max=100.0, step=0.05
+        )
+        self.allow_collapse = CheckBox(label="allow collapse", value=False)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.out = FileEdit(
             label="encoder file",
@@ -48,10 +67,12 @@ class PretrainWidget(JobWidget):
         )
         self.pause_button = PushButton(text="Pause", enabled=False)
         self.clusters_button = PushButton(text="Show clusters on slide")
+        self.advice_button = PushButton(text="Apply advice", enabled=False)
         self.extend(
             [
                 self.project,
                 self.cohort,
+                self.preset,
                 self.method,
                 self.epochs,
                 self.steps,
@@ -59,24 +80,84 @@ class PretrainWidget(JobWidget):
                 self.lr,
                 self.init,
                 self.image_size,
+                self.train_from,
+                self.augment,
+                self.warmup,
+                self.negative_weight,
+                self.allow_collapse,
                 self.device,
                 self.out,
             ]
         )
         self.add_controls()
-        self.extend([self.pause_button, self.clusters_button])
+        self.extend([self.pause_button, self.advice_button, self.clusters_button])
         self.canvas = CurveCanvas(napari_viewer, xlabel="step", ylabel="loss")
+        self.spread_canvas = CurveCanvas(napari_viewer, xlabel="step", ylabel="spread")
         self.native.layout().addWidget(self.canvas)
+        self.native.layout().addWidget(self.spread_canvas)
+        self._advice: dict[str, object] = {}
+        self.preset.changed.connect(self.apply_preset)
+        self.advice_button.changed.connect(self.apply_advice)
         self.run_button.changed.connect(self.guard(self.run))
         self.pause_button.changed.connect(self.toggle_pause)
         self.clusters_button.changed.connect(self.guard(self.show_clusters))
         self._started = 0.0
         self._paused = False
 
+    #: ``PretrainConfig`` field -> this widget's field attribute.
+    FIELDS = {
+        "preset": "preset",
+        "method": "method",
+        "epochs": "epochs",
+        "steps_per_epoch": "steps",
+        "batch_size": "batch_size",
+        "lr": "lr",
+        "init": "init",
+        "image_size": "image_size",
+        "train_from": "train_from",
+        "augment": "augment",
+        "warmup_epochs": "warmup",
+        "negative_weight": "negative_weight",
+        "allow_collapse": "allow_collapse",
+        "device": "device",
+    }
+
+    def field_labels(self) -> dict[str, str]:
+        """``PretrainConfig`` field -> the label the user sees, quoted."""
+        return {k: f'"{getattr(self, a).label}"' for k, a in self.FIELDS.items()}
+
+    def apply_preset(self, name: str | None = None) -> None:
+        """Fill the fields a preset sets (its other settings have no field here)."""
+        from napari_wsi_mil.pretrain.presets import preset_settings
+
+        name = self.preset.value
+        settings = preset_settings(None if name == NO_PRESET else name)
+        for key, value in settings.items():
+            if key in self.FIELDS and key != "preset":
+                getattr(self, self.FIELDS[key]).value = value
+
+    def apply_advice(self) -> None:
+        """Set the fields a collapse suggested (the first suggestion: the preset, or else
+        the learning rate and negative-group weight)."""
+        advice = dict(self._advice)
+        if "preset" in advice:
+            self.preset.value = advice["preset"]  # fills its fields
+            self.apply_preset()
+        else:
+            for key, value in advice.items():
+                if key != "allow_collapse" and key in self.FIELDS:
+                    getattr(self, self.FIELDS[key]).value = value
+        self.advice_button.enabled = False
+
     def config(self):
+        from napari_wsi_mil.pretrain.presets import preset_settings
         from napari_wsi_mil.pretrain.trainer import PretrainConfig
 
+        preset = None if self.preset.value == NO_PRESET else self.preset.value
+        hidden = {k: v for k, v in preset_settings(preset).items() if k not in self.FIELDS}
         return PretrainConfig(
+            **hidden,
+            preset=preset,
             method=self.method.value,
             epochs=self.epochs.value,
             steps_per_epoch=self.steps.value,
@@ -84,6 +165,11 @@ class PretrainWidget(JobWidget):
             lr=self.lr.value or None,
             init=self.init.value,
             image_size=self.image_size.value,
+            train_from=self.train_from.value,
+            augment=self.augment.value,
+            warmup_epochs=self.warmup.value,
+            negative_weight=self.negative_weight.value,
+            allow_collapse=self.allow_collapse.value,
             device=self.device.value,
         )
 
@@ -101,6 +187,9 @@ class PretrainWidget(JobWidget):
             )
 
         self.canvas.clear()
+        self.spread_canvas.clear()
+        self._advice = {}
+        self.advice_button.enabled = False
         self._started = time.perf_counter()
         self.start(job, self._finished)
         self.pause_button.enabled = self.busy
@@ -123,8 +212,17 @@ class PretrainWidget(JobWidget):
         config_steps = self.steps.value
         step = info["epoch"] * config_steps + info["step"] + 1
         self.canvas.add_point("loss", step, info["loss"])
+        for key, value in info.items():
+            if key.startswith("spread"):
+                name = key.replace("spread_", "") if key != "spread" else "batch"
+                self.spread_canvas.add_point(name, step, value)
         if step % 5 == 0 or step == 1:
             self.canvas.redraw()
+            self.spread_canvas.redraw()
+        if "warning" in info:
+            from napari.utils.notifications import show_warning
+
+            show_warning(info["warning"])
         total = self.epochs.value * config_steps
         elapsed = time.perf_counter() - self._started
         eta = elapsed / step * (total - step)
@@ -134,9 +232,21 @@ class PretrainWidget(JobWidget):
             f"patches/s, ETA {eta / 60:.1f} min"
         )
 
+    def _on_error(self, exc: BaseException) -> None:
+        """A collapse: the message names this widget's fields and "Apply advice" sets them."""
+        from napari_wsi_mil.errors import WsiMilError
+        from napari_wsi_mil.pretrain.collapse import CollapseError
+
+        if isinstance(exc, CollapseError):
+            self._advice = exc.suggestions
+            self.advice_button.enabled = True
+            exc = WsiMilError(f'{exc.describe(self.field_labels())} Or press "Apply advice".')
+        super()._on_error(exc)
+
     def _on_finished(self) -> None:
         super()._on_finished()
         self.canvas.redraw()
+        self.spread_canvas.redraw()
         self.pause_button.enabled = False
         self.pause_button.text = "Pause"
         self._paused = False
