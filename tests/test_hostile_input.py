@@ -18,6 +18,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,9 @@ def _write_inputs(world: World) -> None:
         archive.writestr("archive/code/__torch__.py", "")
         archive.writestr("archive/constants.pkl", payload)
         archive.writestr("archive/data.pkl", payload)
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), world.file("script.pt"))
+    with warnings.catch_warnings():  # torch.jit is deprecated; a user may still have one
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), world.file("script.pt"))
     (world.root / "ckpt-evil").mkdir()
     torch.save(_Payload(world.marker), world.root / "ckpt-evil" / "last.pt")
     (world.root / "ckpt-garbage").mkdir()

@@ -96,7 +96,8 @@ def test_trunk_starts_from_an_encoder_file_or_a_state_dict(tmp_path):
     pth = tmp_path / "resnet18.pth"
     torch.save({**source.encoder_state_dict(), "fc.weight": torch.zeros(1000, 512)}, pth)
     encoder = tmp_path / "simclr.safetensors"
-    save_encoder(encoder, EncoderFile(source.encoder_state_dict(), {"arch": "resnet18"}))
+    meta = {"arch": "resnet18", "input_size": 224, "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_encoder(encoder, EncoderFile(source.encoder_state_dict(), meta))
     for path in (pth, encoder):
         with torch.no_grad():
             assert torch.equal(resnet18_trunk(str(path)).eval()(x), expected)
