@@ -15,7 +15,9 @@ STATUS_MAX_CHARS = 500
 class JobWidget(Container):
     """Run button, Cancel button, progress bar and status line around one job at a time.
 
-    The status line wraps, so a dock of normal width shows all of it.
+    The controls sit in a scroll area (``native``, what napari docks), so a tall widget
+    scrolls instead of stretching the window; the status line spans the dock's width
+    and wraps, so a dock of normal width shows all of it.
 
     Subclasses build their parameter widgets, then call :meth:`start` with a
     generator function (the job) and a handler for its return value. The handler
@@ -24,7 +26,7 @@ class JobWidget(Container):
     """
 
     def __init__(self, viewer, run_text: str = "Run"):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self.viewer = viewer
         self.worker = None
         self.run_button = PushButton(text=run_text)
@@ -35,9 +37,23 @@ class JobWidget(Container):
         self.status.native.setWordWrap(True)
         self.cancel_button.changed.connect(self.cancel)
 
+    @property
+    def native(self):
+        """The scroll area around the controls.
+
+        magicgui's ``native`` is the widget inside a scrollable container, and napari
+        docks ``native``: without this the scroll area would be left out of the dock.
+        """
+        return self.root_native_widget
+
+    def add_native(self, widget) -> None:
+        """Append a Qt widget (a plot, a gallery) at the full width of the dock."""
+        self._widget._layout.addWidget(widget)
+
     def add_controls(self) -> None:
         """Append the run/cancel buttons, progress bar and status (after the parameters)."""
-        self.extend([self.run_button, self.cancel_button, self.progress, self.status])
+        self.extend([self.run_button, self.cancel_button, self.progress])
+        self.add_native(self.status.native)
 
     @property
     def busy(self) -> bool:

@@ -64,7 +64,7 @@ class PretrainWidget(JobWidget):
         self.add_controls()
         self.extend([self.pause_button, self.clusters_button])
         self.canvas = CurveCanvas(napari_viewer, xlabel="step", ylabel="loss")
-        self.native.layout().addWidget(self.canvas)
+        self.add_native(self.canvas)
         self.run_button.changed.connect(self.run)
         self.pause_button.changed.connect(self.toggle_pause)
         self.clusters_button.changed.connect(self.show_clusters)
