@@ -16,9 +16,7 @@ DOCK_WIDGETS = (
 def test_all_six_docks_fit_a_window_under_1000_px(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
-    docked = [
-        viewer.window.add_plugin_dock_widget("napari-wsi-mil", name) for name in DOCK_WIDGETS
-    ]
+    docked = [viewer.window.add_plugin_dock_widget("napari-wsi-mil", name) for name in DOCK_WIDGETS]
     window.resize(1400, 900)
     qtbot.wait(200)
     assert window.height() < 1000, window.height()
