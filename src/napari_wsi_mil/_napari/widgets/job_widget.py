@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from matplotlib.backends.qt_compat import _isdeleted
+from psygnal import SignalInstance
 
 from napari_wsi_mil.jobs import Progress
+
+#: Emitted on the main thread when a job of any widget ends: what it wrote (a feature
+#: set, a tiling, a model) may be new to the lists of the other widgets, which refresh.
+JOB_FINISHED = SignalInstance(name="job_finished")
 
 #: Longest status text shown (notifications carry the whole message).
 STATUS_MAX_CHARS = 500
@@ -36,6 +42,7 @@ class JobWidget(Container):
         # wrap, so that a result at the end of the line is not clipped by a narrow dock
         self.status.native.setWordWrap(True)
         self.cancel_button.changed.connect(self.cancel)
+        JOB_FINISHED.connect(self._refresh_choices)  # weakly: gone with the widget
 
     @property
     def native(self):
@@ -102,6 +109,12 @@ class JobWidget(Container):
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+        JOB_FINISHED.emit()
+
+    def _refresh_choices(self) -> None:
+        """Re-read every list (feature sets, slides), e.g. after an extraction."""
+        if not _isdeleted(self.root_native_widget):
+            self.reset_choices()
 
     def _set_status(self, text: str) -> None:
         if len(text) > STATUS_MAX_CHARS:
