@@ -75,10 +75,10 @@ class JobWidget(Container):
 
         if self.busy:
             return
-        worker = create_worker(job, _start_thread=False)
+        # errored in _connect: otherwise napari also re-raises the error on the main thread
+        worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(on_returned)
-        worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: self._set_status("cancelled; finished results are kept"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
