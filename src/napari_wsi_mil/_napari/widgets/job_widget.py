@@ -58,9 +58,13 @@ class JobWidget(Container):
         self._widget._layout.addWidget(widget)
 
     def add_controls(self) -> None:
-        """Append the run/cancel buttons, progress bar and status (after the parameters)."""
+        """Append the run/cancel buttons, progress bar and status (after the parameters);
+        the ``project`` and ``cohort`` fields, if any, now follow the shared project."""
+        from napari_wsi_mil._napari.widgets.project_panel import follow_shared_project
+
         self.extend([self.run_button, self.cancel_button, self.progress])
         self.add_native(self.status.native)
+        follow_shared_project(self)
 
     @property
     def busy(self) -> bool:
