@@ -25,6 +25,8 @@ def test_all_six_docks_fit_a_window_under_1000_px(make_napari_viewer, qtbot):
         scroll = dock.widget()
         assert isinstance(scroll, QScrollArea), dock.name
         assert widget.status.native in scroll.widget().findChildren(type(widget.status.native))
+        # as wide as its contents: nothing clipped at the right
+        assert scroll.viewport().width() >= scroll.widget().minimumSizeHint().width(), dock.name
 
 
 def test_status_line_spans_the_dock(make_napari_viewer, qtbot):
@@ -33,6 +35,9 @@ def test_status_line_spans_the_dock(make_napari_viewer, qtbot):
     viewer.window._qt_window.resize(1400, 900)
     qtbot.wait(200)
     inner = widget.native.widget()
+    widget._set_status("done")  # short: still at the dock's width
+    qtbot.wait(100)
+    assert widget.status.native.width() >= 0.9 * inner.contentsRect().width()
     widget._set_status("a long status line " * 20)
     qtbot.wait(100)
     # the status line is as wide as the dock's controls (not the value column) and wraps

@@ -7,8 +7,28 @@ from collections.abc import Callable, Generator
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from matplotlib.backends.qt_compat import _isdeleted
 from psygnal import SignalInstance
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_wsi_mil.jobs import Progress
+
+
+class _ScrollAreaFitsWidth(QObject):
+    """Keeps a vertically scrolling area at least as wide as its contents' minimum
+    (magicgui sets it only as widgets are added, not when a label's text grows)."""
+
+    def __init__(self, scroll) -> None:
+        super().__init__(scroll)
+        self.scroll = scroll
+        scroll.widget().installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Type.LayoutRequest and not _isdeleted(self.scroll):
+            bar = self.scroll.verticalScrollBar().sizeHint().width()
+            frame = 2 * self.scroll.frameWidth()
+            self.scroll.setMinimumWidth(obj.minimumSizeHint().width() + bar + frame)
+        return False
+
 
 #: Emitted on the main thread when a job of any widget ends: what it wrote (a feature
 #: set, a tiling, a model) may be new to the lists of the other widgets, which refresh.
@@ -39,8 +59,11 @@ class JobWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
-        # wrap, so that a result at the end of the line is not clipped by a narrow dock
+        # the dock's width (magicgui's labels are fixed to their text), wrapping, so that a
+        # result at the end of the line is not clipped by a narrow dock
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.status.native.setWordWrap(True)
+        self._fit_width = _ScrollAreaFitsWidth(self.root_native_widget)
         self.cancel_button.changed.connect(self.cancel)
         JOB_FINISHED.connect(self._refresh_choices)  # weakly: gone with the widget
 
