@@ -86,8 +86,19 @@ class JobWidget(Container):
         from napari_wsi_mil._napari.widgets.project_panel import follow_shared_project
 
         self.extend([self.run_button, self.cancel_button, self.progress])
-        self.add_native(self.status.native)
+        self._widget._layout.insertWidget(self.index(self.progress) + 1, self.status.native)
         follow_shared_project(self)
+
+    def insert(self, key, widget) -> None:
+        """magicgui's insert, keeping the status line (not a magicgui row, so that it
+        spans the dock) right below the progress bar."""
+        layout, status = self._widget._layout, self.status.native
+        placed = layout.indexOf(status) >= 0
+        if placed:  # out of the layout, whose indices are then magicgui's again
+            layout.removeWidget(status)
+        super().insert(key, widget)
+        if placed:
+            layout.insertWidget(self.index(self.progress) + 1, status)
 
     @property
     def busy(self) -> bool:
