@@ -64,6 +64,8 @@ class JobWidget(Container):
         self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.status.native.setWordWrap(True)
         self._fit_width = _ScrollAreaFitsWidth(self.root_native_widget)
+        # spare height below the rows (napari adds this stretch only to unscrolled docks)
+        self._widget._layout.addStretch(1)
         self.cancel_button.changed.connect(self.cancel)
         JOB_FINISHED.connect(self._refresh_choices)  # weakly: gone with the widget
 
@@ -77,8 +79,16 @@ class JobWidget(Container):
         return self.root_native_widget
 
     def add_native(self, widget) -> None:
-        """Append a Qt widget (a plot, a gallery) at the full width of the dock."""
-        self._widget._layout.addWidget(widget)
+        """Append a Qt widget (a plot, a gallery) at the full width of the dock; one
+        that grows (a plot) takes the spare height, else the rows stay at the top."""
+        layout = self._widget._layout
+        end = layout.count()
+        if end and layout.itemAt(end - 1).spacerItem() is not None:
+            end -= 1
+            policy = widget.sizePolicy().verticalPolicy()
+            if policy in (QSizePolicy.Policy.Expanding, QSizePolicy.Policy.MinimumExpanding):
+                layout.takeAt(end)
+        layout.insertWidget(end, widget)
 
     def add_controls(self) -> None:
         """Append the run/cancel buttons, progress bar and status (after the parameters);
