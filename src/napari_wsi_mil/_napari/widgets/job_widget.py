@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.backends.qt_compat import _isdeleted
 from psygnal import SignalInstance
 from qtpy.QtCore import QEvent, QObject
@@ -86,7 +87,8 @@ class JobWidget(Container):
         if end and layout.itemAt(end - 1).spacerItem() is not None:
             end -= 1
             policy = widget.sizePolicy().verticalPolicy()
-            if policy in (QSizePolicy.Policy.Expanding, QSizePolicy.Policy.MinimumExpanding):
+            grows = (QSizePolicy.Policy.Expanding, QSizePolicy.Policy.MinimumExpanding)
+            if isinstance(widget, FigureCanvasBase) or policy in grows:
                 layout.takeAt(end)
         layout.insertWidget(end, widget)
 
