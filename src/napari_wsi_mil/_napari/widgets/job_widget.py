@@ -83,14 +83,16 @@ class JobWidget(Container):
         """Append a Qt widget (a plot, a gallery) at the full width of the dock; one
         that grows (a plot) takes the spare height, else the rows stay at the top."""
         layout = self._widget._layout
+        grows = isinstance(widget, FigureCanvasBase) or widget.sizePolicy().verticalPolicy() in (
+            QSizePolicy.Policy.Expanding,
+            QSizePolicy.Policy.MinimumExpanding,
+        )
         end = layout.count()
         if end and layout.itemAt(end - 1).spacerItem() is not None:
             end -= 1
-            policy = widget.sizePolicy().verticalPolicy()
-            grows = (QSizePolicy.Policy.Expanding, QSizePolicy.Policy.MinimumExpanding)
-            if isinstance(widget, FigureCanvasBase) or policy in grows:
+            if grows:
                 layout.takeAt(end)
-        layout.insertWidget(end, widget)
+        layout.insertWidget(end, widget, 1 if grows else 0)
 
     def add_controls(self) -> None:
         """Append the run/cancel buttons, progress bar and status (after the parameters);
