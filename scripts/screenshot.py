@@ -33,6 +33,7 @@ Screenshots are reduced to 256 colours (PNG, optimised) to keep the repository s
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -316,6 +317,8 @@ def main() -> None:
         "--only", choices=["analyse", "guide"], help="make only analyse.png or the guide's"
     )
     args = parser.parse_args()
+    # the widgets remember their shared project: in the work folder, not the user's config
+    os.environ.setdefault("NAPARI_WSI_MIL_CONFIG", str(args.workdir / "config"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if args.only != "guide":

@@ -22,3 +22,19 @@ def shared_files(subdir: str) -> list[Path]:
     """Files of a ``../shared/data`` subfolder for parametrisation (empty when absent)."""
     folder = SHARED_DATA / subdir
     return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+@pytest.fixture(autouse=True)
+def own_config_dir(tmp_path_factory, monkeypatch):
+    """Every test remembers the widgets' shared project in its own config folder,
+    never the user's (``_napari/widgets/project_panel.py``)."""
+    import sys
+
+    monkeypatch.setenv("NAPARI_WSI_MIL_CONFIG", str(tmp_path_factory.mktemp("config")))
+    panel = sys.modules.get("napari_wsi_mil._napari.widgets.project_panel")
+    if panel is not None:  # not imported here: it imports Qt
+        panel.SHARED_PROJECT.forget()
+    yield
+    panel = sys.modules.get("napari_wsi_mil._napari.widgets.project_panel")
+    if panel is not None:
+        panel.SHARED_PROJECT.forget()

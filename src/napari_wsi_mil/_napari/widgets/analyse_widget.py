@@ -93,7 +93,7 @@ class AnalyseWidget(JobWidget):
         for widget in self._review:
             widget.enabled = False
         self.gallery = PatchGallery(self.centre_on_patch)
-        self.native.layout().addWidget(self.gallery)
+        self.add_native(self.gallery)
 
         self.analysis = None  # SlideAnalysis of the last run
         self.tile_labels = None  # the last tile labels stored

@@ -62,7 +62,7 @@ class EmbeddingWidget(JobWidget):
         self.figure = Figure(figsize=(6, 3), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(280)
-        self.native.layout().addWidget(self.canvas)
+        self.add_native(self.canvas)
 
         self.table = None  # EmbeddingTable of the last computation
         self._plot = None  # EmbeddingPlot

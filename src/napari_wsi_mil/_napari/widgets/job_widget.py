@@ -5,8 +5,35 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.backends.qt_compat import _isdeleted
+from psygnal import SignalInstance
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_wsi_mil.jobs import Progress
+
+
+class _ScrollAreaFitsWidth(QObject):
+    """Keeps a vertically scrolling area at least as wide as its contents' minimum
+    (magicgui sets it only as widgets are added, not when a label's text grows)."""
+
+    def __init__(self, scroll) -> None:
+        super().__init__(scroll)
+        self.scroll = scroll
+        scroll.widget().installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Type.LayoutRequest and not _isdeleted(self.scroll):
+            bar = self.scroll.verticalScrollBar().sizeHint().width()
+            frame = 2 * self.scroll.frameWidth()
+            self.scroll.setMinimumWidth(obj.minimumSizeHint().width() + bar + frame)
+        return False
+
+
+#: Emitted on the main thread when a job of any widget ends: what it wrote (a feature
+#: set, a tiling, a model) may be new to the lists of the other widgets, which refresh.
+JOB_FINISHED = SignalInstance(name="job_finished")
 
 #: Longest status text shown (notifications carry the whole message).
 STATUS_MAX_CHARS = 500
@@ -15,7 +42,9 @@ STATUS_MAX_CHARS = 500
 class JobWidget(Container):
     """Run button, Cancel button, progress bar and status line around one job at a time.
 
-    The status line wraps, so a dock of normal width shows all of it.
+    The controls sit in a scroll area (``native``, what napari docks), so a tall widget
+    scrolls instead of stretching the window; the status line spans the dock's width
+    and wraps, so a dock of normal width shows all of it.
 
     Subclasses build their parameter widgets, then call :meth:`start` with a
     generator function (the job) and a handler for its return value. The handler
@@ -25,16 +54,46 @@ class JobWidget(Container):
     """
 
     def __init__(self, viewer, run_text: str = "Run"):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self.viewer = viewer
         self.worker = None
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
-        # wrap, so that a result at the end of the line is not clipped by a narrow dock
+        # the dock's width (magicgui's labels are fixed to their text), wrapping, so that a
+        # result at the end of the line is not clipped by a narrow dock
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.status.native.setWordWrap(True)
+        self._fit_width = _ScrollAreaFitsWidth(self.root_native_widget)
+        # spare height below the rows (napari adds this stretch only to unscrolled docks)
+        self._widget._layout.addStretch(1)
         self.cancel_button.changed.connect(self.cancel)
+        JOB_FINISHED.connect(self._refresh_choices)  # weakly: gone with the widget
+
+    @property
+    def native(self):
+        """The scroll area around the controls.
+
+        magicgui's ``native`` is the widget inside a scrollable container, and napari
+        docks ``native``: without this the scroll area would be left out of the dock.
+        """
+        return self.root_native_widget
+
+    def add_native(self, widget) -> None:
+        """Append a Qt widget (a plot, a gallery) at the full width of the dock; one
+        that grows (a plot) takes the spare height, else the rows stay at the top."""
+        layout = self._widget._layout
+        grows = isinstance(widget, FigureCanvasBase) or widget.sizePolicy().verticalPolicy() in (
+            QSizePolicy.Policy.Expanding,
+            QSizePolicy.Policy.MinimumExpanding,
+        )
+        end = layout.count()
+        if end and layout.itemAt(end - 1).spacerItem() is not None:
+            end -= 1
+            if grows:
+                layout.takeAt(end)
+        layout.insertWidget(end, widget, 1 if grows else 0)
 
     def guard(self, callback: Callable[..., object]) -> Callable[..., None]:
         """``callback`` for a button or field: a bad value it meets (a
@@ -51,8 +110,24 @@ class JobWidget(Container):
         return guarded
 
     def add_controls(self) -> None:
-        """Append the run/cancel buttons, progress bar and status (after the parameters)."""
-        self.extend([self.run_button, self.cancel_button, self.progress, self.status])
+        """Append the run/cancel buttons, progress bar and status (after the parameters);
+        the ``project`` and ``cohort`` fields, if any, now follow the shared project."""
+        from napari_wsi_mil._napari.widgets.project_panel import follow_shared_project
+
+        self.extend([self.run_button, self.cancel_button, self.progress])
+        self._widget._layout.insertWidget(self.index(self.progress) + 1, self.status.native)
+        follow_shared_project(self)
+
+    def insert(self, key, widget) -> None:
+        """magicgui's insert, keeping the status line (not a magicgui row, so that it
+        spans the dock) right below the progress bar."""
+        layout, status = self._widget._layout, self.status.native
+        placed = layout.indexOf(status) >= 0
+        if placed:  # out of the layout, whose indices are then magicgui's again
+            layout.removeWidget(status)
+        super().insert(key, widget)
+        if placed:
+            layout.insertWidget(self.index(self.progress) + 1, status)
 
     @property
     def busy(self) -> bool:
@@ -67,10 +142,10 @@ class JobWidget(Container):
 
         if self.busy:
             return
-        worker = create_worker(job, _start_thread=False)
+        # errored in _connect: otherwise napari also re-raises the error on the main thread
+        worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(on_returned)
-        worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: self._set_status("cancelled; finished results are kept"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -101,6 +176,12 @@ class JobWidget(Container):
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+        JOB_FINISHED.emit()
+
+    def _refresh_choices(self) -> None:
+        """Re-read every list (feature sets, slides), e.g. after an extraction."""
+        if not _isdeleted(self.root_native_widget):
+            self.reset_choices()
 
     def _set_status(self, text: str) -> None:
         if len(text) > STATUS_MAX_CHARS:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.backends.qt_compat import _isdeleted
 from matplotlib.figure import Figure
+
+#: Smallest height of a plot (px): a dock scrolls rather than crush it.
+MIN_HEIGHT = 220
 
 
 def theme_colors(viewer) -> tuple[str, str]:
@@ -23,11 +27,23 @@ class CurveCanvas(FigureCanvasQTAgg):
     def __init__(self, viewer, xlabel: str = "step", ylabel: str = "loss"):
         self.figure = Figure(figsize=(4, 2.5), tight_layout=True)
         super().__init__(self.figure)
+        self.setMinimumHeight(MIN_HEIGHT)  # in a scrolling dock the plot keeps its size
         self.axes = self.figure.add_subplot(111)
         self.xlabel, self.ylabel = xlabel, ylabel
         self.viewer = viewer
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self.clear()
+
+    def update(self, *args) -> None:
+        """Qt's repaint request, which ends every draw; none once the widget is deleted.
+
+        A pending redraw can outlive its widget: Python's garbage collector, running
+        during the drawing, deletes a closed widget's Qt object, and matplotlib's
+        ``update()`` after the drawing then raised "wrapped C/C++ object of type
+        CurveCanvas has been deleted".
+        """
+        if not _isdeleted(self):
+            super().update(*args)
 
     def clear(self) -> None:
         self.series.clear()

@@ -93,8 +93,8 @@ class PretrainWidget(JobWidget):
         self.extend([self.pause_button, self.advice_button, self.clusters_button])
         self.canvas = CurveCanvas(napari_viewer, xlabel="step", ylabel="loss")
         self.spread_canvas = CurveCanvas(napari_viewer, xlabel="step", ylabel="spread")
-        self.native.layout().addWidget(self.canvas)
-        self.native.layout().addWidget(self.spread_canvas)
+        self.add_native(self.canvas)
+        self.add_native(self.spread_canvas)
         self._advice: dict[str, object] = {}
         self.preset.changed.connect(self.apply_preset)
         self.advice_button.changed.connect(self.apply_advice)

@@ -50,7 +50,7 @@ class TrainMilWidget(JobWidget):
         )
         self.add_controls()
         self.canvas = CurveCanvas(napari_viewer, xlabel="epoch", ylabel="loss / AUC")
-        self.native.layout().addWidget(self.canvas)
+        self.add_native(self.canvas)
         self.project.changed.connect(self.features.reset_choices)
         self.run_button.changed.connect(self.guard(self.run))
 
