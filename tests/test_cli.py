@@ -63,6 +63,9 @@ def test_synth_tile_cohort_and_export(tmp_path, capsys):
     # resume: a second run skips every slide
     assert main(["tile", "--cohort", str(out / "cohort.csv"), "--project", str(project)]) == 0
     assert "(skipped): 4 slides" in capsys.readouterr().out
+    one = next(iter(store.slide_ids()))
+    assert main(["tile", str(out / "slides" / f"{one}.tiff"), "--project", str(project)]) == 0
+    assert "(skipped): 1 slide;" in capsys.readouterr().out  # not "1 slides"
     assert main(["export-tiles", "--project", str(project), "--out", str(tmp_path / "h5")]) == 0
     slide_id = store.slide_ids()[0]
     grid, _ = store.read_tiles(slide_id)

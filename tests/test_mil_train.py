@@ -143,7 +143,7 @@ def test_evaluate_with_project_reads_painted_labels_and_refuses_other_patches(tm
 
 def test_bad_inputs_give_clear_errors(cohort, tmp_path):
     store, table, _ = cohort
-    with pytest.raises(WsiMilError, match="have no features 'nope'"):
+    with pytest.raises(WsiMilError, match="without features 'nope'"):
         run_job(train_mil_job(store, table, "nope", tmp_path / "r", MilConfig(epochs=1)))
     negatives = Cohort([e for e in table if e.label == 0])
     with pytest.raises(WsiMilError, match="all negative"):

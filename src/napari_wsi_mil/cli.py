@@ -21,6 +21,7 @@ from napari_wsi_mil.validate import (
     arg_type,
     check_int,
 )
+from napari_wsi_mil.wording import counted
 
 PATCH_SIZE = arg_type(check_int, int, minimum=8)
 BATCH_OF_PAIRS = arg_type(check_int, int, minimum=2)
@@ -126,11 +127,12 @@ def _cmd_tile(args: argparse.Namespace) -> int:
         )
     )
     for slide_id, n in report.tiled.items():
-        print(f"{slide_id}: {n} patches")
+        print(f"{slide_id}: {counted(n, 'patch', 'patches')}")
         for warning in report.warnings.get(slide_id, []):
             print(f"  warning: {warning}")
     if report.skipped:
-        print(f"already tiled (skipped): {len(report.skipped)} slides; --overwrite redoes them")
+        skipped = counted(len(report.skipped), "slide")
+        print(f"already tiled (skipped): {skipped}; --overwrite redoes them")
     for slide_id, error in report.failed.items():
         print(f"FAILED {slide_id}: {error}", file=sys.stderr)
     if report.tiled and not any(report.tiled.values()) and not report.skipped:
@@ -433,7 +435,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         )
     report = drive(job)
     print(
-        f"feature set {name!r}: {len(report.extracted)} slides extracted, "
+        f"feature set {name!r}: {counted(len(report.extracted), 'slide')} extracted, "
         f"{len(report.skipped)} already done"
     )
     for slide_id, warnings in report.warnings.items():
@@ -501,7 +503,7 @@ def _cmd_import_features(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     )
-    print(f"imported {len(done)} slides as feature set {args.name!r}")
+    print(f"imported {counted(len(done), 'slide')} as feature set {args.name!r}")
     return 0
 
 
@@ -591,7 +593,8 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     )
     out = plot_embedding(table, args.out, title=args.title)
     print(
-        f"{len(table)} patches from {len(table.slide_ids())} slides "
+        f"{counted(len(table), 'patch', 'patches')} from "
+        f"{counted(len(table.slide_ids()), 'slide')} "
         f"({table.method.upper()} fitted on {table.attrs['fit_split']}); wrote {out}"
     )
     return 0

@@ -24,6 +24,7 @@ from napari_wsi_mil.store.cohort import Cohort
 from napari_wsi_mil.store.keys import FEATURES, TILE_LABELS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
+from napari_wsi_mil.wording import counted
 
 
 @dataclass
@@ -90,7 +91,7 @@ def load_bags(
     ]
     if missing:
         problems.append(
-            f"{len(missing)} slides have no features {feature_name!r}: "
+            f"{counted(len(missing), 'slide')} without features {feature_name!r}: "
             f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
         )
     bags = []
