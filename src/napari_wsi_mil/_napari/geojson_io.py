@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_wsi_mil._napari.layers import PIXEL_UNITS
+from napari_wsi_mil._napari.reader import single_path_name
 from napari_wsi_mil.store.geojson import GeoJsonObject, read_geojson_objects, write_geojson_objects
 
 #: Feature column holding each shape's class name ("" = unclassified).
@@ -32,15 +33,8 @@ DEFAULT_RGB = (255, 255, 0)
 
 def napari_get_geojson_reader(path: str | os.PathLike | list) -> Callable | None:
     """Return :func:`read_qupath_geojson` for one ``.geojson`` path, else None."""
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    try:
-        name = os.fspath(path).lower()
-    except TypeError:
-        return None
-    return read_qupath_geojson if name.endswith(".geojson") else None
+    name = single_path_name(path)
+    return read_qupath_geojson if name and name.endswith(".geojson") else None
 
 
 def read_qupath_geojson(path: str | os.PathLike | list) -> list[tuple]:

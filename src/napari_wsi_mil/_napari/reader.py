@@ -8,17 +8,22 @@ from collections.abc import Callable
 from napari_wsi_mil.slide import SLIDE_EXTENSIONS, open_slide
 
 
-def napari_get_reader(path: str | os.PathLike | list) -> Callable | None:
-    """Return :func:`read_slide` for one slide path we handle, else None. Never raises."""
+def single_path_name(path: str | os.PathLike | list) -> str | None:
+    """The lower-case name of the one path napari offers a reader, else None."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
     try:
-        name = os.fspath(path).lower()
+        return os.fspath(path).lower()
     except TypeError:
         return None
-    return read_slide if name.endswith(SLIDE_EXTENSIONS) else None
+
+
+def napari_get_reader(path: str | os.PathLike | list) -> Callable | None:
+    """Return :func:`read_slide` for one slide path we handle, else None. Never raises."""
+    name = single_path_name(path)
+    return read_slide if name and name.endswith(SLIDE_EXTENSIONS) else None
 
 
 def read_slide(path: str | os.PathLike | list) -> list[tuple]:
