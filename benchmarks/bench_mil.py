@@ -27,7 +27,8 @@ in ``benchmarks/_data/mil-f<f>/``. Bags with ``load_bags(..., annotations=<cohor
 annotations)`` (tile labels from the lesion polygons). Then each model (abmil, clam,
 dtfd, weno, msclam) and seed (0, 1, 2) is trained with ``fit_job(MilConfig(model,
 epochs=E, seed=s, tile_label_fraction=0.2 for msclam), train, [])`` and evaluated on
-the test bags with ``evaluate_bags(model, test, threshold)``, exactly what
+the test bags with ``evaluate_bags(model, test, threshold)`` (WENO's threshold fitted
+by ``threshold_job`` on out-of-fold training predictions), exactly what
 ``train_mil_job`` does without writing a run folder. Every other training setting is
 the model's default (``mil.registry``), except schedules given in epochs, scaled to E:
 DTFD's LR milestone (100 of 200 epochs) -> E/2, WENO's hard-positive-mining start
@@ -206,7 +207,7 @@ def scale_schedules(epochs: int) -> dict:
 
 def train_eval(name: str, seed: int, train, test, epochs: int) -> dict:
     from napari_wsi_mil.jobs import run_job
-    from napari_wsi_mil.mil.train import MilConfig, evaluate_bags, fit_job
+    from napari_wsi_mil.mil.train import MilConfig, evaluate_bags, fit_job, threshold_job
 
     config = MilConfig(
         model=name,
@@ -215,8 +216,9 @@ def train_eval(name: str, seed: int, train, test, epochs: int) -> dict:
         tile_label_fraction=0.2 if name == "msclam" else 1.0,
     )
     t0, c0 = _clock()
-    model, history, threshold = run_job(fit_job(config, train, [], "train"))
+    model, history = run_job(fit_job(config, train, [], "train"))
     t1, c1 = _clock()
+    threshold, _ = run_job(threshold_job(config, model, train, []))
     metrics = evaluate_bags(model, test, threshold)
     train_metrics = evaluate_bags(model, train, threshold)
     return {
@@ -449,7 +451,7 @@ def part_epoch(args, out: dict) -> None:
         load0 = os.getloadavg()[0]
         config = MilConfig(name, epochs=1, tile_label_fraction=0.2 if name == "msclam" else 1.0)
         t0, c0 = _clock()
-        _, history, _ = run_job(fit_job(config, bags, [], "epoch"))
+        _, history = run_job(fit_job(config, bags, [], "epoch"))
         t1, c1 = _clock()
         registry.TRAINING_DEFAULTS["weno"]["hpm_start_epoch"] = saved
         label = name if hpm is None else f"{name} (hard positive mining on)"
@@ -615,7 +617,7 @@ def part_torchmil(args, out: dict) -> None:
     for rep in range(2):  # interleaved: ours twice, matched, default; twice
         for label, hparams in ours.items():
             config = MilConfig("abmil", epochs=1, hparams=hparams)
-            _, history, _ = run_job(fit_job(config, bags, [], "epoch"))
+            _, history = run_job(fit_job(config, bags, [], "epoch"))
             time_rows.append({"impl": label, "rep": rep, "epoch_s": history[0]["seconds"]})
         for label, factory in factories.items():
             _, epoch_s = torchmil_fit(factory, bags, 1, 0)

@@ -108,6 +108,14 @@ def test_verdict_on_a_collapsed_encoder_raises_the_banner():
     assert alarms == ["The weaksupcon encoder collapsed: spread 0.006"]
 
 
+def test_verdict_names_a_model_whose_training_failed():
+    results = _results(0.9, (0.7, 1.0))
+    results[1]["failed"] = "training failed: bag AUC 0.20 on its own training slides"
+    ok, _, alarms = verdict(results, HEALTHY, HEADLINE)
+    assert ok  # the headline result is fine; the failed one is named in the banner
+    assert alarms[0] == f"random-init + AB-MIL: {results[1]['failed']}"
+
+
 def test_report_html_shows_the_banner_and_json_every_number(tmp_path):
     metrics = {
         ("weaksupcon", "abmil"): {"auc": 0.55, "auc_interval": (0.3, 0.8), "n": 20},

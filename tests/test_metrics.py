@@ -1,4 +1,4 @@
-"""The bootstrap interval of the bag AUC (what the demo report's headline rests on)."""
+"""Bag metrics and their bootstrap intervals (what the demo report's headline rests on)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,48 @@ def test_agrees_with_a_brute_force_bootstrap_and_is_seeded():
     assert bootstrap_auc_interval(labels, scores, seed=4) != (low, high)
     narrow = bootstrap_auc_interval(labels, scores, level=0.5, seed=3)
     assert low < narrow[0] < narrow[1] < high
+
+
+def test_bag_metrics_count_each_class_and_give_intervals():
+    from napari_wsi_mil.mil.metrics import bag_metrics
+
+    m = bag_metrics([0, 0, 0, 1, 1], [0.1, 0.2, 0.6, 0.7, 0.9])
+    assert (m["n"], m["n_positive"], m["n_negative"]) == (5, 2, 3)
+    assert m["auc"] == 1.0 and m["auc_interval"] == [1.0, 1.0]
+    # one negative of three called positive: balanced accuracy (1 + 2/3) / 2
+    assert m["balanced_accuracy"] == pytest.approx(5 / 6)
+    low, high = m["balanced_accuracy_interval"]
+    assert 0.5 <= low < 5 / 6 < high == 1.0
+    one_class = bag_metrics([1, 1], [0.2, 0.9])
+    assert one_class["auc_interval"] is None and one_class["balanced_accuracy_interval"] is None
+
+
+def test_balanced_accuracy_interval_by_hand():
+    from napari_wsi_mil.mil.metrics import bootstrap_balanced_accuracy_interval
+
+    # every call right: no resample can be wrong
+    assert bootstrap_balanced_accuracy_interval([0, 1, 1], [0, 1, 1]) == (1.0, 1.0)
+    # one positive right, one wrong, one negative right: sensitivity is 0, 0.5 or 1
+    low, high = bootstrap_balanced_accuracy_interval([1, 1, 0], [1, 0, 0], level=0.9)
+    assert (low, high) == (0.5, 1.0)
+
+
+def test_describe_bag_metrics_and_small_split_warning():
+    from napari_wsi_mil.mil.metrics import describe_bag_metrics, small_split_warning
+
+    m = {
+        "auc": 0.913,
+        "auc_interval": [0.8, 1.0],
+        "balanced_accuracy": 0.85,
+        "balanced_accuracy_interval": [0.7, 0.95],
+        "n_positive": 12,
+        "n_negative": 8,
+    }
+    assert describe_bag_metrics(m) == (
+        "AUC 0.91 [0.80-1.00], balanced accuracy 0.85 [0.70-0.95], n = 12 tumour / 8 normal"
+    )
+    assert describe_bag_metrics({"auc": None, "n_positive": 2, "n_negative": 0}) == (
+        "n = 2 tumour / 0 normal"
+    )
+    assert "8 normal slides (fewer than 10" in small_split_warning("test", m)
+    assert small_split_warning("test", {**m, "n_negative": 10}) is None

@@ -1,7 +1,9 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from mil_fixtures import feature_cohort
 from napari_wsi_mil.errors import WsiMilError
@@ -171,5 +173,90 @@ def test_one_patch_bags_train(tmp_path):
 
 
 def test_fit_threshold_maximises_balanced_accuracy():
-    assert fit_threshold([0, 0, 1, 1], [0.6, 0.7, 0.8, 0.9]) == pytest.approx(0.8)
+    # halfway between the two scores it separates
+    assert fit_threshold([0, 0, 1, 1], [0.6, 0.7, 0.8, 0.9]) == pytest.approx(0.75)
     assert fit_threshold([1, 1], [0.2, 0.3]) == 0.5
+    # of equally good cuts, the one nearest 0.5
+    assert fit_threshold([0, 1], [0.1, 0.9]) == pytest.approx(0.5)
+    assert fit_threshold([0, 0, 1], [0.1, 0.2, 0.3]) == pytest.approx(0.25)
+
+
+def test_fit_threshold_never_reaches_the_extremes():
+    # a saturated max-instance probability (WENO's 1.00 cut-off that called P = 0.913 normal)
+    assert fit_threshold([0, 0, 1, 1], [0.99, 0.995, 0.999, 1.0]) == pytest.approx(0.95)
+    assert fit_threshold([0, 1, 1], [0.0, 0.001, 0.002]) == pytest.approx(0.05)
+
+
+def test_weno_threshold_is_fitted_on_predictions_it_did_not_train_on(cohort, tmp_path):
+    store, table, _ = cohort
+    config = MilConfig(model="weno", epochs=3, lr=1e-3, threads=1)
+    metrics = run_job(train_mil_job(store, table, "f", tmp_path / "a", config)).metrics
+    assert metrics["threshold_fitted_on"] == "out-of-fold training predictions"
+    assert 0.05 <= metrics["threshold"] <= 0.95
+    # with cross-validation, its out-of-fold predictions are reused
+    config = MilConfig(model="weno", epochs=3, lr=1e-3, threads=1, folds=2)
+    metrics = run_job(train_mil_job(store, table, "f", tmp_path / "b", config)).metrics
+    assert metrics["threshold_fitted_on"] == "out-of-fold training predictions"
+    assert len(metrics["cv"]["folds"]) == 2
+    # models with a calibrated probability keep 0.5
+    config = MilConfig(model="abmil", epochs=1, threads=1)
+    metrics = run_job(train_mil_job(store, table, "f", tmp_path / "c", config)).metrics
+    assert (metrics["threshold"], metrics["threshold_fitted_on"]) == (0.5, "fixed")
+
+
+def test_weno_threshold_uses_validation_bags_when_there_are_some(cohort, tmp_path):
+    store, table, _ = cohort
+    entries = list(table)
+    negatives = [e for e in entries if e.split == "train" and e.label == 0][:2]
+    positives = [e for e in entries if e.split == "train" and e.label == 1][:2]
+    val_cases = {e.case_id for e in negatives + positives}
+    with_val = Cohort(
+        [replace(e, split="val") if e.case_id in val_cases else e for e in entries]
+    )
+    config = MilConfig(model="weno", epochs=2, lr=1e-3, threads=1)
+    metrics = run_job(train_mil_job(store, with_val, "f", tmp_path / "run", config)).metrics
+    assert metrics["threshold_fitted_on"] == "validation bags"
+
+
+def test_a_model_that_learnt_backwards_is_flagged_failed(cohort, tmp_path, monkeypatch):
+    import napari_wsi_mil.mil.train as train_module
+
+    store, table, _ = cohort
+    fit = train_module.fit_job
+
+    def backwards(*args, **kwargs):
+        model, history = yield from fit(*args, **kwargs)
+        with torch.no_grad():  # negate the bag logit: every ranking turns around
+            model.classifier.weight.neg_()
+            model.classifier.bias.neg_()
+        return model, history
+
+    monkeypatch.setattr(train_module, "fit_job", backwards)
+    config = MilConfig(model="abmil", epochs=10, lr=1e-3, threads=1)
+    result = run_job(train_mil_job(store, table, "f", tmp_path / "run", config))
+    assert result.metrics["train"]["auc"] < 0.5
+    assert result.metrics["failed"].startswith("training failed: bag AUC")
+    assert result.metrics["failed"] in result.metrics["warnings"]
+    assert load_model(result.model_path)[1]["failed"] == result.metrics["failed"]
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["failed"] == result.metrics["failed"]
+    # inference says so too (the CLI and the Analyse widget show it)
+    slide = next(e.slide_id for e in table if e.split == "test")
+    report = run_job(infer_job(store, result.model_path, slide_ids=[slide], out_dir=tmp_path / "p"))
+    assert report.failed == result.metrics["failed"]
+
+
+def test_every_split_reports_counts_intervals_and_small_split_warnings(cohort, tmp_path):
+    store, table, _ = cohort
+    config = MilConfig(model="abmil", epochs=5, lr=1e-3, threads=1)
+    metrics = run_job(train_mil_job(store, table, "f", tmp_path / "run", config)).metrics
+    test = metrics["test"]
+    labels = [e.label for e in table if e.split == "test"]
+    cases = {e.case_id: e.label for e in table if e.split == "test"}
+    assert test["n_positive"] == sum(cases.values()) and test["n"] == len(cases)
+    low, high = test["auc_interval"]
+    assert low <= test["auc"] <= high
+    low, high = test["balanced_accuracy_interval"]
+    assert low <= test["balanced_accuracy"] <= high
+    assert any(w.startswith("the test split has") for w in metrics["warnings"]), labels
+    assert not metrics.get("failed")

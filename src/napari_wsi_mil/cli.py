@@ -618,6 +618,7 @@ def _add_pca(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_wsi_mil.mil.metrics import describe_bag_metrics
     from napari_wsi_mil.mil.train import MilConfig, train_mil_job
     from napari_wsi_mil.store.cohort import read_cohort
     from napari_wsi_mil.store.project import ProjectStore
@@ -644,17 +645,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
             annotations=args.annotations,
         )
     )
+    metrics = result.metrics
     for split in ("train", "val", "test"):
-        if split in result.metrics:
-            shown = {
-                k: round(v, 4) for k, v in result.metrics[split].items() if isinstance(v, float)
-            }
-            print(f"{split}: {shown}")
-    if "cv" in result.metrics:
-        summary = result.metrics["cv"]["summary"]
+        if split in metrics:
+            others = [
+                f"{key} {metrics[split][key]:.3f}"
+                for key in ("instance_auc", "dice", "specificity")
+                if metrics[split].get(key) is not None
+            ]
+            print(f"{split}: {', '.join([describe_bag_metrics(metrics[split]), *others])}")
+    if "cv" in metrics:
+        summary = metrics["cv"]["summary"]
         for key in ("auc", "instance_auc", "dice", "specificity"):
             if summary.get(key, {}).get("mean") is not None:
                 print(f"cv {key}: {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}")
+    if metrics["threshold_fitted_on"] != "fixed":
+        print(
+            f"bag threshold {metrics['threshold']:.3f}, fitted on {metrics['threshold_fitted_on']}"
+        )
+    for warning in metrics["warnings"]:
+        print(f"WARNING: {warning}")
     print(f"run folder: {result.out_dir}")
     return 0
 
@@ -737,6 +747,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     for slide_id, p in report.probabilities.items():
         print(f"{slide_id}: P(positive) = {p:.4f} -> {report.predictions[slide_id]}")
     print(f"predictions {report.name!r} stored in the project; files in {args.out}")
+    if report.failed:
+        print(f"WARNING: this model is not to be trusted: {report.failed}")
     return 0
 
 
@@ -779,6 +791,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_wsi_mil.mil.infer import evaluate_predictions, write_metrics
+    from napari_wsi_mil.mil.metrics import describe_bag_metrics, small_split_warning
     from napari_wsi_mil.store.cohort import read_cohort
 
     metrics = evaluate_predictions(
@@ -790,6 +803,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     write_metrics(args.out, metrics)
     print(json.dumps(metrics, indent=2))
+    print(describe_bag_metrics(metrics), file=sys.stderr)
+    if warning := small_split_warning("evaluated", metrics):
+        print(f"WARNING: {warning}", file=sys.stderr)
     return 0
 
 
@@ -829,6 +845,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if r["auc_interval"] is not None:
             number[0] += " [{:.2f}-{:.2f}]".format(*r["auc_interval"])
         print(f"  {r['encoder']:>10} {r['model']:>7}: {', '.join(number)}")
+    first = report["results"][0]
+    print(f"  (n = {first['n_tumour']} tumour / {first['n_normal']} normal test slides)")
     print(f"report: {result.report} (every number also in report.json)")
     return 0
 

@@ -18,11 +18,14 @@ METRIC_COLUMNS = [
     ("auc", "bag AUC"),
     ("auc_interval", "95% interval"),
     ("balanced_accuracy", "balanced accuracy"),
+    ("balanced_accuracy_interval", "95% interval"),
     ("instance_auc", "instance AUC"),
     ("dice", "Dice (tumour slides)"),
     ("specificity", "specificity (normal slides)"),
     ("encoder_spread", "encoder spread"),
     ("n_test_slides", "test slides"),
+    ("n_tumour", "tumour"),
+    ("n_normal", "normal"),
 ]
 CHANCE = 0.5
 
@@ -154,7 +157,8 @@ def verdict(
 
     Learning happened when the ``headline`` (encoder, model) result's bag AUC interval
     lies above chance and its encoder did not collapse. An alarm (the report's red
-    banner) names every collapsed encoder and every result whose interval reaches 0.5.
+    banner) names every collapsed encoder, every model whose training failed (training
+    bag AUC below 0.5) and every result whose interval reaches 0.5.
     """
     by_pair = {(r["encoder"], r["model"]): r for r in results}
     main = by_pair[headline]
@@ -189,12 +193,19 @@ def verdict(
         if state.get("collapse_warning")
     ]
     alarms += [
+        f"{_name(r['encoder'], r['model'])}: {r['failed']}" for r in results if r.get("failed")
+    ]
+    alarms += [
         f"{_name(r['encoder'], r['model'])} is at chance: {_auc_text(r)} includes 0.5 or "
         "lies below it."
         for r in results
         if not learned(r)
     ]
     return ok, sentence, alarms
+
+
+def _listed(interval) -> list[float] | None:
+    return None if interval is None else list(interval)
 
 
 def findings(
@@ -211,23 +222,27 @@ def findings(
     """The report as one JSON-ready dict; ``report.html`` shows exactly these numbers.
 
     ``metrics[(encoder, model)]`` are :func:`~napari_wsi_mil.mil.infer.evaluate_predictions`
-    results with ``auc_interval``; ``encoders[name]`` holds ``spread`` and
+    results (with their bootstrap intervals and class counts, and ``failed``: why the
+    model's training failed, or None); ``encoders[name]`` holds ``spread`` and
     ``collapse_warning`` (None when not pretrained or not collapsed).
     """
     results = []
     for (encoder, model), values in metrics.items():
-        interval = values.get("auc_interval")
         result = {
             "encoder": encoder,
             "model": model,
             "auc": values.get("auc"),
-            "auc_interval": None if interval is None else list(interval),
+            "auc_interval": _listed(values.get("auc_interval")),
             "balanced_accuracy": values.get("balanced_accuracy"),
+            "balanced_accuracy_interval": _listed(values.get("balanced_accuracy_interval")),
             "instance_auc": values.get("instance_auc"),
             "dice": values.get("dice"),
             "specificity": values.get("specificity"),
             "encoder_spread": encoders[encoder]["spread"],
             "n_test_slides": values.get("n"),
+            "n_tumour": values.get("n_positive"),
+            "n_normal": values.get("n_negative"),
+            "failed": values.get("failed"),
         }
         result["above_chance"] = learned(result)
         results.append(result)

@@ -40,7 +40,8 @@ def test_train_widget_trains_and_plots(make_napari_viewer_proxy, qtbot, tmp_path
     widget.out.value = tmp_path / "run"
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
-    assert "model:" in widget.status.value and "test AUC" in widget.status.value
+    assert "model:" in widget.status.value and "test: AUC" in widget.status.value
+    assert " tumour / " in widget.status.value  # n per class beside the AUC
     assert len(widget.canvas.series["loss"][0]) == 4
     assert (tmp_path / "run" / "model.safetensors").exists()
 
@@ -57,7 +58,16 @@ def test_train_status_puts_the_aucs_first_and_wraps(make_napari_viewer_proxy, tm
 
     widget = TrainMilWidget(make_napari_viewer_proxy())
     path = tmp_path / "a-long-folder-name" / "another-long-folder" / "model.safetensors"
-    metrics = {"val": {"auc": 0.9}, "test": {"auc": 0.8}}
+    counts = {"n_positive": 12, "n_negative": 10}
+    metrics = {
+        "val": {"auc": 0.9, **counts},
+        "test": {"auc": 0.8, "auc_interval": [0.6, 0.95], **counts},
+        "warnings": ["the val split has 3 tumour ..."],
+    }
     widget._finished(SimpleNamespace(model_path=path, metrics=metrics))
-    assert widget.status.value == f"val AUC 0.900; test AUC 0.800; model: {path}"
+    assert widget.status.value == (
+        "val: AUC 0.90, n = 12 tumour / 10 normal; "
+        "test: AUC 0.80 [0.60-0.95], n = 12 tumour / 10 normal; "
+        f"Warning: the val split has 3 tumour ...; model: {path}"
+    )
     assert widget.status.native.wordWrap()

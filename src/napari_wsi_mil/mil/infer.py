@@ -50,6 +50,7 @@ class InferenceReport:
     predictions: dict[str, int] = field(default_factory=dict)
     threshold: float = 0.5
     mask_threshold: float = 0.5
+    failed: str | None = None  # why the model's training failed (its file says so)
 
 
 def _groups(slide_ids: list[str], cohort) -> list[tuple[str, list[str]]]:
@@ -104,7 +105,9 @@ def infer_job(
     if mask_threshold is None:
         mask_threshold = recorded_mask_threshold(meta)
     mask_threshold = float(mask_threshold)
-    report = InferenceReport(name, threshold=threshold, mask_threshold=mask_threshold)
+    report = InferenceReport(
+        name, threshold=threshold, mask_threshold=mask_threshold, failed=meta.get("failed")
+    )
     groups = _groups(ids, cohort)
     rows = []
     for i, (case_id, members) in enumerate(groups):

@@ -1,7 +1,9 @@
 """Metrics the MIL papers report: bag, instance and localisation, and their spread.
 
-- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)), and a stratified
-  percentile bootstrap interval of the AUC.
+- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)), the count of
+  each class and stratified percentile bootstrap intervals (95%) of the AUC and the
+  balanced accuracy; :func:`describe_bag_metrics` says all of it in one line, and
+  :func:`small_split_warning` flags a split too small to trust.
 - Instance: AUC and average precision of instance scores against known tile labels.
 - Localisation, on tile masks cut at the model's mask threshold (``threshold``: 0.5, or
   WENO's fitted bag threshold, see :meth:`napari_wsi_mil.mil.base.MilModel.mask_threshold`):
@@ -21,23 +23,83 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
 
 
-def bag_metrics(labels, probabilities, threshold: float = 0.5) -> dict[str, float | None]:
+#: Fewer slides of a class than this in a split, and its metrics get a warning.
+MIN_PER_CLASS = 10
+
+
+def bag_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
+    """Bag metrics at ``threshold``, class counts and 95% bootstrap intervals
+    (``auc_interval``, ``balanced_accuracy_interval``: ``[low, high]`` or None)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
     y = np.asarray(labels, int)
     p = np.asarray(probabilities, float)
     pred = (p >= threshold).astype(int)
+    both = len(np.unique(y)) == 2
+    counts = {
+        "n": int(len(y)),
+        "n_positive": int((y == 1).sum()),
+        "n_negative": int((y == 0).sum()),
+    }
     if len(y) == 0:
-        return {"auc": None, "accuracy": None, "balanced_accuracy": None, "f1": None, "n": 0}
+        return {
+            "auc": None,
+            "auc_interval": None,
+            "accuracy": None,
+            "balanced_accuracy": None,
+            "balanced_accuracy_interval": None,
+            "f1": None,
+            **counts,
+        }
     return {
         "auc": _auc(y, p),
+        "auc_interval": _listed(bootstrap_auc_interval(y, p)),
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": (
-            float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) == 2 else None
-        ),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if both else None,
+        "balanced_accuracy_interval": _listed(bootstrap_balanced_accuracy_interval(y, pred)),
         "f1": float(f1_score(y, pred, zero_division=0)),
-        "n": int(len(y)),
+        **counts,
     }
+
+
+def _listed(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else [interval[0], interval[1]]
+
+
+def describe_bag_metrics(metrics: dict, digits: int = 2) -> str:
+    """One line for people: ``AUC 0.91 [0.80-1.00], balanced accuracy 0.85 [0.70-0.95],
+    n = 12 tumour / 8 normal`` (what is unknown is left out)."""
+
+    def number(key: str) -> str | None:
+        value = metrics.get(key)
+        if value is None:
+            return None
+        text = f"{value:.{digits}f}"
+        interval = metrics.get(f"{key}_interval")
+        if interval is not None:
+            text += f" [{interval[0]:.{digits}f}-{interval[1]:.{digits}f}]"
+        return text
+
+    parts = [
+        f"{name} {number(key)}"
+        for key, name in (("auc", "AUC"), ("balanced_accuracy", "balanced accuracy"))
+        if number(key) is not None
+    ]
+    if "n_positive" in metrics:
+        parts.append(f"n = {metrics['n_positive']} tumour / {metrics['n_negative']} normal")
+    return ", ".join(parts)
+
+
+def small_split_warning(split: str, metrics: dict) -> str | None:
+    """A warning when ``split`` holds fewer than :data:`MIN_PER_CLASS` slides of a class."""
+    smallest = min(metrics.get("n_positive", 0), metrics.get("n_negative", 0))
+    if smallest >= MIN_PER_CLASS:
+        return None
+    return (
+        f"the {split} split has {metrics.get('n_positive', 0)} tumour and "
+        f"{metrics.get('n_negative', 0)} normal slides (fewer than {MIN_PER_CLASS} of a "
+        "class): its metrics are very uncertain, read the 95% intervals"
+    )
 
 
 def instance_metrics(tile_labels, scores) -> dict[str, float | None]:
@@ -98,6 +160,21 @@ def summarise(runs: list[dict[str, float | None]]) -> dict[str, dict[str, float 
     return out
 
 
+def _stratified_draws(n_pos: int, n_neg: int, resamples: int, seed: int):
+    """How often each positive and each negative is drawn in each bootstrap resample
+    (each class resampled with replacement to its own count)."""
+    rng = np.random.default_rng(seed)
+    drawn_pos = rng.multinomial(n_pos, np.full(n_pos, 1 / n_pos), resamples)
+    drawn_neg = rng.multinomial(n_neg, np.full(n_neg, 1 / n_neg), resamples)
+    return drawn_pos, drawn_neg
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_auc_interval(
     labels, scores, *, level: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float] | None:
@@ -115,13 +192,24 @@ def bootstrap_auc_interval(
     wins = (positives[:, None] > negatives[None, :]) + 0.5 * (
         positives[:, None] == negatives[None, :]
     )
-    rng = np.random.default_rng(seed)
-    # how often each slide is drawn in each resample: the AUC of a resample is the
-    # count-weighted mean of the pairwise wins
     n_pos, n_neg = len(positives), len(negatives)
-    drawn_pos = rng.multinomial(n_pos, np.full(n_pos, 1 / n_pos), resamples)
-    drawn_neg = rng.multinomial(n_neg, np.full(n_neg, 1 / n_neg), resamples)
+    drawn_pos, drawn_neg = _stratified_draws(n_pos, n_neg, resamples, seed)
+    # the AUC of a resample is the count-weighted mean of the pairwise wins
     aucs = np.einsum("bp,pn,bn->b", drawn_pos, wins, drawn_neg) / (n_pos * n_neg)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(aucs, [tail, 100 - tail])
-    return float(low), float(high)
+    return _percentiles(aucs, level)
+
+
+def bootstrap_balanced_accuracy_interval(
+    labels, predicted, *, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the balanced accuracy of 0/1 ``predicted``
+    calls, with the stratified resampling of :func:`bootstrap_auc_interval`."""
+    y = np.asarray(labels, int)
+    called = np.asarray(predicted, int)
+    hits_pos, hits_neg = called[y == 1] == 1, called[y == 0] == 0
+    if len(hits_pos) == 0 or len(hits_neg) == 0:
+        return None
+    drawn_pos, drawn_neg = _stratified_draws(len(hits_pos), len(hits_neg), resamples, seed)
+    sensitivity = drawn_pos @ hits_pos / len(hits_pos)
+    specificity = drawn_neg @ hits_neg / len(hits_neg)
+    return _percentiles((sensitivity + specificity) / 2, level)

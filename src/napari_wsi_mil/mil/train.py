@@ -11,10 +11,16 @@ Run folder::
 Class imbalance is handled by sampling each epoch's bags with weights inverse to their
 class frequency (``balance``), which works for every model.
 
-The model file and ``metrics.json`` record the bag decision ``threshold`` (fitted on the
-training bags for WENO, else 0.5) and the ``mask_threshold`` from which a tile is
-tumour (WENO's bag probability is its largest instance probability, so its masks are cut
-at the same fitted threshold; 0.5 for the others).
+The model file and ``metrics.json`` record the bag decision ``threshold`` and the
+``mask_threshold`` from which a tile is tumour. Both are 0.5, except for models that fit
+their threshold (WENO: its bag probability is its largest instance probability, so its
+masks are cut at the same fitted threshold). Such a threshold is fitted on predictions
+the model did not train on (:func:`threshold_job`): the validation bags, else
+out-of-fold predictions on the training bags, and kept within [0.05, 0.95].
+
+Every split's metrics carry class counts and 95% bootstrap intervals; a split with fewer
+than 10 slides of a class is warned about, and a model whose training bag AUC is below
+0.5 is flagged ``failed`` (in ``metrics.json`` and the model file), not silently saved.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ from napari_wsi_mil.mil.metrics import (
     bag_metrics,
     instance_metrics,
     localisation_metrics,
+    small_split_warning,
     summarise,
 )
-from napari_wsi_mil.mil.predict import predict_bags, save_model
+from napari_wsi_mil.mil.predict import BagPrediction, predict_bags, save_model
 from napari_wsi_mil.mil.registry import build_model, training_defaults
 from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.validate import check_float, check_fraction, check_int
@@ -144,10 +151,14 @@ def evaluate_bags(
         mask_threshold = model.mask_threshold(threshold)
     if not bags:
         return {}
-    preds = predict_bags(model, bags)
-    labels = [b.label for b in bags]
-    probs = [p.probability for p in preds]
-    metrics = bag_metrics(labels, probs, threshold)
+    return prediction_metrics(bags, predict_bags(model, bags), threshold, mask_threshold)
+
+
+def prediction_metrics(
+    bags: list[Bag], preds: list[BagPrediction], threshold: float, mask_threshold: float
+) -> dict:
+    """:func:`evaluate_bags` on predictions already made."""
+    metrics = bag_metrics([b.label for b in bags], [p.probability for p in preds], threshold)
     tiles = np.concatenate([b.tile_labels for b in bags])
     scores = np.concatenate([p.instance_probability for p in preds])
     metrics.update(instance_metrics(tiles, scores))
@@ -163,26 +174,39 @@ def evaluate_bags(
     return metrics
 
 
-def fit_threshold(labels, probabilities) -> float:
-    """The P(positive) cut that maximises balanced accuracy (Youden's J) on these bags."""
-    from sklearn.metrics import roc_curve
+#: A fitted bag threshold stays at least this far from 0 and 1.
+THRESHOLD_MARGIN = 0.05
+#: Folds of the out-of-fold predictions a threshold is fitted on (no validation bags).
+THRESHOLD_FOLDS = 3
 
-    if len(set(labels)) < 2:
+
+def fit_threshold(labels, probabilities) -> float:
+    """The P(positive) cut that maximises balanced accuracy (Youden's J) on these bags.
+
+    Cuts lie halfway between neighbouring distinct scores (or beyond the extremes); of
+    equally good cuts the one nearest 0.5 wins; the result is kept within
+    [:data:`THRESHOLD_MARGIN`, 1 - :data:`THRESHOLD_MARGIN`], so it never calls every
+    bag, or none, one class. 0.5 when the bags hold one class only."""
+    y = np.asarray(labels, int)
+    p = np.asarray(probabilities, float)
+    if len(np.unique(y)) < 2:
         return DEFAULT_THRESHOLD
-    fpr, tpr, cuts = roc_curve(labels, probabilities)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(1.0, cuts[best]))
+    scores = np.unique(p)
+    cuts = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [(scores[-1] + 1) / 2]])
+    called = p[None, :] >= cuts[:, None]
+    j = called[:, y == 1].mean(1) - called[:, y == 0].mean(1)
+    best = cuts[np.isclose(j, j.max())]
+    cut = best[np.argmin(np.abs(best - DEFAULT_THRESHOLD))]
+    return float(np.clip(cut, THRESHOLD_MARGIN, 1 - THRESHOLD_MARGIN))
 
 
 def fit_job(
     config: MilConfig, train: list[Bag], val: list[Bag], stage: str
-) -> Job[tuple[MilModel, list[dict], float]]:
-    """Train one model; yields one progress event per epoch; returns (model, history,
-    decision threshold).
+) -> Job[tuple[MilModel, list[dict]]]:
+    """Train one model; yields one progress event per epoch; returns (model, history).
 
     The model's own rule trains it (:meth:`MilModel.train_epoch`, with one optimiser
-    per :meth:`MilModel.param_groups` group); its threshold is fitted on the training
-    bags when the model asks for it (:attr:`MilModel.fits_threshold`), else 0.5."""
+    per :meth:`MilModel.param_groups` group)."""
     hp = training_defaults(config.model)
     for key in ("epochs", "lr", "weight_decay"):
         if getattr(config, key) is not None:
@@ -233,12 +257,51 @@ def fit_job(
             f", val AUC {row['val_auc']:.3f}" if row.get("val_auc") is not None else ""
         )
         yield Progress(stage, epoch + 1, hp["epochs"], message=message, info=row)
-    threshold = DEFAULT_THRESHOLD
-    if model.fits_threshold:
-        threshold = fit_threshold(
-            [b.label for b in train], [p.probability for p in predict_bags(model, train)]
+    return model, history
+
+
+def out_of_fold_job(
+    config: MilConfig, bags: list[Bag], k: int, stage: str
+) -> Job[list[BagPrediction]]:
+    """Predictions for every bag by a model trained on the other folds (stratified)."""
+    preds: list[BagPrediction | None] = [None] * len(bags)
+    for fold, (fit_idx, held_idx) in enumerate(_folds(bags, k, config.seed)):
+        model, _ = yield from fit_job(
+            config, [bags[i] for i in fit_idx], [], f"{stage} {fold + 1}/{k}"
         )
-    return model, history, threshold
+        for i, pred in zip(held_idx, predict_bags(model, [bags[i] for i in held_idx]), strict=True):
+            preds[i] = pred
+    return preds
+
+
+def threshold_job(
+    config: MilConfig,
+    model: MilModel,
+    train: list[Bag],
+    val: list[Bag],
+    out_of_fold: list[BagPrediction] | None = None,
+) -> Job[tuple[float, str]]:
+    """``(bag decision threshold, what it was fitted on)``: 0.5 unless the model fits its
+    threshold (:attr:`MilModel.fits_threshold`); then :func:`fit_threshold` on the
+    validation bags when they hold both classes, else on ``out_of_fold`` predictions of
+    the training bags (made here with :data:`THRESHOLD_FOLDS` folds when not given),
+    else, with a single case of a class, on the model's own training predictions."""
+    if not model.fits_threshold:
+        return DEFAULT_THRESHOLD, "fixed"
+    if len({b.label for b in val}) == 2:
+        return fit_threshold(
+            [b.label for b in val], [p.probability for p in predict_bags(model, val)]
+        ), "validation bags"
+    k = min(THRESHOLD_FOLDS, *np.bincount([b.label for b in train], minlength=2))
+    if out_of_fold is None and k >= 2:
+        out_of_fold = yield from out_of_fold_job(config, train, k, "threshold fold")
+    if out_of_fold is not None:
+        return fit_threshold(
+            [b.label for b in train], [p.probability for p in out_of_fold]
+        ), "out-of-fold training predictions"
+    return fit_threshold(
+        [b.label for b in train], [p.probability for p in predict_bags(model, train)]
+    ), "training predictions (too few cases for folds)"
 
 
 def _supervised_mask(bags: list[Bag], fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -278,21 +341,32 @@ def train_mil_job(
     test = [b for b in bags if b.split == "test"]
     warnings = check_trainable(train)
     metrics: dict = {"warnings": warnings}
+    out_of_fold = None
     if config.folds > 1:
-        fold_metrics = []
-        for k, (fit_idx, held_idx) in enumerate(_folds(train, config.folds, config.seed)):
-            model, _, threshold = yield from fit_job(
-                config, [train[i] for i in fit_idx], [], f"fold {k + 1}/{config.folds}"
-            )
-            fold_metrics.append(evaluate_bags(model, [train[i] for i in held_idx], threshold))
-        metrics["cv"] = {"folds": fold_metrics, "summary": summarise(fold_metrics)}
-    model, history, threshold = yield from fit_job(config, train, val, "train")
+        out_of_fold = yield from out_of_fold_job(config, train, config.folds, "fold")
+    model, history = yield from fit_job(config, train, val, "train")
+    threshold, fitted_on = yield from threshold_job(config, model, train, val, out_of_fold)
     mask_threshold = model.mask_threshold(threshold)
     metrics["threshold"] = threshold
+    metrics["threshold_fitted_on"] = fitted_on
     metrics["mask_threshold"] = mask_threshold
+    if out_of_fold is not None:
+        fold_metrics = [
+            prediction_metrics(
+                [train[i] for i in held], [out_of_fold[i] for i in held], threshold, mask_threshold
+            )
+            for _, held in _folds(train, config.folds, config.seed)
+        ]
+        metrics["cv"] = {"folds": fold_metrics, "summary": summarise(fold_metrics)}
     for split, split_bags in (("train", train), ("val", val), ("test", test)):
         if split_bags:
             metrics[split] = evaluate_bags(model, split_bags, threshold, mask_threshold)
+            if split != "train" and (warning := small_split_warning(split, metrics[split])):
+                warnings.append(warning)
+    failed = _failure(metrics["train"])
+    if failed:
+        metrics["failed"] = failed
+        warnings.append(failed)
     first = train[0].slide_ids[0]
     feature_attrs = project.read_result(FEATURES, feature_name, first)[1]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,6 +376,7 @@ def train_mil_job(
         "hparams": config.hparams,
         "threshold": threshold,
         "mask_threshold": mask_threshold,
+        "failed": failed,
         "features": feature_name,
         "feature_attrs": feature_attrs,
         "config": asdict(config),
@@ -320,6 +395,17 @@ def train_mil_job(
     _write_json(out_dir / "metrics.json", metrics)
     _write_history(out_dir / "history.csv", history)
     return MilRunResult(out_dir, model_path, metrics, history)
+
+
+def _failure(train_metrics: dict) -> str | None:
+    """Why a trained model is not to be used (training bag AUC below 0.5), or None."""
+    auc = train_metrics.get("auc")
+    if auc is None or auc >= 0.5:
+        return None
+    return (
+        f"training failed: bag AUC {auc:.2f} on its own training slides is below chance "
+        "(0.5); do not use this model (try more epochs, another learning rate or other features)"
+    )
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -232,7 +232,9 @@ def analyse_slide_job(
     feature_name = meta["features"]
     slide_id = slide_id or slide_id_for(slide_path)
     name = name or model_path.resolve().parent.name
-    warnings: list[str] = []
+    warnings: list[str] = (
+        [f"this model is not to be trusted: {meta['failed']}"] if meta.get("failed") else []
+    )
 
     if not _check_tiles(project, slide_id, slide_path, fa):
         if fa.get("target_mpp") is None:

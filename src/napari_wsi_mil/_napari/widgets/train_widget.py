@@ -108,10 +108,18 @@ class TrainMilWidget(JobWidget):
             self.canvas.redraw()
 
     def _finished(self, result) -> None:
-        shown = []
-        for split in ("val", "test"):
-            auc = result.metrics.get(split, {}).get("auc")
-            if auc is not None:
-                shown.append(f"{split} AUC {auc:.3f}")
-        # the key numbers first: the path is long
-        self._set_status("; ".join([*shown, f"model: {result.model_path}"]))
+        from napari.utils.notifications import show_warning
+
+        from napari_wsi_mil.mil.metrics import describe_bag_metrics
+
+        metrics = result.metrics
+        shown = [
+            f"{split}: {describe_bag_metrics(metrics[split])}"
+            for split in ("val", "test")
+            if split in metrics
+        ]
+        # the key numbers first, then what to be wary of: the path is long
+        warnings = [f"Warning: {w}" for w in metrics.get("warnings", [])]
+        self._set_status("; ".join([*shown, *warnings, f"model: {result.model_path}"]))
+        if metrics.get("failed"):
+            show_warning(metrics["failed"])
