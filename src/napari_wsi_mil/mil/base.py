@@ -144,7 +144,7 @@ class MilModel(nn.Module):
     in_dim: int
     #: Whether the bag ``probability`` is the max of ``instance_probability`` (WENO).
     #: Such a probability is not calibrated at 0.5, so the bag decision threshold is
-    #: fitted on the training bags (:attr:`fits_threshold`) and the tumour mask is cut
+    #: fitted (:attr:`fits_threshold`) and the tumour mask is cut
     #: there too (:meth:`mask_threshold`).
     bag_is_max_instance: bool = False
 
@@ -155,8 +155,9 @@ class MilModel(nn.Module):
 
     @property
     def fits_threshold(self) -> bool:
-        """Whether the bag decision threshold is fitted on the training bags (Youden's
-        J, :func:`napari_wsi_mil.mil.train.fit_threshold`) instead of 0.5."""
+        """Whether the bag decision threshold is fitted (Youden's J on predictions the
+        model did not train on, :func:`napari_wsi_mil.mil.train.threshold_job`) instead
+        of 0.5."""
         return self.bag_is_max_instance
 
     def mask_threshold(self, threshold: float) -> float:
