@@ -407,6 +407,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     options = dict(
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, weights=args.weights
     )
+    if args.stain_norm != "none":
+        options.update(stain=args.stain_norm, stain_reference=args.stain_reference)
     if args.scheduler or args.dask:
         from napari_wsi_mil.features.distributed import extract_with_dask_job
 
@@ -479,6 +481,19 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=DEVICE, default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument(
         "--dtype", choices=["float16", "float32"], default="float16", help="stored feature type"
+    )
+    p.add_argument(
+        "--stain-norm",
+        choices=["none", "macenko", "reinhard"],
+        default="none",
+        help="stain normalisation before the encoder, each slide onto one target",
+    )
+    p.add_argument(
+        "--stain-reference",
+        default="cohort",
+        metavar="IMAGE|cohort",
+        help="what the stain target is fitted on: a reference tile image, or patches "
+        "sampled from the slides extracted (cohort)",
     )
     p.add_argument("--scheduler", help="Dask distributed scheduler address (one task/slide)")
     p.add_argument("--dask", action="store_true", help="use a local Dask cluster")

@@ -9,6 +9,7 @@ failed task is retried, then reported; no slide is dropped silently.
 from __future__ import annotations
 
 from napari_wsi_mil.features.extract import ExtractionReport
+from napari_wsi_mil.features.stain import COHORT
 from napari_wsi_mil.jobs import Job, Progress
 from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.store.project import ProjectStore
@@ -54,6 +55,14 @@ def extract_with_dask_job(
     todo = [s for s in slide_ids if overwrite or not project.has_result(FEATURES, name, s)]
     report.skipped = [s for s in slide_ids if s not in todo]
     options = {"num_workers": 0, **options, "overwrite": overwrite}
+    if options.get("stain") is not None and todo:
+        # one target for every worker, fitted here (workers fit only their slide's source)
+        from napari_wsi_mil.features.extract import stain_target
+
+        yield Progress("stain", 0, 1, message="fitting the stain target")
+        options["stain"] = stain_target(
+            project, name, todo, options["stain"], options.pop("stain_reference", COHORT)
+        )
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(

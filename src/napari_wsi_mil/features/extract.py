@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from napari_wsi_mil.device import pick_device
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.features.encoders import LoadedEncoder, load_encoder_spec
+from napari_wsi_mil.features.stain import COHORT, SAMPLE_PATCHES, StainNormaliser, check_stain
 from napari_wsi_mil.jobs import Job, Progress
 from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.store.project import ProjectStore
@@ -93,6 +94,8 @@ def extract_features_job(
     weights: str | os.PathLike | None = None,
     autocast: str = "auto",
     compile: str | None = None,
+    stain: str | StainNormaliser | None = None,
+    stain_reference: str | os.PathLike = COHORT,
 ) -> Job[ExtractionReport]:
     """Extract features of ``slide_ids`` into ``features/<name>/<slide_id>`` of the store.
 
@@ -102,6 +105,12 @@ def extract_features_job(
     batches are ``channels_last`` on CUDA and whenever autocast is on. ``compile`` is a
     ``torch.compile`` backend (``"inductor"``), None for eager.
     ``lock=False`` is for workers of a distributed run whose driver holds the lock.
+
+    ``stain`` (``"macenko"``, ``"reinhard"`` or a fitted
+    :class:`~napari_wsi_mil.features.stain.StainNormaliser`) normalises every slide's
+    stain onto a target fitted on ``stain_reference`` (an image, or ``"cohort"``:
+    patches of these slides) before the encoder; a feature set that already has slides
+    keeps the target it recorded, so resumed and added slides match.
     """
     from torch.utils.data import DataLoader
 
@@ -109,6 +118,8 @@ def extract_features_job(
 
     if dtype not in ("float16", "float32"):
         raise WsiMilError(f"dtype must be float16 or float32, not {dtype!r}")
+    if isinstance(stain, str):
+        check_stain(stain, stain_reference)
     report = ExtractionReport()
     todo = []
     for slide_id in slide_ids:
@@ -133,6 +144,14 @@ def extract_features_job(
     if compile:
         model = torch.compile(model, backend=compile)
     dataset = PatchDataset(project, todo, slide_paths, skip_errors=skip_errors)
+    normaliser = None
+    if stain is not None:
+        normaliser = yield from _stain_job(project, name, dataset, todo, stain, stain_reference)
+        for slide_id, source in normaliser.sources.items():
+            if source is None:
+                report.warnings.setdefault(slide_id, []).append(
+                    "too little tissue to fit its stain: patches not normalised"
+                )
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -150,7 +169,7 @@ def extract_features_job(
         for i, slide_id in enumerate(todo):
             if counts[i] == 0:
                 empty = np.zeros((0, loaded.dim), dtype)
-                _write(project, name, slide_id, dataset.grids[i], empty, loaded, dtype)
+                _write(project, name, slide_id, dataset.grids[i], empty, loaded, dtype, normaliser)
                 report.extracted[slide_id] = 0
                 report.warnings[slide_id] = ["no patches: wrote an empty feature array"]
         buffers: dict[int, list[np.ndarray]] = {}
@@ -158,6 +177,8 @@ def extract_features_job(
         done, started = 0, time.perf_counter()
         with torch.inference_mode():
             for images, slide_index, _, ok in loader:
+                if normaliser is not None:
+                    images = _normalised(normaliser, images, slide_index, todo, dev)
                 with autocasting:
                     feats = model(preprocess(images, loaded, dev, channels_last))
                 feats = feats.float().cpu().numpy()
@@ -178,6 +199,7 @@ def extract_features_job(
                             loaded,
                             dtype,
                             report,
+                            normaliser,
                         )
                 done += len(images)
                 report.patches_per_second = done / max(time.perf_counter() - started, 1e-9)
@@ -192,7 +214,7 @@ def extract_features_job(
     return report
 
 
-def _finish(project, name, todo, grids, s, parts, bad, loaded, dtype, report) -> None:
+def _finish(project, name, todo, grids, s, parts, bad, loaded, dtype, report, normaliser) -> None:
     slide_id = todo[s]
     if s in bad:
         report.failed[slide_id] = "some patches could not be read (damaged slide file)"
@@ -204,11 +226,11 @@ def _finish(project, name, todo, grids, s, parts, bad, loaded, dtype, report) ->
             f"{loaded.name}: the encoder gives NaN or inf features for {int(broken.sum())} of "
             f"{len(features)} patches of slide {slide_id!r}; nothing was stored for it"
         )
-    _write(project, name, slide_id, grids[s], features.astype(dtype), loaded, dtype)
+    _write(project, name, slide_id, grids[s], features.astype(dtype), loaded, dtype, normaliser)
     report.extracted[slide_id] = len(features)
 
 
-def _write(project, name, slide_id, grid, features, loaded: LoadedEncoder, dtype) -> None:
+def _write(project, name, slide_id, grid, features, loaded, dtype, normaliser) -> None:
     """Write a slide's features; ``grid`` is its TileGrid as the dataset read it."""
     attrs = {
         **loaded.attrs(),
@@ -216,8 +238,84 @@ def _write(project, name, slide_id, grid, features, loaded: LoadedEncoder, dtype
         "n_patches": len(features),
         "target_mpp": grid.geometry.target_mpp,
         "patch_size": grid.geometry.patch_size,
+        "stain": None if normaliser is None else normaliser.attrs(),
+        "stain_source": None if normaliser is None else normaliser.sources.get(slide_id),
     }
     project.write_result(FEATURES, name, slide_id, {"features": features}, attrs, overwrite=True)
+
+
+def stain_target(
+    project: ProjectStore,
+    name: str,
+    slide_ids: list[str],
+    stain: str | StainNormaliser,
+    reference: str | os.PathLike = COHORT,
+    slide_paths: dict | None = None,
+) -> StainNormaliser:
+    """The stain normaliser of feature set ``name``: the target it recorded when it has
+    slides (its method must be ``stain``), else one fitted on ``reference`` (an image,
+    or ``"cohort"``: patches sampled from ``slide_ids``)."""
+    from napari_wsi_mil.store.patches import PatchDataset
+
+    if isinstance(stain, StainNormaliser):
+        return stain
+    recorded = next(
+        (
+            project.read_result_attrs(FEATURES, name, s).get("stain")
+            for s in project.result_ids(FEATURES, name)
+        ),
+        None,
+    )
+    if recorded is not None:
+        normaliser = StainNormaliser.from_attrs(recorded)
+        if normaliser.method != stain:
+            raise WsiMilError(
+                f"feature set {name!r} was made with {normaliser.method} stain normalisation, "
+                f"not {stain}; give it another name"
+            )
+        return normaliser
+
+    def cohort_pixels() -> np.ndarray:
+        dataset = PatchDataset(project, slide_ids, slide_paths)
+        try:
+            return np.concatenate([_sample(dataset, i) for i in range(len(slide_ids))])
+        finally:
+            dataset.close()
+
+    return StainNormaliser.fit(stain, reference, cohort_pixels)
+
+
+def _stain_job(project, name, dataset, todo, stain, reference) -> Job[StainNormaliser]:
+    """:func:`stain_target` with every slide of ``todo`` fitted."""
+    yield Progress("stain", 0, len(todo), message="fitting the stain target")
+    normaliser = stain_target(
+        project, name, todo, stain, reference, dict(zip(todo, dataset.paths, strict=True))
+    )
+    for i, slide_id in enumerate(todo):
+        yield Progress("stain", i, len(todo), message=f"fitting the stain of {slide_id}")
+        normaliser.fit_slide(slide_id, _sample(dataset, i))
+    return normaliser
+
+
+def _sample(dataset, i: int) -> np.ndarray:
+    """Up to :data:`SAMPLE_PATCHES` patches of the dataset's slide ``i``, evenly spaced,
+    stacked as one uint8 ``[K * H, W, 3]`` image."""
+    items = np.flatnonzero(dataset.slide_index == i)
+    if len(items) == 0:
+        return np.zeros((0, 1, 3), np.uint8)
+    chosen = items[np.linspace(0, len(items) - 1, min(SAMPLE_PATCHES, len(items))).astype(int)]
+    patches = [dataset[int(k)] for k in chosen]
+    return np.concatenate([p[0].permute(1, 2, 0).numpy() for p in patches if p[3]])
+
+
+def _normalised(normaliser, images, slide_index, todo, dev) -> torch.Tensor:
+    """The batch with each slide's patches stain-normalised, on ``dev``."""
+    images = images.to(dev)
+    out = torch.empty_like(images)
+    for s in np.unique(slide_index.numpy()):
+        rows = (slide_index == int(s)).to(dev)
+        out[rows] = normaliser.apply(images[rows], todo[int(s)])
+    return out
 
 
 def read_features(project: ProjectStore, name: str, slide_id: str) -> np.ndarray:

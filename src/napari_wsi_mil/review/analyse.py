@@ -215,6 +215,7 @@ def analyse_slide_job(
     when the encoder has a CluSiam cluster head, clusters.
     """
     from napari_wsi_mil.features.extract import extract_features_job, read_features
+    from napari_wsi_mil.features.stain import StainNormaliser
     from napari_wsi_mil.mil.infer import infer_job
     from napari_wsi_mil.slide.tiling import TilingParams
     from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
@@ -289,6 +290,7 @@ def analyse_slide_job(
                 device=device,
                 dtype=str(fa.get("dtype", "float16")),
                 slide_paths={slide_id: slide_path},
+                stain=StainNormaliser.from_attrs(fa.get("stain")),  # as the model's features
             ),
             "extract",
         )

@@ -173,6 +173,12 @@ class ProjectStore:
         arrays = {key: np.asarray(arr[...]) for key, arr in group.arrays()}
         return arrays, dict(group.attrs)
 
+    def read_result_attrs(self, kind: str, name: str | None, slide_id: str) -> dict:
+        """The attrs of a stored result, without reading its arrays."""
+        import zarr
+
+        return dict(zarr.open_group(self.result_dir(kind, name, slide_id), mode="r").attrs)
+
     # -- tiling --------------------------------------------------------------
     def slide_ids(self) -> list[str]:
         """Slides with a finished tiling."""

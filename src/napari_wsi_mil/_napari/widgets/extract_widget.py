@@ -16,6 +16,8 @@ class ExtractWidget(JobWidget):
     typed into the encoder field: ``random``, ``imagenet``, ``ciga``, ``uni``,
     ``virchow2``, ... (``wsi-mil encoders`` lists them), ``hf-hub:ORG/NAME`` or a timm
     model name. Named weights are downloaded into the standard caches when online.
+    Stain normalisation (Macenko or Reinhard) maps each slide onto a target fitted on a
+    reference image or on the slides themselves.
     """
 
     def __init__(self, napari_viewer):
@@ -29,6 +31,10 @@ class ExtractWidget(JobWidget):
         self.batch_size = SpinBox(label="batch size", value=64, min=1, max=4096)
         self.workers = SpinBox(label="loader workers", value=2, min=0, max=64)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.stain = ComboBox(
+            label="stain normalisation", choices=["none", "macenko", "reinhard"], value="none"
+        )
+        self.stain_reference = LineEdit(label="stain reference image (empty = cohort)", value="")
         self.current_only = CheckBox(label="only the slide on screen", value=False)
         self.extend(
             [
@@ -38,6 +44,8 @@ class ExtractWidget(JobWidget):
                 self.batch_size,
                 self.workers,
                 self.device,
+                self.stain,
+                self.stain_reference,
                 self.current_only,
             ]
         )
@@ -66,6 +74,9 @@ class ExtractWidget(JobWidget):
             num_workers=self.workers.value,
             device=self.device.value,
         )
+        if self.stain.value != "none":
+            reference = self.stain_reference.value.strip() or "cohort"
+            options.update(stain=self.stain.value, stain_reference=reference)
 
         def job():
             store = ProjectStore(project)
