@@ -185,6 +185,32 @@ def test_download_resumes_a_partial_file_and_shows_progress(tmp_path, server, ca
     assert len(log) == 1
 
 
+def test_extraction_shows_the_download_as_a_job_stage(tmp_path, server, tiled):
+    """What the Extract widget's status line shows: download progress in bytes."""
+    import shutil
+
+    from napari_wsi_mil.features.extract import extract_features_job
+    from napari_wsi_mil.jobs import run_job
+    from napari_wsi_mil.store.project import ProjectStore
+
+    served, _ = server
+    state = _resnet_state(5)
+    torch.save({"state_dict": {f"model.resnet.{k}": v for k, v in state.items()}}, served / "c")
+    (served / "c").rename(served / "tenpercent_resnet18.ckpt")
+    shutil.copytree(tiled[0].root, tmp_path / "p")
+    store = ProjectStore(tmp_path / "p")
+    events = []
+    ids = store.slide_ids()[:1]
+    run_job(extract_features_job(store, ids, "ciga", "c", num_workers=0), events.append)
+    downloads = [e for e in events if e.stage == "download"]
+    size = (served / "tenpercent_resnet18.ckpt").stat().st_size
+    assert downloads[-1].done == downloads[-1].total == size
+    assert downloads[-1].message.startswith("ciga weights,") and "MB" in downloads[-1].message
+    events.clear()  # cached now: no download stage
+    run_job(extract_features_job(store, ids, "ciga", "c2", num_workers=0), events.append)
+    assert not [e for e in events if e.stage == "download"]
+
+
 def test_download_with_a_wrong_hash_is_refused(tmp_path, server, capfd):
     served, _ = server
     torch.save(_resnet_state(4), served / "resnet18-f37072fd.pth")  # not ImageNet's hash

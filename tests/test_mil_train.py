@@ -210,9 +210,7 @@ def test_weno_threshold_uses_validation_bags_when_there_are_some(cohort, tmp_pat
     negatives = [e for e in entries if e.split == "train" and e.label == 0][:2]
     positives = [e for e in entries if e.split == "train" and e.label == 1][:2]
     val_cases = {e.case_id for e in negatives + positives}
-    with_val = Cohort(
-        [replace(e, split="val") if e.case_id in val_cases else e for e in entries]
-    )
+    with_val = Cohort([replace(e, split="val") if e.case_id in val_cases else e for e in entries])
     config = MilConfig(model="weno", epochs=2, lr=1e-3, threads=1)
     metrics = run_job(train_mil_job(store, with_val, "f", tmp_path / "run", config)).metrics
     assert metrics["threshold_fitted_on"] == "validation bags"

@@ -22,6 +22,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Generator
 from pathlib import Path
 
 from napari_wsi_mil.errors import WsiMilError
@@ -70,7 +71,25 @@ def hash_prefix_of(url: str) -> str | None:
 
 
 def torch_hub_file(url: str, name: str, *, progress: bool = True) -> Path:
-    """The cached copy of ``url`` in torch hub's checkpoints folder, downloaded if needed.
+    """The cached copy of ``url`` in torch hub's checkpoints folder, downloaded if needed
+    with a progress bar on stderr (:func:`torch_hub_steps`)."""
+    from tqdm import tqdm
+
+    steps = torch_hub_steps(url, name)
+    label = os.path.basename(url)
+    with tqdm(unit="B", unit_scale=True, desc=label, disable=not progress, file=sys.stderr) as bar:
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+
+def torch_hub_steps(url: str, name: str) -> Generator[tuple[int, int | None], None, Path]:
+    """:func:`torch_hub_file` as a generator of ``(bytes done, bytes in all or None)``
+    that returns the cached file (a job's download stage shows these).
 
     ``name`` is the encoder name used in messages. Raises :class:`WsiMilError` when
     offline and not cached, when the server cannot be reached, or when the file's
@@ -83,18 +102,19 @@ def torch_hub_file(url: str, name: str, *, progress: bool = True) -> Path:
         raise missing_from_cache(dest.name, dest.parent, name)
     mirror = os.environ.get(MIRROR_ENV)
     source = f"{mirror.rstrip('/')}/{dest.name}" if mirror else url
-    download(source, dest, hash_prefix_of(url), progress=progress)
+    yield from download_steps(source, dest, hash_prefix_of(url))
     return dest
 
 
-def download(url: str, dest: Path, sha256_prefix: str | None, *, progress: bool = True) -> None:
-    """Download ``url`` to ``dest`` through ``dest.partial``, resuming a partial file.
+def download_steps(
+    url: str, dest: Path, sha256_prefix: str | None
+) -> Generator[tuple[int, int | None], None, None]:
+    """Download ``url`` to ``dest`` through ``dest.partial``, resuming a partial file;
+    yields ``(bytes done, bytes in all or None)`` after each block.
 
     A server that ignores the ``Range`` header starts the file again. The finished file
     is checked against ``sha256_prefix`` before it is moved into place.
     """
-    from tqdm import tqdm
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     have = partial.stat().st_size if partial.is_file() else 0
@@ -114,25 +134,16 @@ def download(url: str, dest: Path, sha256_prefix: str | None, *, progress: bool 
     if response is not None:
         with response:
             resumed = response.status == 206
-            mode, start = ("ab", have) if resumed else ("wb", 0)
+            mode, done = ("ab", have) if resumed else ("wb", 0)
             length = response.headers.get("Content-Length")
-            total = start + int(length) if length else None
-            with (
-                open(partial, mode) as out,
-                tqdm(
-                    total=total,
-                    initial=start,
-                    unit="B",
-                    unit_scale=True,
-                    desc=dest.name,
-                    disable=not progress,
-                    file=sys.stderr,
-                ) as bar,
-            ):
+            total = done + int(length) if length else None
+            yield done, total
+            with open(partial, mode) as out:
                 try:
                     for block in iter(lambda: response.read(1 << 20), b""):
                         out.write(block)
-                        bar.update(len(block))
+                        done += len(block)
+                        yield done, total
                 except OSError as exc:
                     raise WsiMilError(
                         f"{url}: download interrupted ({exc}); run the command again to resume"

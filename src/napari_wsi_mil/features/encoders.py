@@ -25,6 +25,7 @@ from torch import nn
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.features.encoder_cards import CARDS
+from napari_wsi_mil.jobs import Job, Progress
 from napari_wsi_mil.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from napari_wsi_mil.weight_caches import file_sha256
 
@@ -125,6 +126,25 @@ def download_encoder(spec: str) -> Path | None:
     if te.is_timm_name(spec):
         return te.name_source(spec).weights()
     raise WsiMilError(f"{spec}: unknown encoder{_suggestion(spec)}")
+
+
+def download_job(spec: str) -> Job[None]:
+    """Fill the cache for an encoder alias as a job stage (the widgets show it): the
+    bytes of a torch hub download, or one message while the Hugging Face hub fetches.
+    Nothing for other specs, cached aliases or ``random`` (loading fetches those)."""
+    from napari_wsi_mil.weight_caches import hf_token, offline, torch_hub_steps
+
+    card = CARDS.get(spec)
+    if card is None or card.name == "random" or cached_weights(spec) is not None:
+        return
+    if card.url:
+        for done, total in torch_hub_steps(card.url, spec):
+            mb = f"{done / 1e6:.0f}" + (f" of {total / 1e6:.0f}" if total else "")
+            yield Progress("download", done, total, message=f"{spec} weights, {mb} MB")
+    else:
+        if not offline() and not (card.gated and not hf_token()):  # else: the one error
+            yield Progress("download", 0, None, message=f"downloading {spec} from {card.repo}")
+        download_encoder(spec)
 
 
 def cached_weights(name: str) -> Path | None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from napari_wsi_mil.device import pick_device
 from napari_wsi_mil.errors import WsiMilError
-from napari_wsi_mil.features.encoders import LoadedEncoder, load_encoder_spec
+from napari_wsi_mil.features.encoders import LoadedEncoder, download_job, load_encoder_spec
 from napari_wsi_mil.features.stain import COHORT, SAMPLE_PATCHES, StainNormaliser, check_stain
 from napari_wsi_mil.jobs import Job, Progress
 from napari_wsi_mil.store.keys import FEATURES
@@ -134,6 +134,8 @@ def extract_features_job(
     if not todo:
         yield Progress("extract", 0, 0, message="all slides already have features")
         return report
+    if isinstance(encoder, str) and weights is None:
+        yield from download_job(encoder)
     loaded = load_encoder_spec(encoder, weights) if isinstance(encoder, str) else encoder
     dev = pick_device(device)
     amp = inference_autocast(dev, autocast)
