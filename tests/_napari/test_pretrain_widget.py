@@ -61,10 +61,31 @@ def test_clusiam_clusters_on_slide(make_napari_viewer_proxy, qtbot, cohort, tmp_
     viewer.open(path, plugin="napari-wsi-mil")
     widget.clusters_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not widget.clusters_button.native.isHidden()  # shown for CluSiam only
+    widget.method.value = "weaksupcon"
+    assert widget.clusters_button.native.isHidden()
     layer = viewer.layers[f"{path.stem} clusters"]
     grid, _ = store.read_tiles(path.stem)
     assert (layer.data > 0).sum() == len(grid)
     assert "clusters occupied" in widget.status.value
+
+
+def test_estimate_before_start_and_whole_run_progress(
+    make_napari_viewer_proxy, qtbot, cohort, tmp_path
+):
+    viewer = make_napari_viewer_proxy()
+    widget = _widget(viewer, cohort, tmp_path, epochs=2, steps=2)
+    widget.estimate_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    status = widget.status.value
+    assert status.startswith("about ") and "x 4 steps" in status, status
+    assert "the cpu-quick preset: about" in status
+    stages = []
+    widget.run_button.clicked.emit()
+    widget.worker.yielded.connect(lambda e: stages.append((e.stage, e.done, e.total)))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert stages[-1] == ("pretraining", 4, 4)  # one bar over both epochs
+    assert widget.canvas.series["loss"][0] == [1, 2, 3, 4]
 
 
 def test_run_warnings_reach_the_user(make_napari_viewer_proxy, tmp_path):

@@ -300,8 +300,9 @@ def pretrain_job(
 ) -> Job[PretrainResult]:
     """Pretrain an encoder and write it to ``out`` (safetensors, see ``encoder_file``).
 
-    Yields one :class:`Progress` per step with ``info`` = loss, its parts, learning
-    rate and patches/s. A checkpoint ``<checkpoint_dir>/last.pt`` (default: beside
+    Yields a ``loading patches`` event at once, then one ``pretraining`` event per step
+    (done and total count the whole run's steps) with ``info`` = epoch, step, loss, its
+    parts, learning rate and patches/s. A checkpoint ``<checkpoint_dir>/last.pt`` (default: beside
     ``out``) is written after each epoch; ``resume`` continues from it.
     """
     from napari_wsi_mil.store.patches import PatchDataset
@@ -317,6 +318,7 @@ def pretrain_job(
             f"batch size {config.batch_size} must be a multiple of the {info.world_size} processes"
         )
     slide_ids, paths, labels = _training_slides(project, cohort)
+    yield Progress("loading patches", 0, None, message=f"{len(slide_ids)} training slides")
     dataset = PatchDataset(project, slide_ids, paths, config.max_patches_per_slide, config.seed)
     if len(dataset) == 0:
         raise WsiMilError("the training slides have no patches")
@@ -428,11 +430,11 @@ def pretrain_job(
                 warning = f"{error.summary} Going on (collapse allowed)."
                 warnings.append(warning)
             yield Progress(
-                f"epoch {epoch + 1}/{config.epochs}",
-                step + 1,
-                config.steps_per_epoch,
-                message=f"loss {losses[-1]:.4f}, spread {parts[watched]:.3f}, "
-                f"{throughput:.0f} patches/s",
+                "pretraining",
+                epoch * config.steps_per_epoch + step + 1,
+                total_steps,
+                message=f"epoch {epoch + 1}/{config.epochs}, loss {losses[-1]:.4f}, "
+                f"spread {parts[watched]:.3f}, {throughput:.0f} patches/s",
                 info={
                     "epoch": epoch,
                     "step": step,

@@ -8,6 +8,8 @@ from matplotlib.figure import Figure
 
 #: Smallest height of a plot (px): a dock scrolls rather than crush it.
 MIN_HEIGHT = 220
+#: Series of up to this many points are drawn with markers.
+MARKED_POINTS = 60
 
 
 def theme_colors(viewer) -> tuple[str, str]:
@@ -61,7 +63,9 @@ class CurveCanvas(FigureCanvasQTAgg):
         self.figure.set_facecolor(background)
         ax.set_facecolor(background)
         for name, (xs, ys) in self.series.items():
-            ax.plot(xs, ys, label=name, linewidth=1.2)
+            # markers while the points are few: the first step shows, not an empty plot
+            marker = "o" if len(xs) <= MARKED_POINTS else None
+            ax.plot(xs, ys, label=name, linewidth=1.2, marker=marker, markersize=3)
         ax.set_xlabel(self.xlabel, color=fg)
         ax.set_ylabel(self.ylabel, color=fg)
         ax.tick_params(colors=fg)

@@ -66,7 +66,8 @@ class PretrainWidget(JobWidget):
             value=home / "encoder.safetensors",
         )
         self.pause_button = PushButton(text="Pause", enabled=False)
-        self.clusters_button = PushButton(text="Show clusters on slide")
+        self.clusters_button = PushButton(text="Show clusters on slide", visible=False)
+        self.estimate_button = PushButton(text="Estimate time")
         self.advice_button = PushButton(text="Apply advice", enabled=False)
         self.extend(
             [
@@ -90,7 +91,9 @@ class PretrainWidget(JobWidget):
             ]
         )
         self.add_controls()
-        self.extend([self.pause_button, self.advice_button, self.clusters_button])
+        self.extend(
+            [self.estimate_button, self.pause_button, self.advice_button, self.clusters_button]
+        )
         self.canvas = CurveCanvas(napari_viewer, xlabel="step", ylabel="loss")
         self.spread_canvas = CurveCanvas(napari_viewer, xlabel="step", ylabel="spread")
         self.add_native(self.canvas)
@@ -101,6 +104,8 @@ class PretrainWidget(JobWidget):
         self.run_button.changed.connect(self.guard(self.run))
         self.pause_button.changed.connect(self.toggle_pause)
         self.clusters_button.changed.connect(self.guard(self.show_clusters))
+        self.estimate_button.changed.connect(self.guard(self.estimate))
+        self.method.changed.connect(self._show_clusters_button)
         self._started = 0.0
         self._paused = False
 
@@ -194,6 +199,24 @@ class PretrainWidget(JobWidget):
         self.start(job, self._finished)
         self.pause_button.enabled = self.busy
 
+    def estimate(self) -> None:
+        """Time a few steps at these settings in the background; the status says how
+        long the run and the cpu-quick preset would take here."""
+        config = self.config()
+
+        def job():
+            from napari_wsi_mil.jobs import Progress
+            from napari_wsi_mil.pretrain.estimate import describe_estimate
+
+            yield Progress("timing a few steps", 0, None)
+            return describe_estimate(config)
+
+        self.start(job, self._set_status)
+
+    def _show_clusters_button(self, method=None) -> None:
+        """ "Show clusters on slide" is there for CluSiam encoders only (they have clusters)."""
+        self.clusters_button.visible = self.method.value == "clusiam"
+
     def toggle_pause(self) -> None:
         if self.worker is not None:
             self._paused = not self._paused
@@ -209,8 +232,7 @@ class PretrainWidget(JobWidget):
         info = event.info or {}
         if "loss" not in info:
             return
-        config_steps = self.steps.value
-        step = info["epoch"] * config_steps + info["step"] + 1
+        step = event.done
         self.canvas.add_point("loss", step, info["loss"])
         for key, value in info.items():
             if key.startswith("spread"):
@@ -223,11 +245,10 @@ class PretrainWidget(JobWidget):
             from napari.utils.notifications import show_warning
 
             show_warning(info["warning"])
-        total = self.epochs.value * config_steps
         elapsed = time.perf_counter() - self._started
-        eta = elapsed / step * (total - step)
+        eta = elapsed / step * (event.total - step)
         self._set_status(
-            f"{event.stage} step {event.done}/{event.total}: "
+            f"step {step}/{event.total} (epoch {info['epoch'] + 1}/{self.epochs.value}): "
             f"loss {info['loss']:.4f}, {info['patches_per_second']:.0f} "
             f"patches/s, ETA {eta / 60:.1f} min"
         )
