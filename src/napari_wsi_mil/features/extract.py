@@ -162,20 +162,13 @@ def extract_features_job(
         pin_memory=dev.type == "cuda",
         prefetch_factor=4 if num_workers else None,
     )
-    counts = np.bincount(dataset.slide_index, minlength=len(todo))
     autocasting = (
         torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     )
+    writer = _FeatureWriter(project, name, todo, dataset, loaded, dtype, normaliser, report)
     context = project.lock() if lock else contextlib.nullcontext()
     with context:
-        for i, slide_id in enumerate(todo):
-            if counts[i] == 0:
-                empty = np.zeros((0, loaded.dim), dtype)
-                _write(project, name, slide_id, dataset.grids[i], empty, loaded, dtype, normaliser)
-                report.extracted[slide_id] = 0
-                report.warnings[slide_id] = ["no patches: wrote an empty feature array"]
-        buffers: dict[int, list[np.ndarray]] = {}
-        bad: set[int] = set()
+        writer.write_empty_slides()
         done, started = 0, time.perf_counter()
         with torch.inference_mode():
             for images, slide_index, _, ok in loader:
@@ -183,26 +176,7 @@ def extract_features_job(
                     images = _normalised(normaliser, images, slide_index, todo, dev)
                 with autocasting:
                     feats = model(preprocess(images, loaded, dev, channels_last))
-                feats = feats.float().cpu().numpy()
-                for s in np.unique(slide_index.numpy()):
-                    rows = (slide_index == int(s)).numpy()
-                    buffers.setdefault(int(s), []).append(feats[rows])
-                    if not ok[rows].all():
-                        bad.add(int(s))
-                    if sum(len(b) for b in buffers[int(s)]) == counts[s]:
-                        _finish(
-                            project,
-                            name,
-                            todo,
-                            dataset.grids,
-                            int(s),
-                            buffers.pop(int(s)),
-                            bad,
-                            loaded,
-                            dtype,
-                            report,
-                            normaliser,
-                        )
+                writer.add(feats.float().cpu().numpy(), slide_index.numpy(), ok.numpy())
                 done += len(images)
                 report.patches_per_second = done / max(time.perf_counter() - started, 1e-9)
                 yield Progress(
@@ -216,34 +190,74 @@ def extract_features_job(
     return report
 
 
-def _finish(project, name, todo, grids, s, parts, bad, loaded, dtype, report, normaliser) -> None:
-    slide_id = todo[s]
-    if s in bad:
-        report.failed[slide_id] = "some patches could not be read (damaged slide file)"
-        return
-    features = np.concatenate(parts)
-    broken = ~np.isfinite(features.astype(dtype)).all(axis=1)
-    if broken.any():
-        raise WsiMilError(
-            f"{loaded.name}: the encoder gives NaN or inf features for {int(broken.sum())} of "
-            f"{len(features)} patches of slide {slide_id!r}; nothing was stored for it"
+class _FeatureWriter:
+    """Collects a batch's features per slide and writes each slide once all its patches
+    are in (atomically, with the encoder's and the stain's facts in its attrs)."""
+
+    def __init__(
+        self,
+        project: ProjectStore,
+        name: str,
+        slide_ids: list[str],
+        dataset,
+        loaded: LoadedEncoder,
+        dtype: str,
+        normaliser: StainNormaliser | None,
+        report: ExtractionReport,
+    ):
+        self.project, self.name, self.slide_ids = project, name, slide_ids
+        self.grids = dataset.grids
+        self.counts = np.bincount(dataset.slide_index, minlength=len(slide_ids))
+        self.loaded, self.dtype, self.normaliser, self.report = loaded, dtype, normaliser, report
+        self.buffers: dict[int, list[np.ndarray]] = {}
+        self.damaged: set[int] = set()
+
+    def write_empty_slides(self) -> None:
+        for i, slide_id in enumerate(self.slide_ids):
+            if self.counts[i] == 0:
+                self._write(i, np.zeros((0, self.loaded.dim), self.dtype))
+                self.report.warnings[slide_id] = ["no patches: wrote an empty feature array"]
+
+    def add(self, features: np.ndarray, slide_index: np.ndarray, ok: np.ndarray) -> None:
+        for i in np.unique(slide_index).tolist():
+            rows = slide_index == i
+            self.buffers.setdefault(i, []).append(features[rows])
+            if not ok[rows].all():
+                self.damaged.add(i)
+            if sum(len(b) for b in self.buffers[i]) == self.counts[i]:
+                self._finish(i, np.concatenate(self.buffers.pop(i)))
+
+    def _finish(self, i: int, features: np.ndarray) -> None:
+        slide_id = self.slide_ids[i]
+        if i in self.damaged:
+            self.report.failed[slide_id] = "some patches could not be read (damaged slide file)"
+            return
+        broken = ~np.isfinite(features.astype(self.dtype)).all(axis=1)
+        if broken.any():
+            raise WsiMilError(
+                f"{self.loaded.name}: the encoder gives NaN or inf features for "
+                f"{int(broken.sum())} of {len(features)} patches of slide {slide_id!r}; "
+                "nothing was stored for it"
+            )
+        self._write(i, features.astype(self.dtype))
+
+    def _write(self, i: int, features: np.ndarray) -> None:
+        """Write slide ``i``'s features with the facts of its TileGrid as the dataset
+        read it."""
+        slide_id, grid, stain = self.slide_ids[i], self.grids[i], self.normaliser
+        attrs = {
+            **self.loaded.attrs(),
+            "dtype": self.dtype,
+            "n_patches": len(features),
+            "target_mpp": grid.geometry.target_mpp,
+            "patch_size": grid.geometry.patch_size,
+            "stain": None if stain is None else stain.attrs(),
+            "stain_source": None if stain is None else stain.sources.get(slide_id),
+        }
+        self.project.write_result(
+            FEATURES, self.name, slide_id, {"features": features}, attrs, overwrite=True
         )
-    _write(project, name, slide_id, grids[s], features.astype(dtype), loaded, dtype, normaliser)
-    report.extracted[slide_id] = len(features)
-
-
-def _write(project, name, slide_id, grid, features, loaded, dtype, normaliser) -> None:
-    """Write a slide's features; ``grid`` is its TileGrid as the dataset read it."""
-    attrs = {
-        **loaded.attrs(),
-        "dtype": dtype,
-        "n_patches": len(features),
-        "target_mpp": grid.geometry.target_mpp,
-        "patch_size": grid.geometry.patch_size,
-        "stain": None if normaliser is None else normaliser.attrs(),
-        "stain_source": None if normaliser is None else normaliser.sources.get(slide_id),
-    }
-    project.write_result(FEATURES, name, slide_id, {"features": features}, attrs, overwrite=True)
+        self.report.extracted[slide_id] = len(features)
 
 
 def stain_target(
