@@ -202,3 +202,43 @@ def save(name: str, payload: dict) -> Path:
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nresults written to {path.relative_to(HERE.parent)}")
     return path
+
+
+def mosaic_cohort(fraction: float, patch: int):
+    """The cached semi-real mosaic cohort of one lesion fraction (24 slides of 8 x 10 real
+    H&E tiles from ``tiles-labelled``, half positive, train and test tile pools disjoint),
+    tiled at 1 um/px into ``patch`` px patches: ``(store, cohort, root)``."""
+    from napari_wsi_mil.jobs import run_job
+    from napari_wsi_mil.slide.mosaic import make_mosaic_cohort
+    from napari_wsi_mil.slide.tiling import TilingParams
+    from napari_wsi_mil.store.cohort import read_cohort
+    from napari_wsi_mil.store.project import ProjectStore
+    from napari_wsi_mil.store.tiling_job import tile_slides_job
+
+    tiles = SHARED / "tiles-labelled"
+    if not tiles.is_dir():
+        sys.exit(f"{tiles} is missing: this benchmark needs the labelled tiles")
+    root = DATA / f"encoders-f{fraction:g}-p{patch}"
+    csv_path = root / "cohort" / "cohort.csv"
+    if not csv_path.exists():
+        make_mosaic_cohort(tiles, root / "cohort", n_slides=24, lesion_fractions=(fraction,))
+    cohort = read_cohort(csv_path)
+    store = ProjectStore(root / "project", create=not (root / "project").exists())
+    params = TilingParams(target_mpp=1.0, patch_size=patch)
+    run_job(tile_slides_job(store, [(e.slide_id, e.path) for e in cohort], params))
+    return store, cohort, root
+
+
+def extract(store, cohort, spec: str, name: str) -> None:
+    """Features of every slide of ``cohort`` by encoder ``spec`` (cached by ``name``)."""
+    import torch
+
+    from napari_wsi_mil.features.extract import extract_features_job
+    from napari_wsi_mil.jobs import run_job
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # model in the main process, reading in one worker
+    try:
+        run_job(extract_features_job(store, cohort.slide_ids, spec, name, num_workers=1))
+    finally:
+        torch.set_num_threads(threads)

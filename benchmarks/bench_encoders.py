@@ -12,7 +12,7 @@ too uniform for contrastive learning: two normal patches there differ about as m
 two views of one patch). 24 slides of 8 x 10 tiles, half positive, 17 train / 7 test,
 train and test tile pools disjoint, tiled at 1 um/px into ``--patch`` px patches (112:
 one patch per 224 px tile at 0.5 um/px; 28: the 16 per tile of README section 16),
-cached in ``benchmarks/_data/encoders-f<f>-p<patch>/``. Pretraining:
+cached in ``benchmarks/_data/encoders-f<f>-p<patch>/`` (``_common.mosaic_cohort``). Pretraining:
 ``PretrainConfig.from_preset(--preset, method=m, seed=s, ...)`` with the knobs given on
 the command line (``--view`` is the view size; the others keep the method's defaults).
 Each method is compared with its *start*: the random-init trunk the run begins from
@@ -44,7 +44,6 @@ import bench_mil  # noqa: E402
 METHODS = ("simclr", "supcon", "weaksupcon")
 
 
-TILES = _common.SHARED / "tiles-labelled"
 #: Command-line knobs passed to ``PretrainConfig`` when given (None: preset / default).
 KNOBS = (
     "epochs",
@@ -56,28 +55,6 @@ KNOBS = (
     "augment",
     "negative_weight",
 )
-
-
-def prepare(fraction: float, patch: int):
-    """The cached mosaic cohort of one lesion fraction, tiled, with random-init features."""
-    from napari_wsi_mil.jobs import run_job
-    from napari_wsi_mil.slide.mosaic import make_mosaic_cohort
-    from napari_wsi_mil.slide.tiling import TilingParams
-    from napari_wsi_mil.store.cohort import read_cohort
-    from napari_wsi_mil.store.project import ProjectStore
-    from napari_wsi_mil.store.tiling_job import tile_slides_job
-
-    if not TILES.is_dir():
-        sys.exit(f"{TILES} is missing: this benchmark needs the labelled tiles")
-    root = _common.DATA / f"encoders-f{fraction:g}-p{patch}"
-    csv_path = root / "cohort" / "cohort.csv"
-    if not csv_path.exists():
-        make_mosaic_cohort(TILES, root / "cohort", n_slides=24, lesion_fractions=(fraction,))
-    cohort = read_cohort(csv_path)
-    store = ProjectStore(root / "project", create=not (root / "project").exists())
-    params = TilingParams(target_mpp=1.0, patch_size=patch)
-    run_job(tile_slides_job(store, [(e.slide_id, e.path) for e in cohort], params))
-    return store, cohort, root
 
 
 def start_features(store, cohort, root: Path, seed: int, view: int) -> dict:
@@ -101,22 +78,8 @@ def start_features(store, cohort, root: Path, seed: int, view: int) -> dict:
             "init": "random",
         }
         save_encoder(path, EncoderFile(resnet18_trunk("random").state_dict(), meta))
-    _extract(store, cohort, str(path), name)
+    _common.extract(store, cohort, str(path), name)
     return {"features": name}
-
-
-def _extract(store, cohort, spec: str, name: str) -> None:
-    import torch
-
-    from napari_wsi_mil.features.extract import extract_features_job
-    from napari_wsi_mil.jobs import run_job
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # model in the main process, reading in one worker
-    try:
-        run_job(extract_features_job(store, cohort.slide_ids, spec, name, num_workers=1))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _init_label(init: str) -> str:
@@ -161,7 +124,7 @@ def encoder_features(store, cohort, root: Path, method: str, seed: int, args) ->
         }
         facts_path.write_text(json.dumps(facts))
     facts = {"features": name, **json.loads(facts_path.read_text())}
-    _extract(store, cohort, str(encoder), name)
+    _common.extract(store, cohort, str(encoder), name)
     return facts
 
 
@@ -227,9 +190,9 @@ def main() -> None:
     baselines = ["start"] if args.init == "random" else [f"init-{_init_label(args.init)}"]
     runs = []
     for fraction in args.fractions:
-        store, cohort, root = prepare(fraction, args.patch)
+        store, cohort, root = _common.mosaic_cohort(fraction, args.patch)
         if args.init != "random":
-            _extract(store, cohort, args.init, baselines[0])
+            _common.extract(store, cohort, args.init, baselines[0])
         for seed in args.seeds:
             for method in [*baselines, *args.methods]:
                 if method == "start":

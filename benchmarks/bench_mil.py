@@ -133,10 +133,9 @@ def cohort_bags(fraction: float, args):
 
     from napari_wsi_mil.mil.bags import load_bags
 
-    if args.cohort == "mosaic":  # semi-real: real H&E tiles, see bench_encoders.prepare
-        import bench_encoders
-
-        (store, cohort, root), times = bench_encoders.prepare(fraction), {}
+    if args.cohort == "mosaic":  # semi-real: real H&E tiles, 28 px patches (section 15)
+        (store, cohort, root), times = _common.mosaic_cohort(fraction, 28), {}
+        _common.extract(store, cohort, "random", "random")
     else:
         store, cohort, root, times = prepare(fraction, args)
     bags = load_bags(store, cohort, "random", annotations=root / "cohort" / "annotations")
