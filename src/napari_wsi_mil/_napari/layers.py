@@ -168,6 +168,8 @@ def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = No
 #: from every colour of the attention heatmap's turbo colormap; painted tumour is red.
 MASK_COLOR = (1.0, 0.0, 1.0, 1.0)
 TUMOUR_COLOR = (0.95, 0.1, 0.1, 1.0)
+#: The outline of the gallery patch last clicked (apart from the lesion's cyan).
+GALLERY_OUTLINE_COLOR = "white"
 PAINT_COLORS = {None: "transparent", 0: "transparent", 1: TUMOUR_COLOR, 2: (0.0, 0.8, 0.4, 1.0)}
 
 
@@ -202,7 +204,7 @@ def attention_layer_data(
     mode: str = "rank",
     name: str = "attention",
     colormap: str = "turbo",
-    opacity: float = 0.55,
+    opacity: float = 0.5,
     slide_translate: tuple[float, float] = (0.0, 0.0),
     slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
@@ -236,7 +238,7 @@ def probability_layer_data(
     *,
     name: str = "instance probability",
     colormap: str = "viridis",
-    opacity: float = 0.55,
+    opacity: float = 0.5,
     slide_translate: tuple[float, float] = (0.0, 0.0),
     slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
@@ -411,4 +413,30 @@ def analysis_layer_data(
                 **frame,
             )
         )
+    for _, kwargs, _ in layers[1:]:
+        kwargs["visible"] = False  # one heatmap at a time reads; the others a click away
     return layers
+
+
+def patch_outline_shapes_data(grid, index: int, slide_layer, *, name: str) -> tuple:
+    """A Shapes layer outlining patch ``index`` (its level-0 box) on ``slide_layer``."""
+    import numpy as np
+
+    x, y = (float(v) for v in grid.coords[index])
+    size = float(grid.geometry.patch_size_level0)
+    # level-0 continuous (x, y) is slide data coordinate (y - 1/2, x - 1/2)
+    y0, x0, y1, x1 = y - 0.5, x - 0.5, y + size - 0.5, x + size - 0.5
+    box = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
+    scale, translate, units = slide_layer_frame(slide_layer)
+    kwargs = {
+        "name": name,
+        "shape_type": "rectangle",
+        "edge_color": GALLERY_OUTLINE_COLOR,
+        "edge_width": max(2.0, size / 10),
+        "face_color": "transparent",
+        "scale": scale,
+        "translate": translate,
+        "units": units,
+        "metadata": {"kind": "gallery_patch", "patch_index": int(index)},
+    }
+    return [box], kwargs, "shapes"
