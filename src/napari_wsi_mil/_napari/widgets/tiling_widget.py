@@ -72,12 +72,10 @@ class TilingWidget(JobWidget):
                 self.stride,
                 self.min_tissue,
                 self.slide_mpp,
-                self.retile_button,
-                self.tiled,
-                self.show_button,
             ]
         )
         self.add_controls()
+        self.extend([self.retile_button, self.tiled, self.show_button])
         self.run_button.changed.connect(self.guard(self.run))
         self.retile_button.changed.connect(self.guard(self.retile))
         self.show_button.changed.connect(self.guard(self.show_tiled))
@@ -93,6 +91,7 @@ class TilingWidget(JobWidget):
         return [(layer.name, layer) for layer in slide_layers(self.viewer)]
 
     def _tiled_choices(self, _widget=None) -> list[str]:
+        from napari_wsi_mil.errors import WsiMilError
         from napari_wsi_mil.store.project import ProjectStore
 
         project = Path(self.project.value)
@@ -100,7 +99,7 @@ class TilingWidget(JobWidget):
             return []
         try:
             return ProjectStore(project).slide_ids()
-        except (OSError, ValueError):
+        except (WsiMilError, OSError, ValueError):  # a damaged project: nothing to list
             return []
 
     def _show_source_fields(self, value=None) -> None:
