@@ -432,7 +432,7 @@ def patch_outline_shapes_data(grid, index: int, slide_layer, *, name: str) -> tu
         "name": name,
         "shape_type": "rectangle",
         "edge_color": GALLERY_OUTLINE_COLOR,
-        "edge_width": max(2.0, size / 10),
+        "edge_width": max(2.0, size / 8),
         "face_color": "transparent",
         "scale": scale,
         "translate": translate,

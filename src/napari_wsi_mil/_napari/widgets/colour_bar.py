@@ -30,6 +30,7 @@ class ColourBar(Container):
         self.margins = (0, 0, 0, 0)
         self.high.native.setAlignment(Qt.AlignmentFlag.AlignRight)
         self.extend([self.title, self.strip, ends])
+        self.native.setFixedWidth(STRIP_SIZE[0])  # the end values under the strip's ends
         self.layer = None
         self.visible = False
 
