@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton, SpinBox
+from matplotlib.backends.qt_compat import _isdeleted
 
 from napari_wsi_mil._napari.layers import place_layer, slide_layer_frame
 from napari_wsi_mil._napari.widgets.colour_bar import ColourBar
@@ -274,6 +275,8 @@ class AnalyseWidget(JobWidget):
 
     def _update_colour_bar(self, event=None) -> None:
         """Show the colour bar of the visible heatmap on top (none: hide it)."""
+        if _isdeleted(self.root_native_widget):  # the dock is closed; the viewer remains
+            return
         heatmaps = {self._names[what]: what for what in HEATMAP_WORDS if what in self._names}
         shown = [
             (heatmaps[layer.name], layer)
@@ -290,8 +293,8 @@ class AnalyseWidget(JobWidget):
         self.colour_bar.show_layer(layer, title, (low, high))
 
     def _raise_outlines(self) -> None:
-        """Move the outline layers of this slide (true lesion, QuPath annotations, the
-        gallery patch) to the top of the layer list, the lesion above all."""
+        """Move the outline layers (the gallery patch, true lesions, QuPath annotations)
+        to the top of the layer list, in that order: the lesion above all."""
         layers = self.viewer.layers
         kinds = ("gallery_patch", *OUTLINE_KINDS)
         for kind in kinds:

@@ -226,7 +226,9 @@ class TilingWidget(JobWidget):
             from napari_wsi_mil.store.project import ProjectStore
 
             yield Progress("reading tiling", 0, 1, message=slide_id)
-            return _read_tiling(ProjectStore(project), slide_id, [])
+            tiling = _read_tiling(ProjectStore(project), slide_id, [])
+            yield Progress("reading tiling", 1, 1, message=slide_id)
+            return tiling
 
         self.start(job, self._show)
 
@@ -260,6 +262,7 @@ class TilingWidget(JobWidget):
                 else:
                     self.viewer.add_labels(data, name=name, **kwargs)
             self._mask_layer = self.viewer.layers[f"{slide.path.stem} tissue"]
+        self.viewer.layers.selection.active = self._mask_layer  # ready to be edited
         self.retile_button.enabled = True
         note = f"{len(grid)} patches" + (f"; {'; '.join(warnings)}" if warnings else "")
         self._set_status(note)
