@@ -7,25 +7,22 @@ It builds everything from nothing (cached in ``--workdir``, so a second run of t
 0.5 um/px, half with lesions, GeoJSON outlines), tiles it into 32-px patches at 1 um/px,
 extracts features with the seeded random ResNet-18 (or ``--encoder``), trains MS-CLAM
 with the lesion outlines as tile labels (mixed supervision), then opens a new, held-out
-slide with a lesion in napari, runs the "Analyse slide" widget on it exactly as a user
-would, outlines the true lesion in cyan (a Shapes layer) and saves a screenshot of the
-window. About 3 minutes on 2 CPU cores the first time.
-
-A model on random features is weak: its attention ranks lesion patches first (AUC
-about 0.88 on the held-out slide) but its instance probabilities stay below 0.5, so
-the script lowers the mask threshold to the most probable 5% of tiles (and says so),
-as a user would with the slider. Predicted tumour tiles are magenta.
+slide with a lesion in napari, outlines the true lesion in cyan (a Shapes layer, as the
+"Demo cohort" sample does), runs the "Analyse slide" widget on it exactly as a user
+would, clicks the most attended patch of the gallery (outlined in white on the slide)
+and saves a screenshot of the window: the attention heatmap, the only result layer
+visible at first, with its colour bar. About 3 minutes on 2 CPU cores the first time.
 
 The user guide (``docs/user-guide.md``) gets one screenshot per dock widget of the
 workflow, made by driving the widgets as a user would on the same cohort, with a
 third of each class held out as ``split=test`` (``guide.csv``) and tiny settings, in a
 fresh ``<workdir>/guide`` folder each run: ``tiling.png`` (a slide with its tissue
-mask and patch grid), ``pretrain.png`` (a 30-step WeakSupCon run at learning rate
-0.001, below the default, and its loss curve), ``extract.png`` (features of every slide
-with that encoder), ``embedding.png`` (PCA of those features, train and test side by
-side, coloured by bag label; the patches with the highest first component selected,
-as a lasso would, and shown on the slide) and ``train.png`` (AB-MIL for 20 epochs and
-its loss curve). About 2 to 3 more minutes on 2 CPU cores.
+mask and patch grid, after the widget tiled the whole cohort), ``pretrain.png`` (a
+30-step WeakSupCon run at learning rate 0.001, below the default, and its loss curve),
+``extract.png`` (features of every slide with that encoder), ``embedding.png`` (PCA of
+those features, train and test side by side, coloured by bag label; the patches with
+the highest first component selected, as a lasso would, and shown on the slide) and
+``train.png`` (AB-MIL for 20 epochs and its loss curve). About 2 to 3 more minutes on 2 CPU cores.
 
 Screenshots are reduced to 256 colours (PNG, optimised) to keep the repository small.
 """
@@ -128,6 +125,16 @@ def close_notifications() -> None:
             widget.close()
 
 
+def wait_for(widget) -> None:
+    """Let the widget's job run to its end."""
+    from qtpy.QtWidgets import QApplication
+
+    while widget.busy:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    settle(0.5)
+
+
 def run_widget(widget, what: str) -> None:
     """Press the widget's run button and wait for its job, as a user would."""
     from qtpy.QtWidgets import QApplication
@@ -174,11 +181,7 @@ def guide_screenshots(workdir: Path, patch_size: int, images: Path, size: str) -
     from napari_wsi_mil._napari.widgets.pretrain_widget import PretrainWidget
     from napari_wsi_mil._napari.widgets.tiling_widget import TilingWidget
     from napari_wsi_mil._napari.widgets.train_widget import TrainMilWidget
-    from napari_wsi_mil.jobs import run_job
-    from napari_wsi_mil.slide.tiling import TilingParams
     from napari_wsi_mil.store.cohort import read_cohort
-    from napari_wsi_mil.store.project import ProjectStore
-    from napari_wsi_mil.store.tiling_job import tile_slides_job
 
     folder = workdir / "guide"
     shutil.rmtree(folder, ignore_errors=True)
@@ -186,11 +189,7 @@ def guide_screenshots(workdir: Path, patch_size: int, images: Path, size: str) -
     csv = guide_cohort(workdir)
     cohort = read_cohort(csv)
     project = folder / "project"
-    # the slide on screen is tiled by the Tiling widget, the others as by `wsi-mil tile`
     shown = next(e for e in cohort if e.label == 1 and e.split == "train")
-    params = TilingParams(target_mpp=1.0, patch_size=patch_size)
-    others = [(e.slide_id, e.path) for e in cohort if e.slide_id != shown.slide_id]
-    run_job(tile_slides_job(ProjectStore(project, create=True), others, params))
 
     viewer = napari.Viewer(title="napari-wsi-mil")
     width, height = (int(v) for v in size.split("x"))
@@ -224,12 +223,19 @@ def guide_screenshots(workdir: Path, patch_size: int, images: Path, size: str) -
         settle(0.5)
         save_screenshot(viewer, images / name)
 
-    # 1. Tiling: tissue mask and patch grid of the slide on screen
+    # 1. Tiling: the whole cohort, then the tissue mask and patch grid of one slide
     tiling = show(TilingWidget(viewer), "Tiling")
     tiling.project.value = project
+    tiling.source.value = "cohort CSV"
+    tiling.cohort.value = csv
     tiling.target_mpp.value = 1.0
     tiling.patch_size.value = patch_size
     run_widget(tiling, "tiling")
+    tiled = tiling.status.value
+    tiling.tiled.value = shown.slide_id
+    tiling.show_button.clicked.emit()
+    wait_for(tiling)
+    tiling.status.value = tiled  # the cohort's result, as after the run
     # closer, so that the patch grid's steps along the tissue edge show
     shoot("tiling.png", tiling, zoom=1.6, centre=(0.4, 0.35))
     for suffix in ("tissue", "patches"):
@@ -358,6 +364,19 @@ def analyse_screenshot(args: argparse.Namespace) -> None:
         widget.encoder.value = args.encoder
     widget.device.value = "cpu"
     widget.k.value = 4
+    # the true lesion, for comparison: level-0 (x, y) -> slide data (y - 1/2, x - 1/2)
+    outlines = [np.asarray(p, float)[:, ::-1] - 0.5 for p in synthetic.lesion_polygons]
+    viewer.add_shapes(
+        outlines,
+        shape_type="polygon",
+        name="true lesion",
+        edge_color="cyan",
+        edge_width=6,
+        face_color="transparent",
+        scale=slide_layer.scale,
+        units=tuple(slide_layer.units),
+        metadata={"kind": "true_lesion"},
+    )
     widget.run_button.clicked.emit()
     start = time.time()
     while widget.busy:
@@ -367,37 +386,15 @@ def analyse_screenshot(args: argparse.Namespace) -> None:
     if widget.analysis is None:
         raise SystemExit(f"analysis failed: {widget.status.value}")
 
-    a = widget.analysis
-    sid = a.slide_id
-    if (a.instance_probability >= widget.threshold.value).mean() < 0.02:
-        # a tiny model's instance probabilities may all sit below 0.5: show its most
-        # probable 5%, as a user would with the threshold slider
-        widget.threshold.value = np.floor(np.quantile(a.instance_probability, 0.95) * 100) / 100
-        print(f"mask threshold lowered to {widget.threshold.value:.2f}", flush=True)
-    viewer.layers[f"{sid} probability"].visible = False
-    viewer.layers[f"{sid} attention"].opacity = 0.45
-    viewer.layers[f"{sid} predicted tumour"].opacity = 0.8
-    # the true lesion, for comparison: level-0 (x, y) -> world through the slide layer
-    outlines = [
-        np.array([slide_layer.data_to_world((y - 0.5, x - 0.5)) for x, y in polygon])
-        for polygon in synthetic.lesion_polygons
-    ]
-    viewer.add_shapes(
-        outlines,
-        shape_type="polygon",
-        name="true lesion",
-        edge_color="cyan",
-        edge_width=6,
-        face_color="transparent",
-        units=tuple(slide_layer.units),
-    )
+    widget.gallery.buttons["top"][0].click()  # the most attended patch, outlined
     viewer.layers.selection.active = slide_layer
     for _ in range(10):
         QApplication.processEvents()
         time.sleep(0.05)
     viewer.reset_view()
     # zoom onto the largest lesion (with some context) so patches and tissue are visible
-    largest = max(outlines, key=lambda o: np.ptp(o[:, 0]) * np.ptp(o[:, 1]))
+    world = [np.array([slide_layer.data_to_world(p) for p in o]) for o in outlines]
+    largest = max(world, key=lambda o: np.ptp(o[:, 0]) * np.ptp(o[:, 1]))
     lo, hi = largest.min(axis=0), largest.max(axis=0)
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.center = tuple((lo + hi) / 2)

@@ -114,7 +114,7 @@ def test_layer_kwargs_are_explicit(tiled_lesion):
         assert lo < hi and np.nanmax(data) <= hi + 1e-9
         assert np.isnan(data).sum() == data.size - len(grid)
         layer = _layer(data, kwargs, kind)
-        assert layer.colormap.name == "turbo" and layer.opacity == pytest.approx(0.55)
+        assert layer.colormap.name == "turbo" and layer.opacity == pytest.approx(0.5)
     data, kwargs, kind = tumour_mask_layer_data(grid, np.linspace(0, 1, len(grid)), 0.5, scale)
     assert kind == "labels" and data.dtype == np.uint8 and set(np.unique(data)) == {0, 1}
     assert _layer(data, kwargs, kind).colormap.map(np.array([1]))[0][0] > 0.9  # red

@@ -2,12 +2,17 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_wsi_mil.errors import SlideError, StoreError
+from napari_wsi_mil.errors import CohortError, SlideError, StoreError
 from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.slide import open_slide
 from napari_wsi_mil.slide.tiling import PatchGeometry, TilingParams, grid_from_mask, tile_slide
 from napari_wsi_mil.store.project import ProjectStore
-from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
+from napari_wsi_mil.store.tiling_job import (
+    folder_slides,
+    slide_id_for,
+    tile_slides_job,
+    tiled_slide_path,
+)
 
 
 def _write_slide(path, h=2048, w=3072, mpp=0.25, blob=True, levels=3):
@@ -220,3 +225,31 @@ def test_store_rejects_foreign_dirs_and_unsafe_ids(tmp_path):
         with pytest.raises(StoreError):
             store.has_tiles(bad)
     assert slide_id_for("/a/b/slide-1.ome.tiff") == "slide-1"
+
+
+def test_folder_slides_lists_slide_files_by_id_and_refuses_clashes(tmp_path):
+    for name in ("b.svs", "a.ome.tiff", "notes.txt", "c.TIF"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.svs").write_bytes(b"")
+    slides = folder_slides(tmp_path)
+    assert [(sid, path.name) for sid, path in slides] == [
+        ("a", "a.ome.tiff"),
+        ("b", "b.svs"),
+        ("c", "c.TIF"),
+    ]
+    (tmp_path / "b.tiff").write_bytes(b"")
+    with pytest.raises(CohortError, match="b.svs and b.tiff are both slide 'b'"):
+        folder_slides(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CohortError, match="no slide files"):
+        folder_slides(tmp_path / "empty")
+    with pytest.raises(CohortError, match="cannot read the slide folder"):
+        folder_slides(tmp_path / "absent")
+
+
+def test_a_tiling_remembers_its_slide_file(tmp_path):
+    path = _write_slide(tmp_path / "s.tiff", levels=1)
+    store = ProjectStore(tmp_path / "proj", create=True)
+    run_job(tile_slides_job(store, [("s", path)], TilingParams(target_mpp=1.0, patch_size=64)))
+    assert tiled_slide_path(store, "s") == path

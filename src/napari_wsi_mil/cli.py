@@ -105,13 +105,10 @@ def _tiling_params(args: argparse.Namespace):
 
 def _cmd_tile(args: argparse.Namespace) -> int:
     from napari_wsi_mil.store.project import ProjectStore
-    from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
+    from napari_wsi_mil.store.tiling_job import cohort_slides, slide_id_for, tile_slides_job
 
     if args.cohort:
-        from napari_wsi_mil.store.cohort import read_cohort
-
-        cohort = read_cohort(args.cohort, require_paths=True, slide_dir=args.slide_dir)
-        slides = [(entry.slide_id, entry.path) for entry in cohort]
+        slides = cohort_slides(args.cohort, args.slide_dir)
     elif args.slides:
         slides = [(slide_id_for(path), path) for path in args.slides]
     else:

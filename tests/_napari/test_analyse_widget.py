@@ -32,8 +32,11 @@ def lesion(tmp_path_factory):
     return write_synthetic_slide(path, width=1024, height=768, seed=11, lesion_fraction=0.15)
 
 
-def _analysed(viewer, qtbot, project, model, lesion):
+def _analysed(viewer, qtbot, project, model, lesion, before=None):
+    """Open the slide, (call ``before(slide_layer)``), analyse it with the widget."""
     (slide_layer,) = viewer.open(lesion.path, plugin="napari-wsi-mil")
+    if before is not None:
+        before(slide_layer)
     widget = AnalyseWidget(viewer)
     assert widget.slide.value is slide_layer
     widget.project.value = project
@@ -94,6 +97,73 @@ def test_analyse_shows_result_layers_and_gallery(
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert len(viewer.layers) == n_layers and "patches analysed" in widget.status.value
+
+
+def test_evidence_reads_one_heatmap_with_its_colour_bar_and_outlines_on_top(
+    make_napari_viewer_proxy, qtbot, tmp_path, model, lesion
+):
+    from napari.utils.colormaps import ensure_colormap
+
+    viewer = make_napari_viewer_proxy()
+
+    def add_true_lesion(slide_layer):  # as the "Demo cohort" sample does
+        outline = np.array([[100.0, 100.0], [100.0, 400.0], [300.0, 400.0], [300.0, 100.0]])
+        viewer.add_shapes(
+            [outline],
+            shape_type="polygon",
+            name="lesion true lesion",
+            edge_color="cyan",
+            face_color="transparent",
+            scale=slide_layer.scale,
+            units=slide_layer.units,
+            metadata={"kind": "true_lesion"},
+        )
+
+    widget, slide_layer = _analysed(
+        viewer, qtbot, tmp_path / "proj", model, lesion, before=add_true_lesion
+    )
+    att = viewer.layers["lesion attention"]
+    prob = viewer.layers["lesion probability"]
+    mask = viewer.layers["lesion predicted tumour"]
+    # one heatmap visible, at half opacity; the others a click away
+    assert att.visible and not prob.visible and not mask.visible
+    assert att.opacity == pytest.approx(0.5) and prob.opacity == pytest.approx(0.5)
+    # the true lesion outline is above the result layers
+    assert viewer.layers[-1].name == "lesion true lesion"
+    # the colour bar shows the visible heatmap's colormap and its ends
+    bar = widget.colour_bar
+    assert bar.layer.name == att.name and "attention (percentile rank)" in bar.title.value
+    assert bar.low.value == "0 least" and bar.high.value == "most attended 1"
+    turbo = ensure_colormap("turbo").map(np.array([0.0, 1.0]))[:, :3] * 255
+    np.testing.assert_allclose(bar.strip_colours[[0, -1]], turbo, atol=2)
+    widget.normalisation.value = "raw"
+    assert "(raw weights)" in bar.title.value
+    assert bar.high.value.endswith(f"{att.contrast_limits[1]:.3g}")
+    prob.visible = True  # above attention in the layer list: its bar is shown
+    assert bar.layer.name == prob.name and bar.title.value == "instance P(tumour)"
+    viridis = ensure_colormap("viridis").map(np.array([1.0]))[:, :3] * 255
+    np.testing.assert_allclose(bar.strip_colours[-1], viridis[0], atol=2)
+    prob.visible = att.visible = False
+    assert bar.layer is None and bar.native.isHidden()
+    att.visible = True
+    assert bar.layer.name == att.name
+    # a gallery click outlines that patch's level-0 box on the slide, one at a time
+    a = widget.analysis
+    size0 = a.grid.geometry.patch_size_level0
+    for k in (0, 2):
+        widget.gallery.buttons["top"][k].click()
+        index = widget.gallery.indices["top"][k]
+        outline = viewer.layers["lesion gallery patch"]
+        assert outline.nshapes == 1 and outline.shape_type == ["rectangle"]
+        x, y = a.grid.coords[index]
+        corners = [slide_layer.data_to_world((y - 0.5, x - 0.5))]
+        corners.append(slide_layer.data_to_world((y + size0 - 0.5, x + size0 - 0.5)))
+        box = np.array([outline.data_to_world(v) for v in outline.data[0]])
+        np.testing.assert_allclose(box.min(0), corners[0], atol=1e-6)
+        np.testing.assert_allclose(box.max(0), corners[1], atol=1e-6)
+    names = [layer.name for layer in viewer.layers]
+    assert names[-2:] == ["lesion gallery patch", "lesion true lesion"]
+    assert viewer.layers.selection.active.name == slide_layer.name
 
 
 def test_painted_and_drawn_annotations_become_tile_labels(

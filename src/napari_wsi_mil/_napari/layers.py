@@ -76,8 +76,14 @@ def raster_transform(
     return (fy * sy, fx * sx), ((fy - 1) * sy / 2, (fx - 1) * sx / 2)
 
 
+#: Tiling layers: the tissue mask is a green fill, the patch grid yellow cell borders,
+#: so the two read apart on H&E (and apart from the result layers' colours below).
+TISSUE_COLOR = (0.1, 0.75, 0.25, 1.0)
+PATCH_EDGE_COLOR = (1.0, 0.85, 0.0, 1.0)
+
+
 def tissue_mask_layer_data(slide: Slide, mask, mask_downsample: tuple[float, float]) -> tuple:
-    """A Labels layer of the tissue mask (label 1), aligned with the slide layer."""
+    """A Labels layer of the tissue mask (label 1, a green fill), aligned with the slide."""
     slide_scale, units = slide_frame(slide)
     scale, translate = raster_transform((mask_downsample[1], mask_downsample[0]), slide_scale)
     kwargs = {
@@ -85,10 +91,54 @@ def tissue_mask_layer_data(slide: Slide, mask, mask_downsample: tuple[float, flo
         "scale": scale,
         "translate": translate,
         "units": units,
-        "opacity": 0.4,
+        "opacity": 0.35,
+        "colormap": {None: "transparent", 0: "transparent", 1: TISSUE_COLOR},
         "metadata": {"slide_path": str(slide.path), "kind": "tissue_mask"},
     }
     return mask.astype("uint8"), kwargs, "labels"
+
+
+def patch_outline_raster(grid, pixels_per_cell: int):
+    """uint8 raster of the patch grid's cell borders (1), ``pixels_per_cell`` raster
+    pixels per grid cell: each cell draws its top and left edge, and its bottom (right)
+    edge where no cell lies below (right of) it, so every border is one pixel wide."""
+    import numpy as np
+
+    k = int(pixels_per_cell)
+    cells = grid.grid_raster(np.ones(len(grid), bool), fill=False)
+    open_below = cells & ~np.pad(cells[1:], ((0, 1), (0, 0)))
+    open_right = cells & ~np.pad(cells[:, 1:], ((0, 0), (0, 1)))
+    top_left, bottom, right = (np.zeros((k, k), np.uint8) for _ in range(3))
+    top_left[0, :] = top_left[:, 0] = 1
+    bottom[-1, :] = 1
+    right[:, -1] = 1
+    return (
+        np.kron(cells, top_left) | np.kron(open_below, bottom) | np.kron(open_right, right)
+    ).astype(np.uint8)
+
+
+#: Longest side of the patch outline raster (its cells shrink to 4 pixels beyond).
+PATCH_OUTLINE_MAX_SIDE = 4096
+
+
+def patch_outline_layer_data(slide: Slide, grid) -> tuple:
+    """A Labels layer of the patch grid drawn as cell borders (yellow; a cell is a patch
+    when the stride is the patch size), aligned with the slide layer. The cell's raster
+    pixels per side are in ``metadata["pixels_per_cell"]``."""
+    k = max(4, min(8, PATCH_OUTLINE_MAX_SIDE // max(1, *grid.grid_shape)))
+    step = grid.geometry.stride_level0 / k
+    slide_scale, units = slide_frame(slide)
+    scale, translate = raster_transform((step, step), slide_scale)
+    kwargs = {
+        "name": f"{slide.path.stem} patches",
+        "scale": scale,
+        "translate": translate,
+        "units": units,
+        "opacity": 0.9,
+        "colormap": {None: "transparent", 0: "transparent", 1: PATCH_EDGE_COLOR},
+        "metadata": {"slide_path": str(slide.path), "kind": "patch_grid", "pixels_per_cell": k},
+    }
+    return patch_outline_raster(grid, k), kwargs, "labels"
 
 
 def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = None) -> tuple:
@@ -118,6 +168,8 @@ def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = No
 #: from every colour of the attention heatmap's turbo colormap; painted tumour is red.
 MASK_COLOR = (1.0, 0.0, 1.0, 1.0)
 TUMOUR_COLOR = (0.95, 0.1, 0.1, 1.0)
+#: The outline of the gallery patch last clicked (apart from the lesion's cyan).
+GALLERY_OUTLINE_COLOR = "white"
 PAINT_COLORS = {None: "transparent", 0: "transparent", 1: TUMOUR_COLOR, 2: (0.0, 0.8, 0.4, 1.0)}
 
 
@@ -152,7 +204,7 @@ def attention_layer_data(
     mode: str = "rank",
     name: str = "attention",
     colormap: str = "turbo",
-    opacity: float = 0.55,
+    opacity: float = 0.5,
     slide_translate: tuple[float, float] = (0.0, 0.0),
     slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
@@ -186,7 +238,7 @@ def probability_layer_data(
     *,
     name: str = "instance probability",
     colormap: str = "viridis",
-    opacity: float = 0.55,
+    opacity: float = 0.5,
     slide_translate: tuple[float, float] = (0.0, 0.0),
     slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
@@ -361,4 +413,30 @@ def analysis_layer_data(
                 **frame,
             )
         )
+    for _, kwargs, _ in layers[1:]:
+        kwargs["visible"] = False  # one heatmap at a time reads; the others a click away
     return layers
+
+
+def patch_outline_shapes_data(grid, index: int, slide_layer, *, name: str) -> tuple:
+    """A Shapes layer outlining patch ``index`` (its level-0 box) on ``slide_layer``."""
+    import numpy as np
+
+    x, y = (float(v) for v in grid.coords[index])
+    size = float(grid.geometry.patch_size_level0)
+    # level-0 continuous (x, y) is slide data coordinate (y - 1/2, x - 1/2)
+    y0, x0, y1, x1 = y - 0.5, x - 0.5, y + size - 0.5, x + size - 0.5
+    box = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
+    scale, translate, units = slide_layer_frame(slide_layer)
+    kwargs = {
+        "name": name,
+        "shape_type": "rectangle",
+        "edge_color": GALLERY_OUTLINE_COLOR,
+        "edge_width": max(2.0, size / 8),
+        "face_color": "transparent",
+        "scale": scale,
+        "translate": translate,
+        "units": units,
+        "metadata": {"kind": "gallery_patch", "patch_index": int(index)},
+    }
+    return [box], kwargs, "shapes"

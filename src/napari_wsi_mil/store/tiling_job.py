@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.errors import CohortError, WsiMilError
 from napari_wsi_mil.jobs import Job, Progress
-from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.slide import SLIDE_EXTENSIONS, open_slide
 from napari_wsi_mil.slide.tiling import TilingParams, tile_slide
+from napari_wsi_mil.store.cohort import read_cohort
+from napari_wsi_mil.store.keys import SLIDES
 from napari_wsi_mil.store.project import ProjectStore, check_name
 
 
@@ -32,6 +34,45 @@ def slide_id_for(path: str | os.PathLike) -> str:
         if name.lower().endswith(ext):
             return check_name(name[: -len(ext)])
     return check_name(Path(name).stem)
+
+
+def cohort_slides(
+    csv: str | os.PathLike, slide_dir: str | os.PathLike | None = None
+) -> list[tuple[str, Path]]:
+    """``(slide_id, path)`` of every slide of a cohort CSV, whose files must exist
+    (rows without a path are looked for in ``slide_dir``)."""
+    cohort = read_cohort(csv, require_paths=True, slide_dir=slide_dir)
+    return [(entry.slide_id, entry.path) for entry in cohort]
+
+
+def folder_slides(folder: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``(slide_id, path)`` of the slide files in ``folder`` (not its subfolders), by
+    name; ids are the file names without extensions (:func:`slide_id_for`)."""
+    root = Path(folder)
+    try:
+        files = sorted(
+            p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(SLIDE_EXTENSIONS)
+        )
+    except OSError as exc:
+        raise CohortError(f"{root}: cannot read the slide folder: {exc.strerror or exc}") from None
+    if not files:
+        raise CohortError(f"{root}: no slide files ({', '.join(SLIDE_EXTENSIONS)})")
+    slides: dict[str, Path] = {}
+    for path in files:
+        slide_id = slide_id_for(path)
+        if slide_id in slides:
+            raise CohortError(
+                f"{root}: {slides[slide_id].name} and {path.name} are both slide {slide_id!r}; "
+                "use a cohort CSV to name them"
+            )
+        slides[slide_id] = path
+    return list(slides.items())
+
+
+def tiled_slide_path(project: ProjectStore, slide_id: str) -> Path:
+    """The slide file a stored tiling was made from."""
+    _, attrs = project.read_result(SLIDES, None, slide_id)
+    return Path(attrs["slide"]["path"])
 
 
 def tile_slides_job(

@@ -12,7 +12,13 @@ inference) in a thread worker with one progress bar, and shows:
   model sets the threshold to the model's recorded mask threshold (WENO's fitted bag
   threshold, else 0.5);
 - ``"<slide_id> clusters"``: CluSiam clusters when the encoder has a cluster head;
-- a gallery of the k most and least attended patches; a click centres the viewer.
+- a colour bar of the heatmap on top among those visible;
+- a gallery of the k most and least attended patches; a click centres the viewer on
+  the patch and outlines it (``"<slide_id> gallery patch"``, replaced at each click).
+
+Only the attention heatmap starts visible (at half opacity), the others are a click
+away in the layer list; outlines of the true lesion (the "Demo cohort" sample) and
+QuPath annotations are kept on top of the result layers.
 
 A slide layer whose metadata names a model and a project (``analyse_model``,
 ``analyse_project``; the "Demo cohort" sample sets them) fills those fields when it is
@@ -35,13 +41,23 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton, SpinBox
+from matplotlib.backends.qt_compat import _isdeleted
 
 from napari_wsi_mil._napari.layers import place_layer, slide_layer_frame
+from napari_wsi_mil._napari.widgets.colour_bar import ColourBar
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.review.heatmap import NORMALISATIONS
 
 SHAPE_CLASSES = ("tumour", "normal")
+#: Layer kinds of outlines kept above the result layers (the true lesion, QuPath's).
+OUTLINE_KINDS = ("true_lesion", "qupath_annotations")
+#: The colour bar's wording of each heatmap: (title, low end, high end).
+HEATMAP_WORDS = {
+    "attention": ("attention", "least", "most attended"),
+    "probability": ("instance P(tumour)", "normal", "tumour"),
+}
+NORMALISATION_WORDS = {"raw": "raw weights", "minmax": "min-max", "rank": "percentile rank"}
 
 
 def _camera(viewer):
@@ -67,6 +83,7 @@ class AnalyseWidget(JobWidget):
         self.add_controls()
 
         self.result = Label(value="")
+        self.colour_bar = ColourBar()
         self.normalisation = ComboBox(label="attention scale", choices=NORMALISATIONS, value="rank")
         self.threshold = FloatSlider(
             label="mask threshold", value=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01
@@ -89,7 +106,7 @@ class AnalyseWidget(JobWidget):
             self.export_dir,
             self.export_button,
         ]
-        self.extend([self.result, *self._review])
+        self.extend([self.result, self.colour_bar, *self._review])
         for widget in self._review:
             widget.enabled = False
         self.gallery = PatchGallery(self.centre_on_patch)
@@ -112,6 +129,8 @@ class AnalyseWidget(JobWidget):
         self.export_button.changed.connect(self.guard(self.export))
         napari_viewer.layers.events.inserted.connect(self.slide.reset_choices)
         napari_viewer.layers.events.removed.connect(self.slide.reset_choices)
+        napari_viewer.layers.events.removed.connect(self._update_colour_bar)
+        napari_viewer.layers.events.moved.connect(self._update_colour_bar)
         self.model.changed.connect(self._use_model_mask_threshold)
         self.slide.changed.connect(self._use_suggestions)
         self._use_suggestions()
@@ -194,7 +213,11 @@ class AnalyseWidget(JobWidget):
             layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
             return layer
         add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
-        return add(data, name=name, **kwargs)
+        layer = add(data, name=name, **kwargs)
+        if what in HEATMAP_WORDS:
+            for event in ("visible", "contrast_limits", "colormap"):
+                getattr(layer.events, event).connect(self._update_colour_bar)
+        return layer
 
     def _show(self, result) -> None:
         from napari_wsi_mil._napari.layers import analysis_layer_data
@@ -212,6 +235,8 @@ class AnalyseWidget(JobWidget):
         )
         for what, (data, kwargs, kind) in zip(whats, layers, strict=False):
             self._put_layer(what, data, kwargs, kind)
+        self._raise_outlines()
+        self._update_colour_bar()
         self.viewer.layers.selection.active = self._slide_layer
         for widget in self._review:
             widget.enabled = True
@@ -246,6 +271,35 @@ class AnalyseWidget(JobWidget):
         layer.data = data
         layer.contrast_limits = kwargs["contrast_limits"]
         layer.metadata = {**layer.metadata, "normalisation": mode}
+        self._update_colour_bar()
+
+    def _update_colour_bar(self, event=None) -> None:
+        """Show the colour bar of the visible heatmap on top (none: hide it)."""
+        if _isdeleted(self.root_native_widget):  # the dock is closed; the viewer remains
+            return
+        heatmaps = {self._names[what]: what for what in HEATMAP_WORDS if what in self._names}
+        shown = [
+            (heatmaps[layer.name], layer)
+            for layer in self.viewer.layers
+            if layer.name in heatmaps and layer.visible
+        ]
+        if not shown:
+            self.colour_bar.show_layer(None)
+            return
+        what, layer = shown[-1]  # the top one
+        title, low, high = HEATMAP_WORDS[what]
+        if what == "attention":
+            title += f" ({NORMALISATION_WORDS[self.normalisation.value]})"
+        self.colour_bar.show_layer(layer, title, (low, high))
+
+    def _raise_outlines(self) -> None:
+        """Move the outline layers (the gallery patch, true lesions, QuPath annotations)
+        to the top of the layer list, in that order: the lesion above all."""
+        layers = self.viewer.layers
+        kinds = ("gallery_patch", *OUTLINE_KINDS)
+        for kind in kinds:
+            for layer in [la for la in layers if la.metadata.get("kind") == kind]:
+                layers.move(layers.index(layer), len(layers))
 
     def _update_mask(self, value=None) -> None:
         from napari_wsi_mil._napari.layers import tumour_mask_raster
@@ -287,6 +341,26 @@ class AnalyseWidget(JobWidget):
         size = self.analysis.grid.geometry.patch_size_level0 * float(self._slide_layer.scale[-1])
         canvas = getattr(getattr(self.viewer, "canvas", None), "size", None) or (600, 800)
         camera.zoom = min(canvas) / (6 * size)
+        self._outline_patch(index)
+
+    def _outline_patch(self, index: int) -> None:
+        """Outline patch ``index`` on the slide, replacing the last outline."""
+        from napari_wsi_mil._napari.layers import patch_outline_shapes_data
+
+        a = self.analysis
+        data, kwargs, _ = patch_outline_shapes_data(
+            a.grid, index, self._slide_layer, name=f"{a.slide_id} gallery patch"
+        )
+        name = kwargs.pop("name")
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = [(data[0], kwargs["shape_type"])]
+            place_layer(layer, kwargs)
+            layer.metadata = kwargs["metadata"]
+        else:
+            self.viewer.add_shapes(data, name=name, **kwargs)
+            self._raise_outlines()
+        self.viewer.layers.selection.active = self._slide_layer
 
     # -- annotations ---------------------------------------------------------------
     def _need_analysis(self) -> bool:

@@ -113,7 +113,11 @@ def _follower(widget):
             SHARED_PROJECT.changed.disconnect(follow)
             return
         edit = getattr(widget, field, None)
-        if isinstance(edit, FileEdit) and path is not None and Path(edit.value) != path:
+        if (
+            isinstance(edit, FileEdit)
+            and path is not None
+            and (edit.value is None or Path(edit.value) != path)
+        ):
             edit.value = path
 
     return follow
