@@ -71,3 +71,17 @@ def test_train_status_puts_the_aucs_first_and_wraps(make_napari_viewer_proxy, tm
         f"Warning: the val split has 3 tumour ...; model: {path}"
     )
     assert widget.status.native.wordWrap()
+
+
+def test_extract_encoder_field_has_a_file_picker(make_napari_viewer_proxy, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    widget = ExtractWidget(make_napari_viewer_proxy())
+    chosen = str(tmp_path / "weaksupcon.safetensors")
+    asked = []
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a: asked.append(a) or (chosen, ""))
+    widget.encoder_file_button.clicked.emit()
+    assert widget.encoder.value == chosen and len(asked) == 1
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a: ("", ""))  # cancelled
+    widget.encoder_file_button.clicked.emit()
+    assert widget.encoder.value == chosen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit, PushButton, SpinBox
 
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 
@@ -27,6 +27,7 @@ class ExtractWidget(JobWidget):
         self.encoder = LineEdit(
             label="encoder (name, hf-hub:ORG/NAME or file)", value=str(home / "encoder.safetensors")
         )
+        self.encoder_file_button = PushButton(text="Choose encoder file...")
         self.name = LineEdit(label="feature-set name (empty = encoder name)", value="")
         self.batch_size = SpinBox(label="batch size", value=64, min=1, max=4096)
         self.workers = SpinBox(label="loader workers", value=2, min=0, max=64)
@@ -40,6 +41,7 @@ class ExtractWidget(JobWidget):
             [
                 self.project,
                 self.encoder,
+                self.encoder_file_button,
                 self.name,
                 self.batch_size,
                 self.workers,
@@ -51,6 +53,19 @@ class ExtractWidget(JobWidget):
         )
         self.add_controls()
         self.run_button.changed.connect(self.guard(self.run))
+        self.encoder_file_button.changed.connect(self.choose_encoder_file)
+
+    def choose_encoder_file(self) -> None:
+        """A file dialog for the encoder field (it also takes names, so it is a text field)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        start = self.encoder.value.strip()
+        folder = str(Path(start).parent) if start and Path(start).parent.is_dir() else ""
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Encoder file", folder, "Encoders (*.safetensors *.pth *.pt);;All (*)"
+        )
+        if path:
+            self.encoder.value = path
 
     def run(self) -> None:
         # imported on the main thread (torch's import is not thread-safe under Qt)
