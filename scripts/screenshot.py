@@ -207,8 +207,11 @@ def guide_screenshots(workdir: Path, patch_size: int, images: Path, size: str) -
         settle(0.5)
         return widget
 
-    def shoot(name: str, widget, zoom: float = 1.0, centre=(0.5, 0.5)) -> None:
-        """Save the window; ``zoom`` onto ``centre`` (fractions of the slide's y, x)."""
+    def shoot(
+        name: str, widget, zoom: float = 1.0, centre=(0.5, 0.5), scroll_end: bool = False
+    ) -> None:
+        """Save the window; ``zoom`` onto ``centre`` (fractions of the slide's y, x);
+        ``scroll_end`` scrolls the dock to its end (where the plots are)."""
         viewer.reset_view()
         if zoom != 1.0:
             lo, hi = np.asarray(slide_layer.extent.world)[:, -2:]
@@ -218,6 +221,10 @@ def guide_screenshots(workdir: Path, patch_size: int, images: Path, size: str) -
         widget.run_button.native.setFocus()  # as after a click
         for box in widget.native.findChildren(QAbstractSpinBox):
             box.lineEdit().deselect()  # no number left highlighted by setting it
+        if scroll_end:
+            settle(0.5)
+            bar = widget.native.verticalScrollBar()
+            bar.setValue(bar.maximum())
         settle(1.0)
         close_notifications()
         settle(0.5)
@@ -257,7 +264,7 @@ def guide_screenshots(workdir: Path, patch_size: int, images: Path, size: str) -
     pretrain.device.value = "cpu"
     pretrain.out.value = encoder
     run_widget(pretrain, "pretraining")
-    shoot("pretrain.png", pretrain)
+    shoot("pretrain.png", pretrain, scroll_end=True)
 
     # 3. Extract features of every tiled slide with that encoder
     extract = show(ExtractWidget(viewer), "Extract features", dock_width=470)
