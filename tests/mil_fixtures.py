@@ -10,7 +10,6 @@ from napari_wsi_mil.slide.tiling import PatchGeometry, TiledSlide, TileGrid
 from napari_wsi_mil.store.cohort import Cohort, CohortEntry
 from napari_wsi_mil.store.project import ProjectStore
 
-
 #: Small architectures for fast model tests (each model's own size keywords).
 SMALL_HPARAMS = {
     "transmil": {"embed_dim": 8, "heads": 2, "landmarks": 4},
