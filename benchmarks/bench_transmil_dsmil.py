@@ -24,11 +24,20 @@ of the losses its ``compute_loss`` returns:
   query, identity value).
 
 Instance scores: ours ``instance_probability``; torchmil's TransMIL its attention
-min-max scaled per bag, its DSMIL ``sigmoid`` of its instance logits. Epoch time: the
-mean wall time of the epochs after the first, one torch thread.
+min-max scaled per bag, its DSMIL ``sigmoid`` of its instance logits. The AUC part's
+epoch time is the mean wall time of the epochs after the first, one torch thread.
+
+Epoch time (part ``timing``): ``--timing-bags`` (10) in-memory bags of
+``--timing-instances`` (1,000) x 512 N(0, 1) features (odd bags positive, 10% of their
+instances shifted by 1), one training epoch of each implementation (ours by
+``fit_job(MilConfig(model, epochs=1))``), interleaved, twice (best of 2, as ``bench_mil``'s
+epoch part: the first run in a process pays for warming up); one torch thread. Bags of
+more than 256 instances put both TransMILs on the Nystrom path; on smaller bags ours
+uses exact attention and torchmil's pads to 256 landmarks.
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_transmil_dsmil.py
-[--epochs 10] [--bags 100] [--seeds 0,1,2] [--torchmil-seeds 0] [--models transmil,dsmil]``
+[--parts auc,timing] [--epochs 10] [--bags 100] [--seeds 0,1,2] [--torchmil-seeds 0]
+[--models transmil,dsmil] [--timing-bags 10] [--timing-instances 1000]``
 (torchmil's TransMIL pads every bag to its 256 landmarks, so on a CPU its epochs are slow:
 ``--torchmil-seeds`` runs it on fewer seeds than ours)
 """
@@ -88,7 +97,7 @@ def digit_bags(n_bags: int, seed: int = 0):
     return splits
 
 
-def torchmil_factories(model: str) -> dict:
+def torchmil_factories(model: str, dim: int = IN_DIM) -> dict:
     sys.path.insert(0, str(PYDEPS))
     import torch
     from torchmil.models import DSMIL, TransMIL
@@ -96,28 +105,29 @@ def torchmil_factories(model: str) -> dict:
     if model == "transmil":
         return {
             "torchmil TransMIL (matched)": lambda: TransMIL(
-                in_shape=(IN_DIM,),
+                in_shape=(dim,),
                 att_dim=512,
                 n_heads=8,
                 n_landmarks=256,
                 dropout=0.1,
-                feat_ext=torch.nn.Sequential(torch.nn.Linear(IN_DIM, 512), torch.nn.ReLU()),
-            ),  # fmt: skip
-            "torchmil TransMIL (default)": lambda: TransMIL(in_shape=(IN_DIM,)),
+                feat_ext=torch.nn.Sequential(torch.nn.Linear(dim, 512), torch.nn.ReLU()),
+            ),
+            "torchmil TransMIL (default)": lambda: TransMIL(in_shape=(dim,)),
         }
     return {
         "torchmil DSMIL (matched)": lambda: DSMIL(
-            in_shape=(IN_DIM,), nonlinear_q=True, nonlinear_v=True
+            in_shape=(dim,), nonlinear_q=True, nonlinear_v=True
         ),
-        "torchmil DSMIL (default)": lambda: DSMIL(in_shape=(IN_DIM,)),
+        "torchmil DSMIL (default)": lambda: DSMIL(in_shape=(dim,)),
     }
 
 
-def torchmil_run(factory, train, test, epochs: int, seed: int, lr: float, wd: float) -> dict:
+def torchmil_fit(factory, train, epochs: int, seed: int, lr: float, wd: float):
+    """``(model, epoch seconds)``: the loop of ``bench_mil.torchmil_fit``, with the sum of
+    the losses ``compute_loss`` returns."""
     import numpy as np
     import torch
 
-    from napari_wsi_mil.mil.metrics import bag_metrics, instance_metrics
     from napari_wsi_mil.mil.train import _epoch_order
 
     torch.manual_seed(seed)
@@ -137,6 +147,16 @@ def torchmil_run(factory, train, test, epochs: int, seed: int, lr: float, wd: fl
             loss.backward()
             opt.step()
         epoch_s.append(time.perf_counter() - t0)
+    return model, epoch_s
+
+
+def torchmil_run(factory, train, test, epochs: int, seed: int, lr: float, wd: float) -> dict:
+    import numpy as np
+    import torch
+
+    from napari_wsi_mil.mil.metrics import bag_metrics, instance_metrics
+
+    model, epoch_s = torchmil_fit(factory, train, epochs, seed, lr, wd)
     model.eval()
     probs, scores = [], []
     with torch.inference_mode():
@@ -179,22 +199,31 @@ def _fmt(mean, std) -> str:
     return "" if mean is None else f"{mean:.3f} +- {std:.3f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--bags", type=int, default=100)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument(
-        "--torchmil-seeds", default=None, help="seeds of the torchmil runs (default: --seeds)"
-    )
-    parser.add_argument("--models", default="transmil,dsmil")
-    parser.add_argument("--name", default="bench_transmil_dsmil")
-    args = parser.parse_args()
-    import torch
+def random_bags(n_bags: int, n_instances: int, dim: int = 512):
+    """In-memory bags of N(0, 1) features; odd bags positive with 10% of instances
+    shifted by 1 (what the epoch time is measured on)."""
+    import numpy as np
 
+    from napari_wsi_mil.mil.bags import Bag
+
+    rng = np.random.default_rng(0)
+    bags = []
+    for i in range(n_bags):
+        x = rng.normal(size=(n_instances, dim)).astype(np.float32)
+        tiles = np.zeros(n_instances, np.int8)
+        if i % 2:
+            tiles[: n_instances // 10] = 1
+            x[: n_instances // 10] += 1.0
+        bags.append(
+            Bag(f"r{i}", i % 2, "train", [f"r{i}"], x,
+                np.zeros(n_instances, np.int32), np.arange(n_instances), tiles)
+        )  # fmt: skip
+    return bags
+
+
+def part_auc(args, out: dict) -> None:
     from napari_wsi_mil.mil.registry import training_defaults
 
-    torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     torchmil_seeds = [int(s) for s in (args.torchmil_seeds or args.seeds).split(",")]
     train, test = digit_bags(args.bags)
@@ -229,10 +258,77 @@ def main() -> None:
             )
     log("")
     log(_common.markdown_table(rows, ["impl", "bag_auc", "instance_auc", "epoch_s"]))
-    _common.save(
-        args.name,
-        {"args": vars(args), "rows": rows, "runs": runs, "torch_threads": 1},
+    out.update({"rows": rows, "runs": runs})
+
+
+def part_timing(args, out: dict) -> None:
+    """One training epoch of each implementation on the same random bags, interleaved
+    twice; ours by ``fit_job``."""
+    from napari_wsi_mil.jobs import run_job
+    from napari_wsi_mil.mil.registry import training_defaults
+    from napari_wsi_mil.mil.train import MilConfig, fit_job
+
+    bags = random_bags(args.timing_bags, args.timing_instances)
+    times: dict[str, list[float]] = {}
+    for _ in range(2):
+        for model in args.models.split(","):
+            hp = training_defaults(model)
+            label = f"ours {model}"
+            _, history = run_job(fit_job(MilConfig(model, epochs=1), bags, [], "epoch"))
+            times.setdefault(label, []).append(history[0]["seconds"])
+            log(f"{label}: {times[label][-1]:.2f} s")
+            for label, factory in torchmil_factories(model, bags[0].features.shape[1]).items():
+                _, epoch_s = torchmil_fit(factory, bags, 1, 0, hp["lr"], hp["weight_decay"])
+                times.setdefault(label, []).append(epoch_s[0])
+                log(f"{label}: {epoch_s[0]:.2f} s")
+    rows = []
+    for label, values in times.items():
+        ours = times[f"ours {label.split()[1].lower()}"]
+        rows.append(
+            {
+                "impl": label,
+                "best_epoch_s": min(values),
+                "mean_epoch_s": statistics.fmean(values),
+                "ours_over_this_best": min(ours) / min(values),
+            }
+        )
+    log("")
+    log(
+        _common.markdown_table(
+            rows, ["impl", "best_epoch_s", "mean_epoch_s", "ours_over_this_best"]
+        )
     )
+    out["timing"] = {
+        "bags": args.timing_bags,
+        "instances": args.timing_instances,
+        "dim": 512,
+        "rows": rows,
+        "runs": times,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="auc,timing")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--bags", type=int, default=100)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--torchmil-seeds", default=None, help="seeds of the torchmil runs (default: --seeds)"
+    )
+    parser.add_argument("--models", default="transmil,dsmil")
+    parser.add_argument("--timing-bags", type=int, default=10)
+    parser.add_argument("--timing-instances", type=int, default=1000)
+    parser.add_argument("--name", default="bench_transmil_dsmil")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    out: dict = {"args": vars(args), "torch_threads": 1}
+    parts = {"auc": part_auc, "timing": part_timing}
+    for part in args.parts.split(","):
+        parts[part](args, out)
+    _common.save(args.name, out)
 
 
 if __name__ == "__main__":
