@@ -10,6 +10,17 @@ from napari_wsi_mil.slide.tiling import PatchGeometry, TiledSlide, TileGrid
 from napari_wsi_mil.store.cohort import Cohort, CohortEntry
 from napari_wsi_mil.store.project import ProjectStore
 
+#: Small architectures for fast model tests (each model's own size keywords).
+SMALL_HPARAMS = {
+    "transmil": {"embed_dim": 8, "heads": 2, "landmarks": 4},
+    "dsmil": {"query_dim": 4},
+}
+
+
+def small_hparams(name: str) -> dict:
+    """Small architecture keywords of model ``name`` (embedding 8, attention 4)."""
+    return dict(SMALL_HPARAMS.get(name, {"embed_dim": 8, "attention_dim": 4}))
+
 
 def feature_cohort(
     root: Path,

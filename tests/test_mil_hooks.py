@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mil_fixtures import small_hparams
 from napari_wsi_mil.mil import MODELS
 from napari_wsi_mil.mil.bags import Bag
 from napari_wsi_mil.mil.base import TrainingEpoch
@@ -17,7 +18,7 @@ D = 6
 
 def tiny(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(name, D, embed_dim=8, attention_dim=4)
+    return build_model(name, D, **small_hparams(name))
 
 
 def bag(label: int, n: int, seed: int) -> Bag:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mil_fixtures import small_hparams
 from napari_wsi_mil.mil import MODELS
 from napari_wsi_mil.mil.base import MilOutput
 from napari_wsi_mil.mil.dtfd import DISTILLATIONS, DTFDMIL, pseudo_bag_indices
@@ -37,7 +38,7 @@ def _one_thread():
 
 def tiny(name: str, in_dim: int = D, **hparams) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(name, in_dim, embed_dim=8, attention_dim=4, **hparams)
+    return build_model(name, in_dim, **{**small_hparams(name), **hparams})
 
 
 def extra_for(name: str, n: int) -> dict:
@@ -239,7 +240,7 @@ def test_registry():
     assert training_defaults("dtfd") is not TRAINING_DEFAULTS["dtfd"]
     assert build_model("clam", 4, embed_dim=8).instance_classifiers[0].in_features == 8
     with pytest.raises(ValueError):
-        build_model("transmil", 4)
+        build_model("no-such-model", 4)
     with pytest.raises(TypeError):
         build_model("abmil", 4, nonsense=1)
 

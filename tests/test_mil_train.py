@@ -21,17 +21,25 @@ def cohort(tmp_path_factory):
     return feature_cohort(tmp_path_factory.mktemp("mil"))
 
 
-EPOCHS = {"abmil": 20, "clam": 20, "dtfd": 10, "weno": 10, "msclam": 20}
+EPOCHS = {
+    "abmil": 20, "clam": 20, "dtfd": 10, "weno": 10, "msclam": 20, "transmil": 5, "dsmil": 20,
+}  # fmt: skip
+# The 512-d transformer overfits these 18 bags at lr 1e-3 (test bag AUC 0.78 at 5 to 20
+# epochs); at its default lr 2e-4 it ranks them all in 5.
+LR = {"transmil": 2e-4}
 # AB-MIL scores instances by attention min-max scaled within each bag, so a negative
 # bag's most attended instance scores 1: pooled over bags its instance AUC is weak
 # (the gap WENO was made to close).
-MIN_INSTANCE_AUC = {"abmil": 0.6, "clam": 0.75, "dtfd": 0.75, "weno": 0.75, "msclam": 0.75}
+MIN_INSTANCE_AUC = {
+    "abmil": 0.6, "clam": 0.75, "dtfd": 0.75, "weno": 0.75, "msclam": 0.75,
+    "transmil": 0.6, "dsmil": 0.75,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_and_ranks_test_bags(cohort, tmp_path, model):
     store, table, _ = cohort
-    config = MilConfig(model=model, epochs=EPOCHS[model], lr=1e-3, threads=1)
+    config = MilConfig(model=model, epochs=EPOCHS[model], lr=LR.get(model, 1e-3), threads=1)
     result = run_job(train_mil_job(store, table, "f", tmp_path / "run", config))
     for name in ("config.json", "metrics.json", "history.csv", "model.safetensors"):
         assert (tmp_path / "run" / name).exists()

@@ -11,6 +11,8 @@ Submodules (import them directly; importing this package loads nothing heavy):
 - :mod:`napari_wsi_mil.mil.dtfd`: DTFD-MIL (Zhang et al. 2022).
 - :mod:`napari_wsi_mil.mil.weno`: WENO (Qu et al. 2022) and its pseudo-label rules.
 - :mod:`napari_wsi_mil.mil.msclam`: MS-CLAM (Tourniaire et al. 2023) and its samplers.
+- :mod:`napari_wsi_mil.mil.transmil`: TransMIL (Shao et al. 2021) with Nystrom attention.
+- :mod:`napari_wsi_mil.mil.dsmil`: DSMIL (Li et al. 2021).
 - :mod:`napari_wsi_mil.mil.registry`: ``build_model`` and per-model default
   hyperparameters (architecture and training), the one place a trainer or CLI reads.
 
@@ -20,7 +22,7 @@ tumour), ``probability = softmax(logit)[1]``; see
 """
 
 #: The MIL models, by registry name.
-MODELS = ("abmil", "clam", "dtfd", "weno", "msclam")
+MODELS = ("abmil", "clam", "dtfd", "weno", "msclam", "transmil", "dsmil")
 
 #: The bag decision threshold on ``probability`` of a model that does not fit its own
 #: (:attr:`~napari_wsi_mil.mil.base.MilModel.fits_threshold`), and of model files and

@@ -24,6 +24,8 @@ _CLASSES = {
     "dtfd": ("napari_wsi_mil.mil.dtfd", "DTFDMIL"),
     "weno": ("napari_wsi_mil.mil.weno", "WENO"),
     "msclam": ("napari_wsi_mil.mil.msclam", "MSCLAM"),
+    "transmil": ("napari_wsi_mil.mil.transmil", "TransMIL"),
+    "dsmil": ("napari_wsi_mil.mil.dsmil", "DSMIL"),
 }
 
 #: Architecture keyword arguments of each model class (besides ``in_dim``).
@@ -56,6 +58,18 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "b_plus": 1024,
         "inst_loss": "ce",
         "loss_weights": (0.6, 0.4, 1.0),
+    },
+    "transmil": {
+        "embed_dim": 512,
+        "heads": 8,
+        "landmarks": 256,  # embed_dim / 2
+        "pinv_iterations": 6,
+        "dropout": 0.1,  # not in the spec: on the attention outputs, as TransMIL's code
+    },
+    "dsmil": {
+        "query_dim": 128,
+        "value_projection": True,
+        "dropout": 0.0,  # not in the spec (before the value projection)
     },
 }
 
@@ -101,6 +115,21 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "paired_batches": True,  # one normal + one tumour slide per step
         "sampling_weight": 90.0,  # W
         "sampling_gamma": 0.9,
+    },
+    "transmil": {
+        # the spec's Lookahead(RAdam) is not in the trainer: plain Adam at the spec's lr
+        "optimizer": "adam",
+        "lr": 2e-4,
+        "weight_decay": 1e-5,
+        "epochs": 100,  # not in the spec (TransMIL's code: at most 200, early stopping)
+    },
+    "dsmil": {
+        # the trainer's Adam has betas (0.9, 0.999) and a constant lr, not the spec's
+        # betas (0.5, 0.9) and cosine schedule
+        "optimizer": "adam",
+        "lr": 2e-4,
+        "weight_decay": 5e-3,
+        "epochs": 100,  # not in the spec
     },
 }
 
