@@ -67,6 +67,34 @@ def test_pyramid_levels_tags_and_description(tmp_path):
     assert (thumb.mean(axis=2) < 225).mean() > 0.25
 
 
+def test_written_slides_are_standard_pyramids_openslide_reads_at_every_level(tmp_path):
+    """One IFD per level (no SubIFDs), so OpenSlide, QuPath and the peers see every level;
+    the same for the mosaic writer's slides."""
+    import openslide
+
+    from napari_wsi_mil.slide.synthetic import write_pyramid
+
+    synthetic = write_synthetic_slide(tmp_path / "s.tiff", width=3000, height=2200, mpp=0.25)
+    rng = np.random.default_rng(0)
+    image = (rng.random((1500, 2100, 3)) * 255).astype(np.uint8)
+    mosaic = write_pyramid(tmp_path / "m.tiff", image, 0.5, "mosaic|seed=0")
+    for path, (width, height), mpp in (
+        (synthetic.path, (3000, 2200), 0.25),
+        (mosaic, (2100, 1500), 0.5),
+    ):
+        with tifffile.TiffFile(path) as tif:
+            levels = tif.series[0].levels
+            assert len(tif.pages) == len(levels) and not tif.pages[0].subifds
+        slide = openslide.OpenSlide(path)
+        shapes = pyramid_shapes(width, height)
+        assert slide.level_count == len(shapes) == len(levels)
+        assert list(slide.level_dimensions) == [(w, h) for h, w in shapes]
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(mpp)
+        for level, (h, w) in enumerate(shapes):
+            region = np.asarray(slide.read_region((0, 0), level, (w, h)).convert("RGB"))
+            np.testing.assert_array_equal(region, _level(path, level))  # same decoded tiles
+
+
 def test_same_seed_same_pixels_other_seed_differs(tmp_path):
     kwargs = dict(width=1024, height=768, lesion_fraction=0.1)
     a = write_synthetic_slide(tmp_path / "a.tiff", seed=5, **kwargs)

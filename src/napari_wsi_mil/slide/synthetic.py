@@ -1,7 +1,7 @@
 """Synthetic H&E-like whole-slide images and cohorts, deterministic from a seed.
 
 Used by the napari sample data, the tests, the benchmarks and the demo. A slide
-is a pyramidal, tiled, JPEG-compressed TIFF (levels as SubIFDs) with its
+is a standard tiled pyramidal JPEG TIFF (one IFD per level, as OpenSlide reads) with its
 resolution in the TIFF tags; it is rendered tile by tile, so even a
 60000 x 60000 slide needs little memory. Positive slides carry lesions whose
 outlines are returned and written as GeoJSON; lesions differ from normal tissue
@@ -131,7 +131,7 @@ def write_synthetic_slide(
     ):
         description = _description(mpp, seed, fraction, stain_variation)
         for level, shape in enumerate(shapes):
-            options = _level_options(level, shape, len(shapes), mpp, tile_size, description)
+            options = _level_options(level, shape, mpp, tile_size, description)
             tif.write(_tiles(renderer, level, shape), **options)
     return SyntheticSlide(
         path=path,
@@ -147,9 +147,11 @@ def write_synthetic_slide(
 
 
 def _level_options(
-    level: int, shape: tuple[int, int], n_levels: int, mpp: float, tile_size: int, description: str
+    level: int, shape: tuple[int, int], mpp: float, tile_size: int, description: str
 ) -> dict:
-    """tifffile ``write`` options of one level of a pyramidal JPEG TIFF (SubIFDs)."""
+    """tifffile ``write`` options of one level of a standard tiled pyramidal JPEG TIFF:
+    one IFD per level, the reduced levels marked as such (``subfiletype=1``), as
+    OpenSlide's generic-TIFF driver, QuPath and the peers read it."""
     res = 1e4 / (mpp * 2**level)
     options = dict(
         shape=(*shape, 3),
@@ -163,7 +165,7 @@ def _level_options(
         metadata=None,
     )
     if level == 0:
-        options.update(subifds=n_levels - 1, description=description)
+        options.update(description=description)
     else:
         options.update(subfiletype=1)
     return options
@@ -188,7 +190,7 @@ def write_pyramid(
                     .round()
                     .astype(np.uint8)
                 )
-            options = _level_options(level, shape, len(shapes), mpp, tile_size, description)
+            options = _level_options(level, shape, mpp, tile_size, description)
             tif.write(level_image, **options)
     return path
 
@@ -210,8 +212,10 @@ def _is_synthetic(
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            return page.shape[:2] == (height, width) and page.description == _description(
-                mpp, seed, fraction, stain_variation
+            return (
+                page.shape[:2] == (height, width)
+                and page.description == _description(mpp, seed, fraction, stain_variation)
+                and not page.subifds  # written before levels were one IFD each: rewrite
             )
     except Exception:  # unreadable: regenerate it
         return False
