@@ -74,6 +74,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 #: Optimiser and schedule of each model; one bag (slide) per step unless stated.
+#: Optional keys: ``betas`` (Adam), ``schedule="cosine"`` with ``min_lr``, DTFD's
+#: ``lr_milestones``/``lr_gamma`` (read by :func:`napari_wsi_mil.mil.train.schedules_for`).
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "abmil": {
         "optimizer": "adam",
@@ -124,11 +126,12 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "epochs": 100,  # not in the spec (TransMIL's code: at most 200, early stopping)
     },
     "dsmil": {
-        # the trainer's Adam has betas (0.9, 0.999) and a constant lr, not the spec's
-        # betas (0.5, 0.9) and cosine schedule
         "optimizer": "adam",
+        "betas": (0.5, 0.9),
         "lr": 2e-4,
         "weight_decay": 5e-3,
+        "schedule": "cosine",  # annealed over the epochs
+        "min_lr": 5e-6,  # not in the spec: DSMIL's code
         "epochs": 100,  # not in the spec
     },
 }

@@ -108,7 +108,7 @@ def _epoch_order(bags: list[Bag], balance: bool, rng: np.random.Generator) -> np
     return rng.choice(len(bags), size=len(bags), replace=True, p=p / p.sum())
 
 
-def _optimizers(model: MilModel, hp: dict) -> list[torch.optim.Optimizer]:
+def optimizers_for(model: MilModel, hp: dict) -> list[torch.optim.Optimizer]:
     """One optimiser per parameter group of the model (:meth:`MilModel.param_groups`)."""
     lr, wd = hp["lr"], hp["weight_decay"]
     if hp["optimizer"] == "sgd":
@@ -117,7 +117,26 @@ def _optimizers(model: MilModel, hp: dict) -> list[torch.optim.Optimizer]:
             torch.optim.SGD(group, lr=lr, momentum=momentum, weight_decay=wd)
             for group in model.param_groups()
         ]
-    return [torch.optim.Adam(group, lr=lr, weight_decay=wd) for group in model.param_groups()]
+    betas = tuple(hp.get("betas", (0.9, 0.999)))
+    return [
+        torch.optim.Adam(group, lr=lr, betas=betas, weight_decay=wd)
+        for group in model.param_groups()
+    ]
+
+
+def schedules_for(optimizers: list[torch.optim.Optimizer], hp: dict) -> list:
+    """Per-epoch learning-rate schedules: DTFD's milestones, DSMIL's cosine annealing."""
+    if "lr_milestones" in hp:
+        return [
+            torch.optim.lr_scheduler.MultiStepLR(o, list(hp["lr_milestones"]), hp["lr_gamma"])
+            for o in optimizers
+        ]
+    if hp.get("schedule") == "cosine":
+        return [
+            torch.optim.lr_scheduler.CosineAnnealingLR(o, hp["epochs"], hp.get("min_lr", 0.0))
+            for o in optimizers
+        ]
+    return []
 
 
 def _step(
@@ -215,15 +234,8 @@ def fit_job(
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config.model, train[0].features.shape[1], **config.hparams)
-    optimizers = _optimizers(model, hp)
-    schedulers = (
-        [
-            torch.optim.lr_scheduler.MultiStepLR(o, list(hp["lr_milestones"]), hp["lr_gamma"])
-            for o in optimizers
-        ]
-        if "lr_milestones" in hp
-        else []
-    )
+    optimizers = optimizers_for(model, hp)
+    schedulers = schedules_for(optimizers, hp)
     supervised = _supervised_mask(train, config.tile_label_fraction, rng)
     history = []
     for epoch in range(hp["epochs"]):
