@@ -196,7 +196,9 @@ def prediction_metrics(
 #: A fitted bag threshold stays at least this far from 0 and 1.
 THRESHOLD_MARGIN = 0.05
 #: Folds of the out-of-fold predictions a threshold is fitted on (no validation bags).
-THRESHOLD_FOLDS = 3
+#: k folds cost k - 1 extra trainings' worth of epochs: 2 keeps WENO's training (and
+#: ``wsi-mil demo``) within one extra training.
+THRESHOLD_FOLDS = 2
 
 
 def fit_threshold(labels, probabilities) -> float:
