@@ -38,6 +38,23 @@ def place_layer(layer, kwargs: dict) -> None:
         layer.units = kwargs["units"]
 
 
+def put_layer(viewer, data, kwargs: dict, kind: str) -> tuple[object, bool]:
+    """Add a layer built by a ``*_layer_data`` function (``kind`` image, labels or
+    shapes), or replace the data, placement and metadata of the one of its name.
+    Returns ``(layer, added)``."""
+    kwargs = dict(kwargs)
+    name = kwargs.pop("name")
+    if name not in viewer.layers:
+        return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs), True
+    layer = viewer.layers[name]
+    layer.data = [(d, kwargs["shape_type"]) for d in data] if kind == "shapes" else data
+    place_layer(layer, kwargs)
+    if "contrast_limits" in kwargs:
+        layer.contrast_limits = kwargs["contrast_limits"]
+    layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
+    return layer, False
+
+
 def slide_layer_data(slide: Slide) -> tuple:
     """``(data, kwargs, "image")`` for a lazily read, multiscale RGB slide layer."""
     scale, units = slide_frame(slide)
@@ -355,6 +372,27 @@ def annotation_layer_data(
         "metadata": {"kind": "annotations", "level0_per_pixel": f, **(metadata or {})},
     }
     return np.zeros(annotation_raster_shape(slide_size, f), np.uint8), kwargs, "labels"
+
+
+def annotation_shapes_layer_data(
+    slide_id: str, classes: tuple[str, ...], slide_units: tuple = PIXEL_UNITS
+) -> tuple:
+    """An empty Shapes layer for drawing annotations of ``classes`` (the first red, the
+    second green); a new shape gets the layer's ``feature_defaults`` class."""
+    import pandas as pd
+
+    kwargs = {
+        "name": f"{slide_id} annotation shapes",
+        "ndim": 2,
+        "features": {"label": pd.Categorical([], categories=list(classes))},
+        "face_color": "label",
+        "face_color_cycle": ["red", "green"],
+        "edge_color": "white",
+        "opacity": 0.4,
+        "units": tuple(slide_units),
+        "metadata": {"kind": "annotation_shapes", "slide_id": slide_id},
+    }
+    return None, kwargs, "shapes"
 
 
 def analysis_layer_data(
