@@ -51,6 +51,13 @@ from napari_wsi_mil.store.project import ProjectStore
 #: Classes of drawn annotation shapes; any other class counts as tumour.
 SHAPE_CLASSES = ("tumour", "normal")
 
+#: The legend of each heatmap: (title, low end, high end).
+HEATMAP_LEGENDS = {
+    "attention": ("attention", "least", "most attended"),
+    "probability": ("instance P(tumour)", "normal", "tumour"),
+}
+NORMALISATION_WORDS = {"raw": "raw weights", "minmax": "min-max", "rank": "percentile rank"}
+
 #: A painted raster: ``(labels, layer_scale, layer_translate)`` (1 tumour, 2 normal).
 Painted = tuple[np.ndarray, Sequence[float], Sequence[float]]
 #: A drawn shape: ``(world (y, x) vertices, napari shape type, class)``.
@@ -244,6 +251,13 @@ class SlideReview:
             f"{n} of {len(a.grid)} tiles >= {self.threshold:.2f}"
         )
 
+    def heatmap_legend(self, what: str) -> tuple[str, str, str]:
+        """``(title, low end, high end)`` of heatmap ``what`` (attention: its scale)."""
+        title, low, high = HEATMAP_LEGENDS[what]
+        if what == "attention":
+            title += f" ({NORMALISATION_WORDS[self.normalisation]})"
+        return title, low, high
+
     def analysis_note(self) -> str:
         """What the last analysis did, with its warnings."""
         a = self.require_analysis()
@@ -300,6 +314,11 @@ class SlideReview:
         self.tile_labels = labels
         self.tile_labels_stored.emit(labels)
 
+    def tile_labels_note(self) -> str:
+        """What the last stored tile labels say."""
+        counts = [int((self.tile_labels == v).sum()) for v in (1, 0, -1)]
+        return "tile labels stored: {} tumour, {} normal, {} unknown".format(*counts)
+
     def export_job(self, folder: str | os.PathLike | None) -> Job[list[Path]]:
         """:func:`export_analysis_job` at the review's threshold and normalisation."""
         analysis = self.require_analysis()
@@ -310,6 +329,10 @@ class SlideReview:
     def accept_export(self, paths: Sequence[Path]) -> None:
         self.exported = list(paths)
         self.exported_files.emit(self.exported)
+
+    def export_note(self) -> str:
+        """Where the last export went."""
+        return f"exported {len(self.exported)} files to {Path(self.exported[0]).parent}"
 
     # -- driving from Python -------------------------------------------------------
     def analyse(self, slide_path: str | os.PathLike, on_progress: _OnProgress = None):

@@ -42,28 +42,33 @@ pyramidal OME-TIFF and a PNG snapshot with a legend.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton, SpinBox
 from matplotlib.backends.qt_compat import _isdeleted
 
-from napari_wsi_mil._napari.layers import put_layer, slide_layer_frame
+from napari_wsi_mil._napari.layers import (
+    analysis_layer_data,
+    annotation_layer_data,
+    annotation_shapes_layer_data,
+    annotation_shapes_world,
+    patch_outline_shapes_data,
+    patch_view,
+    put_layer,
+    slide_layer_frame,
+)
 from napari_wsi_mil._napari.widgets.colour_bar import ColourBar
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 from napari_wsi_mil.errors import ParamError
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
+from napari_wsi_mil.review.analyse import suggested_inputs
 from napari_wsi_mil.review.heatmap import NORMALISATIONS
-from napari_wsi_mil.review.session import SHAPE_CLASSES, SlideReview
+from napari_wsi_mil.review.session import HEATMAP_LEGENDS, SHAPE_CLASSES, SlideReview
 
 #: Layer kinds of outlines kept above the result layers (the true lesion, QuPath's).
 OUTLINE_KINDS = ("true_lesion", "qupath_annotations")
-#: The colour bar's wording of each heatmap: (title, low end, high end).
-HEATMAP_WORDS = {
-    "attention": ("attention", "least", "most attended"),
-    "probability": ("instance P(tumour)", "normal", "tumour"),
-}
-NORMALISATION_WORDS = {"raw": "raw weights", "minmax": "min-max", "rank": "percentile rank"}
 #: The result layers of an analysis, in the order of ``analysis_layer_data``.
 RESULT_LAYERS = ("attention", "probability", "mask", "clusters")
 
@@ -71,12 +76,6 @@ RESULT_LAYERS = ("attention", "probability", "mask", "clusters")
 def _camera(viewer):
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
-
-
-def _shape_classes(layer) -> list[str]:
-    if "label" in layer.features:
-        return layer.features["label"].astype(str).tolist()
-    return ["tumour"] * len(layer.data)
 
 
 class AnalyseWidget(JobWidget):
@@ -116,18 +115,21 @@ class AnalyseWidget(JobWidget):
         self.extend([self.result, self.colour_bar, *self._review_controls])
         for widget in self._review_controls:
             widget.enabled = False
-        self.gallery = PatchGallery(self.centre_on_patch)
+        self.gallery = PatchGallery(self.guard(self.centre_on_patch))
         self.add_native(self.gallery)
         self._names: dict[str, str] = {}  # what -> layer name
 
         review = self.review
-        self.model.changed.connect(lambda value: setattr(review, "model_path", value))
-        self.normalisation.changed.connect(lambda value: setattr(review, "normalisation", value))
-        self.threshold.changed.connect(lambda value: setattr(review, "threshold", value))
-        self.k.changed.connect(lambda value: setattr(review, "gallery_size", value))
+        for field, setting in [
+            (self.model, "model_path"),
+            (self.normalisation, "normalisation"),
+            (self.threshold, "threshold"),
+            (self.k, "gallery_size"),
+        ]:
+            field.changed.connect(partial(setattr, review, setting))
         review.analysed.connect(self._show)
-        review.normalisation_changed.connect(self._update_attention)
-        review.threshold_changed.connect(self._update_mask)
+        review.normalisation_changed.connect(self._refresh)
+        review.threshold_changed.connect(self._refresh)
         review.gallery_changed.connect(self._show_gallery)
         review.tile_labels_stored.connect(self._labels_written)
         review.exported_files.connect(self._exported)
@@ -149,8 +151,6 @@ class AnalyseWidget(JobWidget):
 
     def _use_suggestions(self, value=None) -> None:
         """Fill model and project from a slide layer that names them (the demo sample)."""
-        from napari_wsi_mil.review.analyse import suggested_inputs
-
         layer = self.slide.value
         model, project = suggested_inputs(layer.metadata) if layer is not None else (None, None)
         if model is not None:
@@ -158,21 +158,14 @@ class AnalyseWidget(JobWidget):
         if project is not None:
             self.project.value = project
 
-    def _run(self, job, on_returned) -> None:
-        """Run a job made (and its inputs checked) here in a worker thread."""
-
-        def relay():
-            return (yield from job)
-
-        self.start(relay, on_returned)
-
-    def _slide_layer(self):
+    def _slide_layer(self, required: bool = True):
         """The slide layer of the analysis: the chosen one, else one of the same file."""
         path = Path(self.review.require_analysis().slide_path)
         layers = [self.slide.value, *slide_layers(self.viewer)]
-        return next(
-            la for la in layers if la is not None and Path(la.metadata["slide_path"]) == path
-        )
+        same = [la for la in layers if la is not None and Path(la.metadata["slide_path"]) == path]
+        if not same and required:
+            raise ParamError(f"open the analysed slide {path.name} again")
+        return same[0] if same else None
 
     # -- analysis ------------------------------------------------------------------
     def run(self) -> None:
@@ -182,65 +175,54 @@ class AnalyseWidget(JobWidget):
         review = self.review
         review.project, review.encoder = Path(self.project.value), self.encoder.value
         review.device = self.device.value
-        self._run(review.analyse_job(layer.metadata["slide_path"]), review.accept_analysis)
-
-    def _put_layer(self, what: str, data, kwargs: dict, kind: str) -> None:
-        """Add a result layer or update the existing one."""
-        layer, added = put_layer(self.viewer, data, kwargs, kind)
-        self._names[what] = layer.name
-        if added and what in HEATMAP_WORDS:
-            for event in ("visible", "contrast_limits", "colormap"):
-                getattr(layer.events, event).connect(self._update_colour_bar)
+        self.start(review.analyse_job(layer.metadata["slide_path"]), review.accept_analysis)
 
     def _show(self, analysis) -> None:
-        from napari_wsi_mil._napari.layers import analysis_layer_data
-
-        slide_layer, review = self._slide_layer(), self.review
-        scale, translate, units = slide_layer_frame(slide_layer)
-        layers = analysis_layer_data(
-            analysis,
-            scale,
-            mode=review.normalisation,
-            threshold=review.threshold,
-            slide_translate=translate,
-            slide_units=units,
-        )
-        for what, (data, kwargs, kind) in zip(RESULT_LAYERS, layers, strict=False):
-            self._put_layer(what, data, kwargs, kind)
+        self._put_result_layers(add=True)
         self._raise_outlines()
-        self._update_colour_bar()
-        self.viewer.layers.selection.active = slide_layer
+        self.viewer.layers.selection.active = self._slide_layer()
         for widget in self._review_controls:
             widget.enabled = True
-        self.result.value = review.summary()
-        self._set_status(review.analysis_note())
+        self._set_status(self.review.analysis_note())
 
-    def _layer(self, what: str):
-        name = self._names.get(what)
-        return self.viewer.layers[name] if name in self.viewer.layers else None
+    def _refresh(self, value=None) -> None:
+        """Follow a new normalisation or threshold of the review."""
+        self.normalisation.value = self.review.normalisation
+        self.threshold.value = self.review.threshold
+        if self.review.analysis is not None:
+            self._put_result_layers(add=False)
 
-    def _update_attention(self, mode: str) -> None:
-        from napari_wsi_mil._napari.layers import attention_layer_data
-
-        self.normalisation.value = mode
-        layer, a = self._layer("attention"), self.review.analysis
-        if a is None or layer is None:
-            return
-        data, kwargs, _ = attention_layer_data(a.grid, a.attention, (1.0, 1.0), mode=mode)
-        layer.data = data
-        layer.contrast_limits = kwargs["contrast_limits"]
-        layer.metadata = {**layer.metadata, "normalisation": mode}
+    def _put_result_layers(self, add: bool) -> None:
+        """The result layers at the review's normalisation and threshold: added or updated
+        (``add``), else only those still in the viewer updated."""
+        review, slide_layer = self.review, self._slide_layer(required=False)
+        if slide_layer is not None:
+            scale, translate, units = slide_layer_frame(slide_layer)
+            layers = analysis_layer_data(
+                review.analysis,
+                scale,
+                mode=review.normalisation,
+                threshold=review.threshold,
+                slide_translate=translate,
+                slide_units=units,
+            )
+            for what, (data, kwargs, kind) in zip(RESULT_LAYERS, layers, strict=False):
+                if not add and kwargs["name"] not in self.viewer.layers:
+                    continue  # removed by the user
+                layer, added = put_layer(self.viewer, data, kwargs, kind)
+                self._names[what] = layer.name
+                heatmap = added and what in HEATMAP_LEGENDS
+                for event in ("visible", "contrast_limits", "colormap") if heatmap else ():
+                    getattr(layer.events, event).connect(self._update_colour_bar)
         self._update_colour_bar()
+        self.result.value = review.summary()
 
     def _update_colour_bar(self, event=None) -> None:
         """Show the colour bar of the visible heatmap on top (none: hide it)."""
         if _isdeleted(self.root_native_widget):  # the dock is closed; the viewer remains
             return
-        words = {self._names[w]: HEATMAP_WORDS[w] for w in HEATMAP_WORDS if w in self._names}
-        if "attention" in self._names:
-            title, low, high = words[self._names["attention"]]
-            mode = NORMALISATION_WORDS[self.review.normalisation]
-            words[self._names["attention"]] = (f"{title} ({mode})", low, high)
+        names = {w: name for w, name in self._names.items() if w in HEATMAP_LEGENDS}
+        words = {name: self.review.heatmap_legend(w) for w, name in names.items()}
         self.colour_bar.show_top(self.viewer.layers, words)
 
     def _raise_outlines(self) -> None:
@@ -251,17 +233,6 @@ class AnalyseWidget(JobWidget):
             for layer in [la for la in layers if la.metadata.get("kind") == kind]:
                 layers.move(layers.index(layer), len(layers))
 
-    def _update_mask(self, threshold: float) -> None:
-        from napari_wsi_mil._napari.layers import tumour_mask_raster
-
-        self.threshold.value = threshold
-        layer, a = self._layer("mask"), self.review.analysis
-        if a is None or layer is None:
-            return
-        layer.data = tumour_mask_raster(a.grid, a.instance_probability, threshold)
-        layer.metadata = {**layer.metadata, "threshold": threshold}
-        self.result.value = self.review.summary()
-
     # -- gallery -------------------------------------------------------------------
     def _show_gallery(self, gallery) -> None:
         self.gallery.set_patches("top", gallery.top, gallery.top_images, gallery.scores)
@@ -270,18 +241,13 @@ class AnalyseWidget(JobWidget):
     def centre_on_patch(self, index: int) -> None:
         """Centre the view on patch ``index``, zoom so that it is clearly visible and
         outline it (replacing the last outline)."""
-        from napari_wsi_mil._napari.layers import patch_outline_shapes_data
-        from napari_wsi_mil.review.gallery import patch_centre_level0
-
-        a, slide_layer = self.review.require_analysis(), self._slide_layer()
-        x, y = patch_centre_level0(a.grid, index)
-        # level-0 continuous coordinate u is napari data coordinate u - 1/2
-        world = np.asarray(slide_layer.data_to_world((y - 0.5, x - 0.5)))
-        camera = _camera(self.viewer)
-        camera.center = tuple(world[-2:])
-        size = a.grid.geometry.patch_size_level0 * float(slide_layer.scale[-1])
+        a, slide_layer, camera = (
+            self.review.require_analysis(),
+            self._slide_layer(),
+            _camera(self.viewer),
+        )
         canvas = getattr(getattr(self.viewer, "canvas", None), "size", None) or (600, 800)
-        camera.zoom = min(canvas) / (6 * size)
+        camera.center, camera.zoom = patch_view(slide_layer, a.grid, index, canvas)
         name = f"{a.slide_id} gallery patch"
         outline = patch_outline_shapes_data(a.grid, index, slide_layer, name=name)
         if put_layer(self.viewer, *outline)[1]:
@@ -291,8 +257,6 @@ class AnalyseWidget(JobWidget):
     # -- annotations ---------------------------------------------------------------
     def add_paint_layer(self) -> None:
         """A Labels layer over the slide for painting: 1 tumour, 2 normal."""
-        from napari_wsi_mil._napari.layers import annotation_layer_data
-
         step, a = self.review.paint_step(), self.review.analysis
         scale, translate, units = slide_layer_frame(self._slide_layer())
         data, kwargs, _ = annotation_layer_data(
@@ -304,30 +268,20 @@ class AnalyseWidget(JobWidget):
             slide_translate=translate,
             slide_units=units,
         )
-        layer = self._add_once(data, kwargs, "labels")
+        layer, _ = put_layer(self.viewer, data, kwargs, "labels", replace=False)
         layer.selected_label, layer.brush_size, layer.mode = 1, 8, "paint"
         self.viewer.layers.selection.active = layer
         self._set_status("paint 1 = tumour, 2 = normal; then 'Use as tile labels'")
 
     def add_shapes_layer(self) -> None:
         """A Shapes layer whose new shapes get the class of "shape class"."""
-        from napari_wsi_mil._napari.layers import annotation_shapes_layer_data
-
         sid = self.review.require_analysis().slide_id
         units = slide_layer_frame(self._slide_layer())[2]
-        layer = self._add_once(*annotation_shapes_layer_data(sid, SHAPE_CLASSES, units))
+        shapes = annotation_shapes_layer_data(sid, SHAPE_CLASSES, units)
+        layer, _ = put_layer(self.viewer, *shapes, replace=False)
         self._set_shape_class()
         layer.mode = "add_polygon"
         self.viewer.layers.selection.active = layer
-
-    def _add_once(self, data, kwargs: dict, kind: str):
-        """The annotation layer of ``kwargs["name"]`` as it is (painted, drawn), or a new one."""
-        name = kwargs["name"]
-        return (
-            self.viewer.layers[name]
-            if name in self.viewer.layers
-            else put_layer(self.viewer, data, kwargs, kind)[0]
-        )
 
     def _set_shape_class(self, value=None) -> None:
         for layer in self._annotation_layers("annotation_shapes"):
@@ -349,25 +303,20 @@ class AnalyseWidget(JobWidget):
             for layer in self._annotation_layers("annotations")
         ]
         shapes = [
-            (np.array([layer.data_to_world(p)[-2:] for p in data]), shape_type, label)
+            shape
             for layer in self._annotation_layers("annotation_shapes")
-            for data, shape_type, label in zip(
-                layer.data, layer.shape_type, _shape_classes(layer), strict=True
-            )
+            for shape in annotation_shapes_world(layer)
         ]
         scale, translate, _ = slide_layer_frame(self._slide_layer())
         job = self.review.tile_labels_job(painted, shapes, scale, translate)
-        self._run(job, self.review.accept_tile_labels)
+        self.start(job, self.review.accept_tile_labels)
 
     def _labels_written(self, labels) -> None:
-        self._set_status(
-            f"tile labels stored: {int((labels == 1).sum())} tumour, "
-            f"{int((labels == 0).sum())} normal, {int((labels == -1).sum())} unknown"
-        )
+        self._set_status(self.review.tile_labels_note())
 
     # -- export --------------------------------------------------------------------
     def export(self) -> None:
-        self._run(self.review.export_job(self.export_dir.value), self.review.accept_export)
+        self.start(self.review.export_job(self.export_dir.value), self.review.accept_export)
 
     def _exported(self, paths) -> None:
-        self._set_status(f"exported {len(paths)} files to {Path(paths[0]).parent}")
+        self._set_status(self.review.export_note())

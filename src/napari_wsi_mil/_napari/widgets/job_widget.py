@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Generator
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
@@ -135,13 +136,21 @@ class JobWidget(Container):
 
     def start(
         self,
-        job: Callable[[], Generator[Progress, None, object]],
+        job: Callable[[], Generator[Progress, None, object]] | Generator[Progress, None, object],
         on_returned: Callable[[object], None],
     ) -> None:
+        """Run ``job`` (a generator function, or a job already made, its inputs checked)
+        in a worker thread; ``on_returned`` gets its result on the main thread."""
         from napari.qt.threading import create_worker
 
         if self.busy:
             return
+        if inspect.isgenerator(job):
+            made = job
+
+            def job():
+                return (yield from made)
+
         # errored in _connect: otherwise napari also re-raises the error on the main thread
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
         worker.yielded.connect(self._on_progress)
