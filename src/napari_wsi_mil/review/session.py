@@ -184,7 +184,8 @@ class SlideReview:
         self.device = device
         self._model_path: Path | None = None
         self._threshold = DEFAULT_MASK_THRESHOLD
-        self._normalisation = normalisation
+        self._normalisation = "rank"
+        self.normalisation = normalisation
         self._gallery_size = int(gallery_size)
         self.analysis: SlideAnalysis | None = None
         self.gallery: Gallery | None = None
@@ -307,6 +308,8 @@ class SlideReview:
         analysis = self.require_analysis()
         if not len(painted) and not len(shapes):
             raise ParamError("paint or draw annotations first")
+        if self.project is None:
+            raise ParamError("choose a project folder")
         project = ProjectStore(self.project)
         return tile_labels_job(project, analysis, painted, shapes, slide_scale, slide_translate)
 

@@ -12,7 +12,10 @@ from psygnal import SignalInstance
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QSizePolicy
 
+from napari_wsi_mil.errors import StoreError
 from napari_wsi_mil.jobs import Progress
+from napari_wsi_mil.store.keys import FEATURES
+from napari_wsi_mil.store.project import ProjectStore
 
 
 class _ScrollAreaFitsWidth(QObject):
@@ -205,3 +208,11 @@ def slide_layers(viewer) -> list:
         for layer in viewer.layers
         if "slide_path" in layer.metadata and layer.__class__.__name__ == "Image"
     ]
+
+
+def feature_sets(project_dir) -> list[str]:
+    """The feature sets of the project at ``project_dir`` (none when it is not one)."""
+    try:
+        return ProjectStore(project_dir).result_names(FEATURES)
+    except StoreError:
+        return []
