@@ -180,7 +180,7 @@ class AnalyseWidget(JobWidget):
     def _show(self, analysis) -> None:
         self._put_result_layers(add=True)
         self._raise_outlines()
-        self.viewer.layers.selection.active = self._slide_layer()
+        self.viewer.layers.selection.active = self._slide_layer(required=False)
         for widget in self._review_controls:
             widget.enabled = True
         self._set_status(self.review.analysis_note())
