@@ -213,6 +213,15 @@ def test_store_lock_gives_clear_error(tmp_path):
         pass
 
 
+def test_store_lists_result_names_without_temporaries(tmp_path):
+    store = ProjectStore(tmp_path / "proj", create=True)
+    assert store.result_names("features") == []
+    for name in ("uni", "rand", ".rand.tmp-1"):
+        (tmp_path / "proj" / "features" / name).mkdir(parents=True)
+    (tmp_path / "proj" / "features" / "notes.txt").write_text("")
+    assert store.result_names("features") == ["rand", "uni"]
+
+
 def test_store_rejects_foreign_dirs_and_unsafe_ids(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "file").write_text("hi")

@@ -54,7 +54,7 @@ def test_analyse_shows_result_layers_and_gallery(
 ):
     viewer = make_napari_viewer_proxy()
     widget, slide_layer = _analysed(viewer, qtbot, tmp_path / "proj", model, lesion)
-    a = widget.analysis
+    a = widget.review.analysis
     assert "P(tumour) = " in widget.result.value
     att = viewer.layers["lesion attention"]
     prob = viewer.layers["lesion probability"]
@@ -148,7 +148,7 @@ def test_evidence_reads_one_heatmap_with_its_colour_bar_and_outlines_on_top(
     att.visible = True
     assert bar.layer.name == att.name
     # a gallery click outlines that patch's level-0 box on the slide, one at a time
-    a = widget.analysis
+    a = widget.review.analysis
     size0 = a.grid.geometry.patch_size_level0
     for k in (0, 2):
         widget.gallery.buttons["top"][k].click()
@@ -173,7 +173,7 @@ def test_painted_and_drawn_annotations_become_tile_labels(
 
     viewer = make_napari_viewer_proxy()
     widget, slide_layer = _analysed(viewer, qtbot, tmp_path / "proj", model, lesion)
-    grid = widget.analysis.grid
+    grid = widget.review.analysis.grid
     widget.paint_button.clicked.emit()
     paint = viewer.layers["lesion annotations"]
     assert paint.mode == "paint" and paint.selected_label == 1
@@ -220,10 +220,10 @@ def test_export_writes_qupath_geojson_tiff_and_png(
     check_qupath_geojson(tiles, "detection", 1024, 768)
     mask = json.loads((out / "lesion.mask.geojson").read_text())
     check_qupath_geojson(mask, "annotation", 1024, 768)
-    n_positive = int((widget.analysis.instance_probability >= 0.6).sum())
+    n_positive = int((widget.review.analysis.instance_probability >= 0.6).sum())
     assert sum(f["properties"]["measurements"]["tiles"] for f in mask["features"]) == n_positive
     with tifffile.TiffFile(out / "lesion.heatmap.ome.tif") as tif:
-        assert tif.is_ome and tif.series[0].shape == (2, *widget.analysis.grid.grid_shape)
+        assert tif.is_ome and tif.series[0].shape == (2, *widget.review.analysis.grid.grid_shape)
     assert imread(out / "lesion.snapshot.png").shape[1] == 1400
 
 
@@ -242,7 +242,7 @@ def test_cancel_and_missing_inputs(make_napari_viewer_proxy, qtbot, tmp_path, mo
     widget.run_button.clicked.emit()
     widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert "cancel" in widget.status.value and widget.analysis is None
+    assert "cancel" in widget.status.value and widget.review.analysis is None
     assert not (tmp_path / "proj" / "predictions").exists()
 
 

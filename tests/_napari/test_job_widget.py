@@ -23,3 +23,18 @@ def test_a_failing_job_is_reported_once(make_napari_viewer_proxy, qtbot):
     assert widget.status.value == "error: slide.svs: not a slide"
     messages = [str(n.message) for n in notification_manager.records]
     assert messages == ["slide.svs: not a slide"]
+
+
+def test_a_job_made_beforehand_runs_and_returns(make_napari_viewer_proxy, qtbot):
+    widget = JobWidget(make_napari_viewer_proxy())
+    widget.add_controls()
+
+    def job(n):
+        for i in range(n):
+            yield Progress("counting", i, n)
+        return n * 10
+
+    returned = []
+    widget.start(job(3), returned.append)  # a generator: its maker checked its inputs
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    assert returned == [30] and widget.progress.max == 3

@@ -66,8 +66,9 @@ def test_added_layers_share_the_slide_units(
         0.5, "p", "abmil", "f", (1024, 768), clusters=clusters,
     )  # fmt: skip
     analyse = AnalyseWidget(viewer)
-    analyse._slide_layer = slide_layer
-    analyse._show((analysis, build_gallery(synthetic_slide.path, grid, analysis.attention, 2)))
+    analyse.review.accept_analysis(
+        (analysis, build_gallery(synthetic_slide.path, grid, analysis.attention, 2))
+    )
     analyse.add_paint_layer()
     analyse.add_shapes_layer()
 

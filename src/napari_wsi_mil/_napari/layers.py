@@ -38,6 +38,25 @@ def place_layer(layer, kwargs: dict) -> None:
         layer.units = kwargs["units"]
 
 
+def put_layer(viewer, data, kwargs: dict, kind: str, replace: bool = True) -> tuple[object, bool]:
+    """Add a layer built by a ``*_layer_data`` function (``kind`` image, labels or
+    shapes), or replace the data, placement and metadata of the one of its name (keep
+    it as it is unless ``replace``: what a person painted). Returns ``(layer, added)``."""
+    kwargs = dict(kwargs)
+    name = kwargs.pop("name")
+    if name not in viewer.layers:
+        return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs), True
+    layer = viewer.layers[name]
+    if not replace:
+        return layer, False
+    layer.data = [(d, kwargs["shape_type"]) for d in data] if kind == "shapes" else data
+    place_layer(layer, kwargs)
+    if "contrast_limits" in kwargs:
+        layer.contrast_limits = kwargs["contrast_limits"]
+    layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
+    return layer, False
+
+
 def slide_layer_data(slide: Slide) -> tuple:
     """``(data, kwargs, "image")`` for a lazily read, multiscale RGB slide layer."""
     scale, units = slide_frame(slide)
@@ -355,6 +374,56 @@ def annotation_layer_data(
         "metadata": {"kind": "annotations", "level0_per_pixel": f, **(metadata or {})},
     }
     return np.zeros(annotation_raster_shape(slide_size, f), np.uint8), kwargs, "labels"
+
+
+def annotation_shapes_layer_data(
+    slide_id: str, classes: tuple[str, ...], slide_units: tuple = PIXEL_UNITS
+) -> tuple:
+    """An empty Shapes layer for drawing annotations of ``classes`` (the first red, the
+    second green); a new shape gets the layer's ``feature_defaults`` class."""
+    import pandas as pd
+
+    kwargs = {
+        "name": f"{slide_id} annotation shapes",
+        "ndim": 2,
+        "features": {"label": pd.Categorical([], categories=list(classes))},
+        "face_color": "label",
+        "face_color_cycle": ["red", "green"],
+        "edge_color": "white",
+        "opacity": 0.4,
+        "units": tuple(slide_units),
+        "metadata": {"kind": "annotation_shapes", "slide_id": slide_id},
+    }
+    return None, kwargs, "shapes"
+
+
+def annotation_shapes_world(layer) -> list[tuple]:
+    """The shapes of an annotation Shapes layer as ``(world (y, x) vertices, shape type,
+    class)`` (class ``"tumour"`` without a ``label`` feature)."""
+    import numpy as np
+
+    n = len(layer.data)
+    classes = layer.features["label"].astype(str).tolist() if "label" in layer.features else None
+    return [
+        (np.array([layer.data_to_world(p)[-2:] for p in data]), shape_type, label)
+        for data, shape_type, label in zip(
+            layer.data, layer.shape_type, classes or ["tumour"] * n, strict=True
+        )
+    ]
+
+
+def patch_view(slide_layer, grid, index: int, canvas_size) -> tuple[tuple, float]:
+    """Camera ``(centre, zoom)`` that centres patch ``index`` of ``grid`` on the slide
+    layer, six patches across the canvas's shorter side."""
+    import numpy as np
+
+    from napari_wsi_mil.review.gallery import patch_centre_level0
+
+    x, y = patch_centre_level0(grid, index)
+    # level-0 continuous coordinate u is napari data coordinate u - 1/2
+    centre = tuple(np.asarray(slide_layer.data_to_world((y - 0.5, x - 0.5)))[-2:])
+    size = grid.geometry.patch_size_level0 * float(slide_layer.scale[-1])
+    return centre, min(canvas_size) / (6 * size)
 
 
 def analysis_layer_data(

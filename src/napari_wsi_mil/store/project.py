@@ -140,6 +140,14 @@ class ProjectStore:
             if not p.name.startswith(".") and (p / "zarr.json").exists()
         )
 
+    def result_names(self, kind: str) -> list[str]:
+        """Names of the named results of ``kind`` (feature sets, predictions), sorted;
+        unfinished ones (``.``-prefixed temporaries) left out."""
+        folder = self.root / kind
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name[0] != ".")
+
     def write_result(
         self,
         kind: str,

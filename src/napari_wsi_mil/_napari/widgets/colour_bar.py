@@ -53,6 +53,16 @@ class ColourBar(Container):
         self.high.value = (f"{ends[1]} " if ends[1] else "") + f"{hi:.3g}"
         self.visible = True
 
+    def show_top(self, layers, words: dict[str, tuple[str, str, str]]) -> None:
+        """Show the top visible layer of ``layers`` named in ``words`` (name -> title,
+        low end, high end); none: hide the bar."""
+        shown = [layer for layer in layers if layer.name in words and layer.visible]
+        if not shown:
+            self.show_layer(None)
+            return
+        title, low, high = words[shown[-1].name]
+        self.show_layer(shown[-1], title, (low, high))
+
     @property
     def strip_colours(self) -> np.ndarray:
         """The strip's RGB colours from left to right (what a user sees)."""

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, SpinBox
 
-from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
+from napari_wsi_mil._napari.widgets.job_widget import JobWidget, feature_sets, slide_layers
 from napari_wsi_mil._napari.widgets.plot_canvas import theme_colors
-from napari_wsi_mil.store.keys import FEATURES
 
 
 class EmbeddingWidget(JobWidget):
@@ -84,10 +83,7 @@ class EmbeddingWidget(JobWidget):
 
     # -- choices -------------------------------------------------------------
     def _feature_choices(self, _widget=None) -> list[str]:
-        folder = Path(self.project.value) / FEATURES
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name[0] != ".")
+        return feature_sets(self.project.value)
 
     def _slide_choices(self, _widget=None) -> list:
         return [(layer.name, layer) for layer in slide_layers(self.viewer)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Generator
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
@@ -11,7 +12,10 @@ from psygnal import SignalInstance
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QSizePolicy
 
+from napari_wsi_mil.errors import StoreError
 from napari_wsi_mil.jobs import Progress
+from napari_wsi_mil.store.keys import FEATURES
+from napari_wsi_mil.store.project import ProjectStore
 
 
 class _ScrollAreaFitsWidth(QObject):
@@ -135,13 +139,21 @@ class JobWidget(Container):
 
     def start(
         self,
-        job: Callable[[], Generator[Progress, None, object]],
+        job: Callable[[], Generator[Progress, None, object]] | Generator[Progress, None, object],
         on_returned: Callable[[object], None],
     ) -> None:
+        """Run ``job`` (a generator function, or a job already made, its inputs checked)
+        in a worker thread; ``on_returned`` gets its result on the main thread."""
         from napari.qt.threading import create_worker
 
         if self.busy:
             return
+        if inspect.isgenerator(job):
+            made = job
+
+            def job():
+                return (yield from made)
+
         # errored in _connect: otherwise napari also re-raises the error on the main thread
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
         worker.yielded.connect(self._on_progress)
@@ -196,3 +208,11 @@ def slide_layers(viewer) -> list:
         for layer in viewer.layers
         if "slide_path" in layer.metadata and layer.__class__.__name__ == "Image"
     ]
+
+
+def feature_sets(project_dir) -> list[str]:
+    """The feature sets of the project at ``project_dir`` (none when it is not one)."""
+    try:
+        return ProjectStore(project_dir).result_names(FEATURES)
+    except StoreError:
+        return []

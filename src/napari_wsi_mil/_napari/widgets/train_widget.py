@@ -6,10 +6,9 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, SpinBox
 
-from napari_wsi_mil._napari.widgets.job_widget import JobWidget
+from napari_wsi_mil._napari.widgets.job_widget import JobWidget, feature_sets
 from napari_wsi_mil._napari.widgets.plot_canvas import CurveCanvas
 from napari_wsi_mil.mil import MODELS
-from napari_wsi_mil.store.keys import FEATURES
 
 
 class TrainMilWidget(JobWidget):
@@ -55,10 +54,7 @@ class TrainMilWidget(JobWidget):
         self.run_button.changed.connect(self.guard(self.run))
 
     def _feature_choices(self, _widget=None) -> list[str]:
-        folder = Path(self.project.value) / FEATURES if hasattr(self, "project") else None
-        if folder is None or not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir())
+        return feature_sets(self.project.value) if hasattr(self, "project") else []
 
     def config(self):
         from napari_wsi_mil.mil.train import MilConfig
