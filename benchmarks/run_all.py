@@ -54,8 +54,9 @@ BENCHMARKS = [
     (
         "bench_encoders",
         "bench_encoders.py",
-        ["--preset", "cpu-quick"],
-        "encoder comparison at 64 px views, cpu-quick recipe: start vs SimCLR, SupCon, WeakSupCon",
+        "--preset cpu-quick --epochs 2 --mil-epochs 20".split(),
+        "encoder comparison at 64 px views, cpu-quick recipe (100 steps): start vs SimCLR, "
+        "SupCon, WeakSupCon",
     ),
     ("bench_review_layers", "bench_review_layers.py", [], "review layers in napari"),
 ]
