@@ -77,6 +77,7 @@ def test_weaksupcon_records_both_groups_and_trains_only_the_last_stage(mosaic, t
     out = tmp_path / "enc.safetensors"
     config = _quick(allow_collapse=True)
     result = run_job(pretrain_job(store, cohort, config, out), events.append)
+    events = [e for e in events if e.stage == "pretraining"]  # the steps
     for event in events:
         for group in ("negative", "positive"):
             assert 0 <= event.info[f"spread_{group}"] <= 1.5
@@ -86,8 +87,8 @@ def test_weaksupcon_records_both_groups_and_trains_only_the_last_stage(mosaic, t
     assert meta["spread_positive"] == pytest.approx(result.group_spreads["positive"])
     assert meta["projection_spread"] == pytest.approx(result.final_spread)
     assert meta["collapsed_at_step"] == result.collapsed_at
-    assert meta["preset"] == CPU_QUICK and meta["train_from"] == "layer4"
-    assert meta["augment"] == "he" and meta["negative_weight"] == config.negative_weight
+    assert meta["preset"] == CPU_QUICK and meta["train_from"] == PRESETS[CPU_QUICK]["train_from"]
+    assert meta["augment"] == config.augment and meta["negative_weight"] == config.negative_weight
     # frozen stages (weights and BatchNorm statistics) are exactly the start's
     torch.manual_seed(config.seed)
     start = resnet18_trunk("random").state_dict()
@@ -132,6 +133,7 @@ def test_an_allowed_collapse_warns_early_and_is_recorded(mosaic, tmp_path):
     out = tmp_path / "enc.safetensors"
     config = _quick(lr=5.0, negative_weight=1.0, allow_collapse=True, steps_per_epoch=WINDOW + 5)
     result = run_job(pretrain_job(store, cohort, config, out), events.append)
+    events = [e for e in events if e.stage == "pretraining"]  # the steps
     warned = [e for e in events if "warning" in e.info]
     assert len(warned) == 1 and warned[0].info["epoch"] == 0  # in the first epoch
     assert WINDOW <= result.collapsed_at <= WINDOW + 3

@@ -45,7 +45,10 @@ def test_every_method_trains_and_writes_an_encoder(cohort, tmp_path, method):
     events = []
     out = tmp_path / f"{method}.safetensors"
     result = run_job(pretrain_job(store, table, _config(method), out), events.append)
-    assert len(events) == 4 and all(np.isfinite(e.info["loss"]) for e in events)
+    assert events[0].stage == "loading patches"  # at once, before the patch index is read
+    events = [e for e in events if e.stage == "pretraining"]
+    assert [e.done for e in events] == [1, 2, 3, 4] and {e.total for e in events} == {4}
+    assert all(np.isfinite(e.info["loss"]) for e in events)
     assert len(result.epoch_losses) == 2 and result.patches_per_second > 0
     assert len(result.epoch_spreads) == 2 and all(0 <= x <= 1.5 for x in result.epoch_spreads)
     assert 0 <= result.final_spread <= 1.5

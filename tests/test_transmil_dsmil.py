@@ -226,12 +226,14 @@ def marked():
 
 
 # 40 training bags; seeds 0-2 gave test bag AUC 0.99, 0.96, 0.95 (TransMIL, instance AUC
-# of its min-max attention 0.86-0.91) and 1.0 (DSMIL, instance AUC 0.94-0.98).
+# of its min-max attention 0.86-0.91) and 1.0 (DSMIL, instance AUC 0.94-0.98 at 10
+# epochs with plain Adam; with the paper's betas (0.5, 0.9) and cosine schedule seed 0's
+# instance AUC is 0.89 at 10 epochs, 0.91 at 20 and 0.98 at 30).
 # TransMIL is a small one (the 512-d default reaches 1.0 at 3x the time); 8 landmarks
 # put bags of more than 7 instances on the Nystrom path.
 KNOWN_ANSWER = {
     "transmil": ({"embed_dim": 128, "heads": 8, "landmarks": 8}, 5, 2e-4, 0.75),
-    "dsmil": ({}, 10, 1e-3, 0.9),
+    "dsmil": ({}, 30, 1e-3, 0.9),
 }
 
 
