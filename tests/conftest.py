@@ -38,3 +38,21 @@ def own_config_dir(tmp_path_factory, monkeypatch):
     panel = sys.modules.get("napari_wsi_mil._napari.widgets.project_panel")
     if panel is not None:
         panel.SHARED_PROJECT.forget()
+
+
+@pytest.fixture(scope="session")
+def tiny_abmil_model(tmp_path_factory) -> Path:
+    """A tiny AB-MIL model file on random-encoder features of 32-px patches at 1 um/px
+    (trained once per run; the review model's and the Analyse widget's tests read it)."""
+    from napari_wsi_mil.features.extract import extract_features_job
+    from napari_wsi_mil.jobs import run_job
+    from napari_wsi_mil.mil.train import MilConfig, train_mil_job
+    from pretrain_fixtures import tiny_cohort
+
+    root = tmp_path_factory.mktemp("tiny-abmil")
+    store, cohort = tiny_cohort(root, n_slides=4)
+    run_job(extract_features_job(store, store.slide_ids(), "random", "rand", num_workers=0))
+    result = run_job(
+        train_mil_job(store, cohort, "rand", root / "run", MilConfig(epochs=5, threads=1))
+    )
+    return result.model_path

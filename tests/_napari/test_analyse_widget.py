@@ -4,24 +4,12 @@ import numpy as np
 import pytest
 
 from napari_wsi_mil._napari.widgets.analyse_widget import AnalyseWidget
-from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.store.project import ProjectStore
-from pretrain_fixtures import tiny_cohort
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny ABMIL model on random-encoder features of 32-px patches at 1 um/px."""
-    from napari_wsi_mil.features.extract import extract_features_job
-    from napari_wsi_mil.mil.train import MilConfig, train_mil_job
-
-    root = tmp_path_factory.mktemp("analyse-widget")
-    store, cohort = tiny_cohort(root, n_slides=4)
-    run_job(extract_features_job(store, store.slide_ids(), "random", "rand", num_workers=0))
-    result = run_job(
-        train_mil_job(store, cohort, "rand", root / "run", MilConfig(epochs=5, threads=1))
-    )
-    return result.model_path
+def model(tiny_abmil_model):
+    return tiny_abmil_model
 
 
 @pytest.fixture(scope="module")
