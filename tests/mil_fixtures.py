@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_wsi_mil.slide.tiling import PatchGeometry, TiledSlide, TileGrid
-from napari_wsi_mil.store.cohort import Cohort, CohortEntry
+from napari_wsi_mil.store.cohort import BINARY_CLASSES, Cohort, CohortEntry
 from napari_wsi_mil.store.project import ProjectStore
 
 #: Small architectures for fast model tests (each model's own size keywords).
@@ -32,27 +32,30 @@ def feature_cohort(
     seed: int = 0,
     two_slide_cases: int = 2,
     test_fraction: float = 0.25,
+    classes: tuple[str, ...] = BINARY_CLASSES,
 ) -> tuple[ProjectStore, Cohort, dict[str, np.ndarray]]:
     """Negative bags: N(0, 1) features. Positive bags: a ``tumour_fraction`` of
     instances shifted by ``shift`` along the first axis. The first ``two_slide_cases``
-    cases have two slides. Returns the store (feature set ``f``), the cohort and the
-    true tile labels per slide (also stored as painted tile labels)."""
+    cases have two slides. With more ``classes``, case ``c`` is of class ``c % C`` and
+    a bag of class ``k >= 1`` has its tumour instances shifted along axis ``k - 1``.
+    Returns the store (feature set ``f``), the cohort and the true tile labels per
+    slide (also stored as painted tile labels)."""
     rng = np.random.default_rng(seed)
     store = ProjectStore(root / "project", create=True)
     entries, truth = [], {}
     n_test = int(round(n_cases * test_fraction))
     for c in range(n_cases):
-        label = c % 2
+        label = c % len(classes)
         split = "test" if c >= n_cases - n_test else "train"
         for k in range(2 if c < two_slide_cases else 1):
             slide_id = f"case{c:02d}_s{k}"
             n = int(rng.integers(max(1, n_patches // 2), n_patches + 1))
             feats = rng.normal(size=(n, dim)).astype(np.float32)
             tiles = np.zeros(n, np.int8)
-            if label == 1:
+            if label >= 1:
                 tumour = rng.choice(n, max(1, int(tumour_fraction * n)), replace=False)
                 tiles[tumour] = 1
-                feats[tumour, 0] += shift
+                feats[tumour, label - 1] += shift
             coords = np.stack([np.arange(n) % 10 * 224, np.arange(n) // 10 * 224], 1)
             geo = PatchGeometry(0.5, 0.5, 224, 224, 224, 0, 224)
             grid = TileGrid(coords.astype(np.int64), np.ones(n, np.float32), geo, (n // 10 + 1, 10))
@@ -68,4 +71,4 @@ def feature_cohort(
             store.write_result("tile_labels", None, slide_id, {"labels": tiles}, {})
             truth[slide_id] = tiles
             entries.append(CohortEntry(slide_id, label, None, f"case{c:02d}", split))
-    return store, Cohort(entries), truth
+    return store, Cohort(entries, classes=classes), truth

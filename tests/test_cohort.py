@@ -8,6 +8,7 @@ import pytest
 
 from napari_wsi_mil.errors import CohortError
 from napari_wsi_mil.store.cohort import (
+    BINARY_CLASSES,
     PATH_HINT,
     Cohort,
     CohortEntry,
@@ -165,10 +166,23 @@ def test_duplicate_slide_ids(tmp_path):
 
 
 def test_unknown_label_and_empty_label(tmp_path):
-    problems = _problems(_write(tmp_path, "slide_id,label\ns1,maybe\ns2,\n"))
+    path = _write(tmp_path, "slide_id,label\ns1,maybe\ns2,\ns3,1\n")
+    with pytest.raises(CohortError) as info:
+        read_cohort(path, classes=BINARY_CLASSES)
+    problems = info.value.problems
     assert len(problems) == 2
-    assert problems[0].startswith("line 2: unknown label 'maybe'")
+    assert problems[0].startswith("line 2: unknown label 'maybe': use 0/1, normal/tumor")
     assert problems[1] == "line 3: empty label"
+
+
+def test_a_misspelt_binary_label_is_not_a_new_class(tmp_path):
+    problems = _problems(
+        _write(tmp_path, "slide_id,label\ns1,tumor\ns2,normal\ns3,tumr\ns4,tumr\n")
+    )
+    assert len(problems) == 1
+    assert problems[0].startswith("line 4: label 'tumr' looks like a misspelt 'tumor'")
+    twins = _problems(_write(tmp_path, "slide_id,label\ns1,LUAD\ns2,luad\ns3,normal\n"))
+    assert twins and all("looks like a misspelt" in p for p in twins)
 
 
 def test_conflicting_labels_within_a_case(tmp_path):
@@ -315,8 +329,11 @@ def test_cohort_constructor_checks_entries():
         Cohort([CohortEntry("a", 1), CohortEntry("a", 1)])
     with pytest.raises(CohortError, match="has label 0 here"):
         Cohort([CohortEntry("a", 1, case_id="X"), CohortEntry("b", 0, case_id="X")])
-    with pytest.raises(CohortError, match="label must be 0 or 1"):
-        CohortEntry("a", 2)
+    with pytest.raises(CohortError, match="label must be a class index"):
+        CohortEntry("a", -1)
+    with pytest.raises(CohortError, match="label 2 is not a class index below 2"):
+        Cohort([CohortEntry("a", 2)])
+    assert Cohort([CohortEntry("a", 2)], classes=("n", "x", "y")).class_name(2) == "y"
     with pytest.raises(CohortError, match="split must be one of"):
         CohortEntry("a", 1, split="validation")
     with pytest.raises(CohortError, match="not usable as a file name"):

@@ -22,7 +22,8 @@ def cohort(tmp_path_factory):
 
 
 EPOCHS = {
-    "abmil": 20, "clam": 20, "dtfd": 10, "weno": 10, "msclam": 20, "transmil": 5, "dsmil": 50,
+    "abmil": 20, "clam": 20, "clam-mb": 20, "dtfd": 10, "weno": 10, "msclam": 20,
+    "transmil": 5, "dsmil": 50,
 }  # fmt: skip
 # DSMIL with its paper's Adam betas (0.5, 0.9) and cosine schedule left one of the 9
 # test pairs misordered (bag AUC 0.89) at 20 and 30 epochs; 50 rank them all.
@@ -31,9 +32,9 @@ EPOCHS = {
 LR = {"transmil": 2e-4}
 # AB-MIL scores instances by attention min-max scaled within each bag, so a negative
 # bag's most attended instance scores 1: pooled over bags its instance AUC is weak
-# (the gap WENO was made to close).
+# (the gap WENO was made to close). CLAM-MB measured 0.74 at 20 epochs.
 MIN_INSTANCE_AUC = {
-    "abmil": 0.6, "clam": 0.75, "dtfd": 0.75, "weno": 0.75, "msclam": 0.75,
+    "abmil": 0.6, "clam": 0.75, "clam-mb": 0.7, "dtfd": 0.75, "weno": 0.75, "msclam": 0.75,
     "transmil": 0.6, "dsmil": 0.75,
 }  # fmt: skip
 
@@ -109,7 +110,7 @@ def test_infer_and_evaluate_files(cohort, tmp_path):
     header = (tmp_path / "pred" / "slides.csv").read_text().splitlines()[0]
     assert header == (
         "slide_id,case_id,probability,prediction,n_patches,patch_size_level0,threshold,"
-        "mask_threshold"
+        "mask_threshold,predicted_class,p_normal,p_tumor"
     )
     metrics = evaluate_predictions(tmp_path / "pred", table)
     assert metrics["n"] == len(table) and metrics["auc"] >= 0.9

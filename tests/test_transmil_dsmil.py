@@ -128,8 +128,8 @@ def test_multi_class_heads():
             out = model.eval()(x)
         assert out.logit.shape == (4,)
         assert float(out.probability) == pytest.approx(
-            float(torch.softmax(out.logit, 0)[1]), abs=1e-6
-        )  # P(class 1), as the binary pipeline reads it
+            1 - float(torch.softmax(out.logit, 0)[0]), abs=1e-6
+        )  # P(not the negative class 0)
     assert small_dsmil(n_classes=4).streams(x).attention.shape == (9, 4)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, run_job
 from napari_wsi_mil.validate import (
+    CLASS_LIST,
     DEVICE,
     FRACTION,
     JSON_OBJECT,
@@ -647,10 +648,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         hparams=args.hparams or {},
         threads=args.threads,
     )
+    cohort = read_cohort(args.cohort, classes=args.classes)
+    print(f"classes: {', '.join(cohort.classes)} (negative class: {cohort.classes[0]})")
     result = drive(
         train_mil_job(
             ProjectStore(args.project),
-            read_cohort(args.cohort),
+            cohort,
             args.features,
             args.out,
             config,
@@ -694,6 +697,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort", required=True, help="cohort CSV with slide labels and splits")
     p.add_argument("--features", required=True, help="feature-set name")
     p.add_argument("--model", choices=MODELS, default="abmil", help="MIL model")
+    p.add_argument(
+        "--classes",
+        type=CLASS_LIST,
+        help="class names in order, the negative class first, e.g. normal,luad,lusc "
+        "(default: from the labels: normal/negative/benign first, the rest sorted)",
+    )
     p.add_argument("--annotations", help="folder of <slide_id>.geojson tumour outlines")
     p.add_argument(
         "--tile-label-fraction",

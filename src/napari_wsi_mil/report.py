@@ -145,6 +145,9 @@ def _name(encoder: str, model: str) -> str:
         "weno": "WENO",
         "msclam": "MS-CLAM",
         "clam": "CLAM-SB",
+        "clam-mb": "CLAM-MB",
+        "transmil": "TransMIL",
+        "dsmil": "DSMIL",
         "dtfd": "DTFD-MIL",
     }
     return f"{names.get(encoder, encoder)} + {names.get(model, model)}"

@@ -86,6 +86,16 @@ def check_json_object(name: str, text: str) -> dict:
     return value
 
 
+def check_class_list(name: str, text: str) -> tuple[str, ...]:
+    """Comma-separated class names (two or more, distinct, none empty) as a tuple."""
+    names = tuple(part.strip() for part in str(text).split(","))
+    if len(names) < 2 or not all(names):
+        raise ParamError(f"{name} must list two or more class names like normal,luad,lusc")
+    if len(set(names)) < len(names):
+        raise ParamError(f"{name} {text!r} repeats a class name")
+    return names
+
+
 def arg_type(check: Callable[..., Any], parse: Callable[[str], Any] = str, **limits) -> Callable:
     """An ``argparse`` ``type=``: ``parse`` the text, then ``check`` it with ``limits``."""
 
@@ -114,4 +124,5 @@ POSITIVE_FLOAT = arg_type(check_float, float)
 NON_NEGATIVE_FLOAT = arg_type(check_float, float, open_minimum=False)
 FRACTION = arg_type(check_fraction, float)
 JSON_OBJECT = arg_type(check_json_object)
+CLASS_LIST = arg_type(check_class_list)
 DEVICE = arg_type(_check_device_arg)

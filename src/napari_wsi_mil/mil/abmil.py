@@ -2,7 +2,7 @@
 instance learning"), histology sizes from ALGORITHMS.md.
 
 ``h = ReLU(Linear(D, 512)(x))``, ``a = softmax(GatedAttention(h))``,
-``z = sum_k a_k h_k``, ``logit = Linear(512, 2)(z)``; trained with the bag
+``z = sum_k a_k h_k``, ``logit = Linear(512, C)(z)``; trained with the bag
 cross-entropy (:meth:`napari_wsi_mil.mil.base.MilModel.loss`).
 
 Shapes: ``N`` instances, ``D`` feature size.
@@ -29,7 +29,7 @@ class AttentionBag(NamedTuple):
     attention: torch.Tensor
     """``[N]`` softmax of the logits over the bag."""
     logit: torch.Tensor
-    """``[2]`` bag logits."""
+    """``[C]`` bag logits."""
 
 
 def minmax_attention(a: torch.Tensor) -> torch.Tensor:
@@ -77,6 +77,8 @@ class ABMIL(MilModel):
         Instance encoder ``[N, D] -> [N, embed_dim]`` to use instead of
         ``InstanceEncoder(in_dim, embed_dim, dropout)`` (WENO passes its
         batch-norm variant, shared with its student).
+    n_classes : int
+        Bag classes ``C`` (2).
     """
 
     def __init__(
@@ -86,14 +88,16 @@ class ABMIL(MilModel):
         attention_dim: int = 128,
         dropout: float = 0.0,
         encoder: nn.Module | None = None,
+        n_classes: int = N_CLASSES,
     ):
         super().__init__()
         self.in_dim = in_dim
+        self.n_classes = n_classes
         self.encoder = (
             encoder if encoder is not None else InstanceEncoder(in_dim, embed_dim, dropout)
         )
         self.attention = GatedAttention(embed_dim, attention_dim, dropout)
-        self.classifier = nn.Linear(embed_dim, N_CLASSES)
+        self.classifier = nn.Linear(embed_dim, n_classes)
 
     def attend(self, features: torch.Tensor) -> AttentionBag:
         """Embeddings, attention and bag logits of one bag.
@@ -106,7 +110,7 @@ class ABMIL(MilModel):
         Returns
         -------
         AttentionBag
-            ``h [N, E]``, ``attention_logits [N]``, ``attention [N]``, ``logit [2]``.
+            ``h [N, E]``, ``attention_logits [N]``, ``attention [N]``, ``logit [C]``.
         """
         check_bag(features, self.in_dim)
         h = self.encoder(features)

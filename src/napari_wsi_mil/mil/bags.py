@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
-from napari_wsi_mil.store.cohort import Cohort
+from napari_wsi_mil.store.cohort import BINARY_CLASSES, Cohort
 from napari_wsi_mil.store.keys import FEATURES, TILE_LABELS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
@@ -135,10 +135,19 @@ def load_bags(
     return bags
 
 
-def check_trainable(bags: list[Bag]) -> list[str]:
-    """Raise for sets no MIL model can learn from; return warnings for odd bags."""
+def check_trainable(bags: list[Bag], classes: tuple[str, ...] = BINARY_CLASSES) -> list[str]:
+    """Raise for sets no MIL model can learn from (one class, or a class without
+    training bags); return warnings for odd bags."""
     labels = {b.label for b in bags}
-    if len(labels) < 2:
+    if len(classes) < 2:
+        raise WsiMilError(f"the cohort has one class ({', '.join(classes)}): MIL needs two or more")
+    if len(classes) == 2 and len(labels) < 2:
         which = "negative" if labels == {0} else "positive"
         raise WsiMilError(f"the training bags are all {which}: MIL needs both labels")
+    missing = [name for c, name in enumerate(classes) if c not in labels]
+    if missing:
+        raise WsiMilError(
+            f"no training slide of class {', '.join(repr(m) for m in missing)}: every class "
+            f"({', '.join(classes)}) needs slides in the training split"
+        )
     return [f"bag {b.bag_id} has no patches and is left out" for b in bags if len(b) == 0]

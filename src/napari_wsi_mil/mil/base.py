@@ -1,9 +1,11 @@
 """The output type and base class shared by every MIL model.
 
 Convention (one for all models): a bag is a float tensor ``features [N, D]`` (``N``
-patches in TileGrid order, ``N >= 1``); a model returns two-class logits ``[2]``
-(index 0 = negative / normal, index 1 = positive / tumour), as CLAM and DTFD-MIL do,
-and ``probability = softmax(logit)[1]``. Bag labels are ``0`` or ``1``.
+patches in TileGrid order, ``N >= 1``); a model returns class logits ``[C]`` (``C = 2``
+for a binary cohort: index 0 = negative / normal, index 1 = positive / tumour, as CLAM
+and DTFD-MIL do) and ``probability = 1 - softmax(logit)[0]``, the probability that the
+bag is not of the negative class 0 (``softmax(logit)[1]`` when ``C = 2``). Bag labels
+are class indices ``0 .. C - 1``.
 
 Shapes: ``N`` instances (patches) of one bag, ``D`` feature size.
 """
@@ -24,7 +26,7 @@ from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
 if TYPE_CHECKING:
     from napari_wsi_mil.mil.bags import Bag
 
-#: Number of bag classes of every model (negative, positive).
+#: Number of bag classes of a model unless it is built for more (negative, positive).
 N_CLASSES = 2
 
 
@@ -36,9 +38,11 @@ class MilOutput(NamedTuple):
     """
 
     logit: torch.Tensor
-    """Bag logits ``[2]`` (negative, positive)."""
+    """Bag logits ``[C]`` (negative class first); ``softmax(logit)`` is the bag's class
+    probability for every model."""
     probability: torch.Tensor
-    """0-d float tensor, ``P(positive) = softmax(logit)[1]``, in ``[0, 1]``."""
+    """0-d float tensor in ``[0, 1]``, ``P(not negative) = softmax(logit)[1:].sum()``
+    (``P(positive)`` of a binary model)."""
     attention: torch.Tensor
     """``[N]`` attention weights, non-negative and summing to 1 over the bag."""
     instance_probability: torch.Tensor
@@ -47,17 +51,31 @@ class MilOutput(NamedTuple):
     teacher_probability: torch.Tensor | None = None
     """WENO only: the teacher's (attention bag classifier's) ``P(positive)``, 0-d;
     ``None`` for the other models."""
+    class_attention: torch.Tensor | None = None
+    """``[C, N]`` one attention map per class, each summing to 1, for models with one
+    attention branch per class (CLAM-MB, DSMIL); ``None`` for the others."""
+
+    @property
+    def class_probability(self) -> torch.Tensor:
+        """``[C]`` the bag's class probabilities, ``softmax(logit)``."""
+        return torch.softmax(self.logit, dim=0)
 
     @classmethod
     def from_logit(
         cls, logit: torch.Tensor, attention: torch.Tensor, instance_probability: torch.Tensor
     ) -> MilOutput:
-        """The output of a model whose bag probability is ``softmax(logit)[1]``.
+        """The output of a model whose bag probability is ``softmax(logit)[1:].sum()``.
 
         (WENO's bag probability is its top instance's and DTFD-MIL averages it over
         draws, so they build theirs directly.)
         """
-        return cls(logit, torch.softmax(logit, dim=0)[1], attention, instance_probability)
+        return cls(logit, not_negative(logit, dim=0), attention, instance_probability)
+
+
+def not_negative(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``softmax(logits)`` summed over every class but the negative class 0, along
+    ``dim``: ``P(not negative)``, the class-1 probability of two-class logits."""
+    return torch.softmax(logits, dim=dim).narrow(dim, 1, logits.shape[dim] - 1).sum(dim)
 
 
 def check_bag(features: torch.Tensor, in_dim: int) -> None:
@@ -78,22 +96,24 @@ def check_bag(features: torch.Tensor, in_dim: int) -> None:
         raise ValueError(f"features have D={features.shape[1]}; the model expects D={in_dim}")
 
 
-def bag_label_tensor(bag_label: int | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A bag label (``0`` or ``1``, int or tensor) as a 0-d ``long`` tensor on ``device``.
+def bag_label_tensor(
+    bag_label: int | torch.Tensor, device: torch.device, n_classes: int = N_CLASSES
+) -> torch.Tensor:
+    """A bag label (a class index, int or tensor) as a 0-d ``long`` tensor on ``device``.
 
     Raises
     ------
     ValueError
-        The label is not 0 or 1.
+        The label is not one of ``0 .. n_classes - 1``.
     """
     label = torch.as_tensor(bag_label, device=device).long().reshape(())
-    if int(label) not in (0, 1):
-        raise ValueError(f"bag_label must be 0 or 1; got {int(label)}")
+    if not 0 <= int(label) < n_classes:
+        raise ValueError(f"bag_label must be a class index below {n_classes}; got {int(label)}")
     return label
 
 
 def bag_cross_entropy(logit: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of one bag's logits ``[2]`` against a 0-d label -> 0-d tensor."""
+    """Cross-entropy of one bag's logits ``[C]`` against a 0-d label -> 0-d tensor."""
     return F.cross_entropy(logit.unsqueeze(0), label.reshape(1))
 
 
@@ -142,6 +162,10 @@ class MilModel(nn.Module):
     """
 
     in_dim: int
+    #: Number of bag classes ``C`` (the logits' size).
+    n_classes: int = N_CLASSES
+    #: Whether the model is for two classes only (negative vs positive: WENO, MS-CLAM).
+    binary_only: bool = False
     #: Whether the bag ``probability`` is the max of ``instance_probability`` (WENO).
     #: Such a probability is not calibrated at 0.5, so the bag decision threshold is
     #: fitted (:attr:`fits_threshold`) and the tumour mask is cut
@@ -204,7 +228,7 @@ class MilModel(nn.Module):
         features : torch.Tensor
             ``[N, D]`` instance features.
         bag_label : int or torch.Tensor
-            0 or 1.
+            The bag's class index.
         generator : torch.Generator, optional
             Unused by this default (it draws nothing).
         **extra
@@ -220,5 +244,6 @@ class MilModel(nn.Module):
         if extra:
             raise TypeError(f"unexpected arguments {sorted(extra)}")
         out = self(features)
-        ce = bag_cross_entropy(out.logit, bag_label_tensor(bag_label, features.device))
+        label = bag_label_tensor(bag_label, features.device, self.n_classes)
+        ce = bag_cross_entropy(out.logit, label)
         return ce, {"bag": float(ce.detach())}

@@ -38,14 +38,16 @@ class GatedAttention(nn.Module):
         Attention size (Ilse's ``D``; 128..256 for histology).
     dropout : float
         Dropout probability after each branch (0 disables it).
+    branches : int
+        Attention maps scored from the shared branches (1; CLAM-MB: one per class).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, dropout: float = 0.0):
+    def __init__(self, in_dim: int, hidden_dim: int, dropout: float = 0.0, branches: int = 1):
         super().__init__()
         self.tanh_branch = nn.Linear(in_dim, hidden_dim)  # V
         self.gate_branch = nn.Linear(in_dim, hidden_dim)  # U
         self.dropout = nn.Dropout(dropout)
-        self.score = nn.Linear(hidden_dim, 1)  # w
+        self.score = nn.Linear(hidden_dim, branches)  # w, one row per branch
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Raw attention logits.
@@ -58,11 +60,12 @@ class GatedAttention(nn.Module):
         Returns
         -------
         torch.Tensor
-            ``[N]`` logits (not normalised).
+            ``[N]`` logits (not normalised); ``[N, branches]`` with several branches.
         """
         v = self.dropout(torch.tanh(self.tanh_branch(h)))
         u = self.dropout(torch.sigmoid(self.gate_branch(h)))
-        return self.score(v * u).squeeze(-1)
+        scores = self.score(v * u)
+        return scores.squeeze(-1) if scores.shape[-1] == 1 else scores
 
 
 class InstanceEncoder(nn.Module):

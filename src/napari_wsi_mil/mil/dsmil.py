@@ -32,10 +32,11 @@ from napari_wsi_mil.mil.base import (
     bag_cross_entropy,
     bag_label_tensor,
     check_bag,
+    not_negative,
 )
 
-#: The class whose attention and instance probabilities a ``MilOutput`` carries: the
-#: class of ``MilOutput.probability`` (positive / tumour).
+#: The first non-negative class: with two classes the class whose attention a
+#: ``MilOutput`` carries, the class of ``MilOutput.probability`` (positive / tumour).
 POSITIVE = 1
 
 
@@ -55,11 +56,13 @@ class DualStream(NamedTuple):
 class DSMIL(MilModel):
     """DSMIL (Li et al. 2021) on frozen features.
 
-    ``probability`` is the mean of the two streams' ``P(class 1)`` and ``logit`` is the
-    log of the mean of their class probabilities (so ``softmax(logit)[1]`` is
-    ``probability``). ``attention`` is class 1's attention column (its distances to
-    class 1's critical instance); ``instance_probability`` is the instance classifier's
-    ``softmax(s_i)[1]``: a per-instance estimate, trained through the max-instance loss.
+    ``logit`` is the log of the mean of the two streams' class probabilities (so
+    ``softmax(logit)`` is that mean) and ``probability`` its ``P(not negative)``
+    (``P(class 1)`` with two classes). ``attention`` is the attention column of the most
+    probable non-negative class (class 1's with two classes: its distances to class 1's
+    critical instance), ``class_attention`` every column; ``instance_probability`` is
+    the instance classifier's ``1 - softmax(s_i)[0]`` (``softmax(s_i)[1]`` with two
+    classes): a per-instance estimate, trained through the max-instance loss.
 
     Parameters
     ----------
@@ -85,6 +88,7 @@ class DSMIL(MilModel):
     ):
         super().__init__()
         self.in_dim = in_dim
+        self.n_classes = n_classes
         self.instance_classifier = nn.Linear(in_dim, n_classes)
         self.query = nn.Sequential(
             nn.Linear(in_dim, query_dim), nn.ReLU(), nn.Linear(query_dim, query_dim), nn.Tanh()
@@ -114,8 +118,15 @@ class DSMIL(MilModel):
         dual = self.streams(features)
         mean = 0.5 * (torch.softmax(dual.bag_logit, 0) + torch.softmax(dual.max_logit, 0))
         logit = torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))
-        instance = torch.softmax(dual.instance_logits, dim=1)[:, POSITIVE]
-        return MilOutput.from_logit(logit, dual.attention[:, POSITIVE], instance)
+        instance = not_negative(dual.instance_logits, dim=1)
+        shown = POSITIVE + int(torch.argmax(mean[POSITIVE:]))
+        return MilOutput(
+            logit,
+            not_negative(logit, dim=0),
+            dual.attention[:, shown],
+            instance,
+            class_attention=dual.attention.T,
+        )
 
     def loss(
         self,
@@ -135,7 +146,7 @@ class DSMIL(MilModel):
         """
         if extra:
             raise TypeError(f"unexpected arguments {sorted(extra)}")
-        label = bag_label_tensor(bag_label, features.device)
+        label = bag_label_tensor(bag_label, features.device, self.n_classes)
         dual = self.streams(features)
         bag = bag_cross_entropy(dual.bag_logit, label)
         max_instance = bag_cross_entropy(dual.max_logit, label)

@@ -44,6 +44,7 @@ from napari_wsi_mil.mil.base import (
     bag_cross_entropy,
     bag_label_tensor,
     check_bag,
+    not_negative,
 )
 from napari_wsi_mil.mil.blocks import GatedAttention, InstanceEncoder, attention_pool
 
@@ -122,6 +123,8 @@ class DTFDMIL(MilModel):
         Dropout before the tier-1 classifier (the reference's ``droprate``, 0).
     draws : int
         Random splits averaged by :meth:`forward` (4).
+    n_classes : int
+        Bag classes ``C`` (2).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class DTFDMIL(MilModel):
         distill: str = "afs",
         dropout: float = 0.0,
         draws: int = 4,
+        n_classes: int = N_CLASSES,
     ):
         super().__init__()
         if distill not in DISTILLATIONS:
@@ -140,6 +144,7 @@ class DTFDMIL(MilModel):
         if pseudo_bags < 1 or draws < 1:
             raise ValueError("pseudo_bags and draws must be >= 1")
         self.in_dim = in_dim
+        self.n_classes = n_classes
         self.pseudo_bags = pseudo_bags
         self.distill = distill
         self.draws = draws
@@ -147,10 +152,10 @@ class DTFDMIL(MilModel):
         self.encoder = InstanceEncoder(in_dim, embed_dim, bias=False)
         self.attention1 = GatedAttention(embed_dim, attention_dim)
         self.dropout1 = nn.Dropout(dropout)
-        self.classifier1 = nn.Linear(embed_dim, N_CLASSES)
+        self.classifier1 = nn.Linear(embed_dim, n_classes)
         # tier 2
         self.attention2 = GatedAttention(embed_dim, attention_dim)
-        self.classifier2 = nn.Linear(embed_dim, N_CLASSES)
+        self.classifier2 = nn.Linear(embed_dim, n_classes)
 
     def tier1_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of tier 1 (reduction, attention, classifier): optimiser 1."""
@@ -198,7 +203,7 @@ class DTFDMIL(MilModel):
         weighted = a.unsqueeze(1) * h  # a_k h_k
         z = h.new_zeros(m_bags, h.shape[1]).index_add(0, group, weighted)  # [M, E]
         # linear head without bias: s_k = W_c (a_k h_k), p_k = softmax(s_k)
-        p = torch.softmax(weighted @ self.classifier1.weight.T, dim=1)[:, 1]
+        p = not_negative(weighted @ self.classifier1.weight.T, dim=1)
         logits = self.classifier1(self.dropout1(z))
         if self.distill == "afs":
             distilled, owner = z, torch.arange(m_bags, device=device)
@@ -259,7 +264,7 @@ class DTFDMIL(MilModel):
             logit = torch.log(prob.clamp_min(1e-12))
         return MilOutput(
             logit=logit,
-            probability=prob[1],
+            probability=prob[1:].sum(),
             attention=torch.stack(attention).mean(0),
             instance_probability=torch.stack(inst_p).mean(0),
         )
@@ -279,7 +284,7 @@ class DTFDMIL(MilModel):
         loss2 : torch.Tensor
             0-d tier-2 CE; has no gradient path into tier 1.
         """
-        label = bag_label_tensor(bag_label, features.device)
+        label = bag_label_tensor(bag_label, features.device, self.n_classes)
         t1 = self.tier1(
             features, pseudo_bag_indices(features.shape[0], self.pseudo_bags, generator)
         )

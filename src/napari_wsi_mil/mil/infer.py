@@ -6,12 +6,18 @@ viewer) and, with ``out_dir``, as files::
 
     PRED_DIR/slides.csv               slide_id, case_id, probability, prediction,
                                       n_patches, patch_size_level0, threshold,
-                                      mask_threshold
+                                      mask_threshold, predicted_class,
+                                      p_<class> for each class
     PRED_DIR/tiles/<slide_id>.csv     index, x, y, attention, instance_probability
+                                      (and attention_<class> for each class of a
+                                      model with one attention map per class)
 
-``threshold`` is the model's decision threshold on ``probability`` (``prediction`` is
-``probability >= threshold``; WENO's is fitted, the others' 0.5) and
-:func:`evaluate_predictions` scores accuracy, balanced accuracy and F1 there.
+``probability`` is P(not the negative class): P(tumour) of a binary model.
+``threshold`` is the model's decision threshold on it (with two classes ``prediction``
+is ``probability >= threshold``; WENO's is fitted, the others' 0.5) and
+:func:`evaluate_predictions` scores accuracy, balanced accuracy and F1 there. With
+more classes ``prediction`` is the index of the most probable class, and
+``predicted_class`` names the called class in either case.
 ``mask_threshold`` is the instance probability from which a tile is tumour: the model's
 (recorded in its file: WENO's fitted bag threshold, 0.5 for the other models and for
 model files without one) unless ``infer_job(mask_threshold=...)`` gives another. It is
@@ -47,7 +53,8 @@ from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
 class InferenceReport:
     name: str
     probabilities: dict[str, float] = field(default_factory=dict)  # slide id -> P(positive)
-    predictions: dict[str, int] = field(default_factory=dict)
+    predictions: dict[str, int] = field(default_factory=dict)  # slide id -> called class
+    classes: tuple[str, ...] = ("normal", "tumor")
     threshold: float = 0.5
     mask_threshold: float = 0.5
     failed: str | None = None  # why the model's training failed (its file says so)
@@ -80,7 +87,12 @@ def infer_job(
     ``slides.csv``.
     """
     from napari_wsi_mil.features.extract import feature_dim, read_features
-    from napari_wsi_mil.mil.predict import load_model, predict_bag, recorded_mask_threshold
+    from napari_wsi_mil.mil.predict import (
+        load_model,
+        predict_bag,
+        recorded_classes,
+        recorded_mask_threshold,
+    )
 
     model, meta = load_model(model_path)
     feature_name = meta["features"]
@@ -105,8 +117,13 @@ def infer_job(
     if mask_threshold is None:
         mask_threshold = recorded_mask_threshold(meta)
     mask_threshold = float(mask_threshold)
+    classes = recorded_classes(meta)
     report = InferenceReport(
-        name, threshold=threshold, mask_threshold=mask_threshold, failed=meta.get("failed")
+        name,
+        threshold=threshold,
+        mask_threshold=mask_threshold,
+        failed=meta.get("failed"),
+        classes=classes,
     )
     groups = _groups(ids, cohort)
     rows = []
@@ -120,10 +137,13 @@ def infer_job(
         bounds = np.cumsum([0, *sizes])
         for k, slide_id in enumerate(members):
             sl = slice(bounds[k], bounds[k + 1])
-            prediction = int(pred.probability >= threshold)
+            prediction = pred.called(threshold)
             attrs = {
                 "probability": pred.probability,
                 "prediction": prediction,
+                "predicted_class": classes[prediction],
+                "classes": list(classes),
+                "class_probability": [float(p) for p in pred.class_probability],
                 "threshold": threshold,
                 "mask_threshold": mask_threshold,
                 "case_id": case_id,
@@ -138,6 +158,11 @@ def infer_job(
                 {
                     "attention": pred.attention[sl],
                     "instance_probability": pred.instance_probability[sl],
+                    **(
+                        {}
+                        if pred.class_attention is None
+                        else {"class_attention": pred.class_attention[:, sl].T}
+                    ),
                 },
                 attrs,
                 overwrite=True,
@@ -147,12 +172,12 @@ def infer_job(
             rows.append((slide_id, case_id, pred, sl))
     yield Progress("infer", len(groups), len(groups))
     if out_dir is not None:
-        _write_prediction_files(project, Path(out_dir), rows, threshold, mask_threshold)
+        _write_prediction_files(project, Path(out_dir), rows, threshold, mask_threshold, classes)
     return report
 
 
 def _write_prediction_files(
-    project: ProjectStore, out_dir: Path, rows, threshold, mask_threshold
+    project: ProjectStore, out_dir: Path, rows, threshold, mask_threshold, classes
 ) -> None:
     (out_dir / "tiles").mkdir(parents=True, exist_ok=True)
     with atomic_file(out_dir / "slides.csv") as tmp, open(tmp, "w", newline="") as fh:
@@ -167,6 +192,8 @@ def _write_prediction_files(
                 "patch_size_level0",
                 "threshold",
                 "mask_threshold",
+                "predicted_class",
+                *(f"p_{c}" for c in classes),
             ]
         )
         for slide_id, case_id, pred, sl in rows:
@@ -176,11 +203,13 @@ def _write_prediction_files(
                     slide_id,
                     case_id,
                     f"{pred.probability:.6f}",
-                    int(pred.probability >= threshold),
+                    pred.called(threshold),
                     len(grid),
                     grid.geometry.patch_size_level0,
                     repr(float(threshold)),
                     repr(mask_threshold),  # exact: tiles are compared with it
+                    classes[pred.called(threshold)],
+                    *(f"{p:.6f}" for p in pred.class_probability),
                 ]
             )
             with (
@@ -188,24 +217,36 @@ def _write_prediction_files(
                 open(tile_tmp, "w", newline="") as tile_fh,
             ):
                 tiles = csv.writer(tile_fh)
-                tiles.writerow(["index", "x", "y", "attention", "instance_probability"])
+                per_class = (
+                    [] if pred.class_attention is None else list(pred.class_attention[:, sl])
+                )
+                tiles.writerow(
+                    ["index", "x", "y", "attention", "instance_probability"]
+                    + [f"attention_{c}" for c in classes][: len(per_class)]
+                )
                 for j, ((x, y), a, p) in enumerate(
                     zip(grid.coords, pred.attention[sl], pred.instance_probability[sl], strict=True)
                 ):
-                    tiles.writerow([j, int(x), int(y), f"{a:.6g}", f"{p:.6f}"])
+                    extra = [f"{maps[j]:.6g}" for maps in per_class]
+                    tiles.writerow([j, int(x), int(y), f"{a:.6g}", f"{p:.6f}", *extra])
 
 
 def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
-    """Rows of ``slides.csv`` with each slide's tiles table attached as arrays and
+    """Rows of ``slides.csv`` with each slide's tiles table attached as arrays,
     ``threshold`` and ``mask_threshold`` as floats (0.5 for folders written without
-    those columns)."""
+    those columns) and ``class_probability`` (an array in the order of the ``p_<class>``
+    columns; None in folders written without them)."""
     pred_dir = Path(pred_dir)
     path = pred_dir / "slides.csv"
     if not path.exists():
         raise WsiMilError(f"{pred_dir}: no slides.csv (run wsi-mil infer --out first)")
     with open(path, newline="") as fh:
         slides = list(csv.DictReader(fh))
+    classes = prediction_classes(slides)
     for row in slides:
+        row["class_probability"] = (
+            np.array([float(row[f"p_{c}"]) for c in classes]) if classes else None
+        )
         row["threshold"] = float(row.get("threshold") or DEFAULT_THRESHOLD)
         row["mask_threshold"] = float(row.get("mask_threshold") or DEFAULT_MASK_THRESHOLD)
         with open(pred_dir / "tiles" / f"{row['slide_id']}.csv", newline="") as fh:
@@ -213,6 +254,12 @@ def read_prediction_dir(pred_dir: str | os.PathLike) -> list[dict]:
         row["coords"] = np.array([[int(t["x"]), int(t["y"])] for t in tiles], np.int64)
         row["instance_probability"] = np.array([float(t["instance_probability"]) for t in tiles])
     return slides
+
+
+def prediction_classes(slides: list[dict]) -> tuple[str, ...]:
+    """The class names of a prediction folder's ``slides.csv`` rows (from its ``p_<class>``
+    columns; empty for folders written without them)."""
+    return tuple(key[2:] for key in (slides[0] if slides else {}) if key.startswith("p_"))
 
 
 def evaluate_predictions(
@@ -230,7 +277,12 @@ def evaluate_predictions(
     the predictions were made with (``slides.csv``; 0.5 in older folders), which the
     result holds as ``mask_threshold``."""
     from napari_wsi_mil.mil.bags import slide_tile_labels
-    from napari_wsi_mil.mil.metrics import bag_metrics, instance_metrics, localisation_metrics
+    from napari_wsi_mil.mil.metrics import (
+        bag_metrics,
+        instance_metrics,
+        localisation_metrics,
+        multiclass_bag_metrics,
+    )
     from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
 
     if project is not None and not isinstance(project, ProjectStore):
@@ -240,9 +292,14 @@ def evaluate_predictions(
     if not slides:
         raise WsiMilError(f"{pred_dir}: none of its slides is in the cohort")
     y = [labels[row["slide_id"]] for row in slides]
-    metrics = bag_metrics(
-        y, [float(r["probability"]) for r in slides], _one(slides, "threshold", pred_dir)
-    )
+    classes = prediction_classes(slides)
+    if len(classes) > 2:
+        y = _class_indices([cohort.classes[label] for label in y], classes, pred_dir)
+        metrics = multiclass_bag_metrics(y, [r["class_probability"] for r in slides], classes)
+    else:
+        metrics = bag_metrics(
+            y, [float(r["probability"]) for r in slides], _one(slides, "threshold", pred_dir)
+        )
     tile_sets = []
     for row, label in zip(slides, y, strict=True):
         slide_id, coords = row["slide_id"], row["coords"]
@@ -274,6 +331,17 @@ def evaluate_predictions(
     metrics.update(localisation_metrics(tile_sets, mask_threshold))
     metrics["mask_threshold"] = mask_threshold
     return metrics
+
+
+def _class_indices(names: list[str], classes: tuple[str, ...], pred_dir) -> list[int]:
+    """Each cohort class name's index among the model's ``classes``."""
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise WsiMilError(
+            f"{pred_dir}: the cohort's class {', '.join(map(repr, unknown))} is not one "
+            f"the model predicts ({', '.join(classes)})"
+        )
+    return [classes.index(name) for name in names]
 
 
 def _one(slides: list[dict], key: str, pred_dir) -> float:

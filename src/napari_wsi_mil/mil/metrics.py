@@ -1,9 +1,12 @@
 """Metrics the MIL papers report: bag, instance and localisation, and their spread.
 
-- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)), the count of
-  each class and stratified percentile bootstrap intervals (95%) of the AUC and the
-  balanced accuracy; :func:`describe_bag_metrics` says all of it in one line, and
-  :func:`small_split_warning` flags a split too small to trust.
+- Bag: AUC, accuracy, balanced accuracy, F1 (threshold on P(positive)), the confusion
+  matrix, the count of each class and stratified percentile bootstrap intervals (95%)
+  of the AUC and the balanced accuracy; :func:`describe_bag_metrics` says all of it in
+  one line, and :func:`small_split_warning` flags a split too small to trust. With
+  more than two classes (:func:`multiclass_bag_metrics`) the call is the most probable
+  class, ``auc`` is the macro mean of the one-vs-rest AUCs (each class's in
+  ``class_auc``), F1 is macro and every count is per class.
 - Instance: AUC and average precision of instance scores against known tile labels.
 - Localisation, on tile masks cut at the model's mask threshold (``threshold``: 0.5, or
   WENO's fitted bag threshold, see :meth:`napari_wsi_mil.mil.base.MilModel.mask_threshold`):
@@ -28,8 +31,9 @@ MIN_PER_CLASS = 10
 
 
 def bag_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
-    """Bag metrics at ``threshold``, class counts and 95% bootstrap intervals
-    (``auc_interval``, ``balanced_accuracy_interval``: ``[low, high]`` or None)."""
+    """Bag metrics at ``threshold``, class counts, the confusion matrix (rows: true
+    class, columns: called class) and 95% bootstrap intervals (``auc_interval``,
+    ``balanced_accuracy_interval``: ``[low, high]`` or None)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
     y = np.asarray(labels, int)
@@ -40,6 +44,7 @@ def bag_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
         "n": int(len(y)),
         "n_positive": int((y == 1).sum()),
         "n_negative": int((y == 0).sum()),
+        "confusion_matrix": _confusion(y, pred, 2),
     }
     if len(y) == 0:
         return {
@@ -60,6 +65,53 @@ def bag_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
         "f1": float(f1_score(y, pred, zero_division=0)),
         **counts,
     }
+
+
+def multiclass_bag_metrics(labels, class_probabilities, classes) -> dict:
+    """Bag metrics of ``C > 2`` classes (see the module doc): ``auc`` (macro one-vs-rest
+    over the classes present, None with fewer than two) and ``class_auc`` (``{class:
+    AUC or None}``), accuracy, balanced accuracy (mean
+    recall over the classes present), macro F1, ``class_counts``, the confusion matrix
+    and stratified 95% bootstrap intervals of the macro AUC and balanced accuracy."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    y = np.asarray(labels, int)
+    probs = np.asarray(class_probabilities, float).reshape(len(y), len(classes))
+    pred = probs.argmax(1) if len(y) else y
+    present = [c for c in range(len(classes)) if (y == c).any()]
+    class_auc = {name: _auc((y == c).astype(int), probs[:, c]) for c, name in enumerate(classes)}
+    aucs = [a for a in class_auc.values() if a is not None]
+    counts = {
+        "n": int(len(y)),
+        "class_counts": {name: int((y == c).sum()) for c, name in enumerate(classes)},
+        "confusion_matrix": _confusion(y, pred, len(classes)),
+    }
+    if len(y) == 0:
+        return {
+            "auc": None,
+            "class_auc": class_auc,
+            "accuracy": None,
+            "balanced_accuracy": None,
+            "f1": None,
+            **counts,
+        }
+    recalls = [float((pred[y == c] == c).mean()) for c in present]
+    return {
+        "auc": float(np.mean(aucs)) if len(present) > 1 else None,
+        "auc_interval": _listed(bootstrap_macro_auc_interval(y, probs)),
+        "class_auc": class_auc,
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(np.mean(recalls)) if len(present) > 1 else None,
+        "balanced_accuracy_interval": _listed(bootstrap_balanced_accuracy_interval(y, pred)),
+        "f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        **counts,
+    }
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
+    matrix = np.zeros((n_classes, n_classes), int)
+    np.add.at(matrix, (y, pred), 1)
+    return matrix.tolist()
 
 
 def _listed(interval: tuple[float, float] | None) -> list[float] | None:
@@ -85,13 +137,24 @@ def describe_bag_metrics(metrics: dict, digits: int = 2) -> str:
         for key, name in (("auc", "AUC"), ("balanced_accuracy", "balanced accuracy"))
         if number(key) is not None
     ]
-    if "n_positive" in metrics:
+    if "class_counts" in metrics:
+        parts.append("n = " + " / ".join(f"{n} {c}" for c, n in metrics["class_counts"].items()))
+    elif "n_positive" in metrics:
         parts.append(f"n = {metrics['n_positive']} tumour / {metrics['n_negative']} normal")
     return ", ".join(parts)
 
 
 def small_split_warning(split: str, metrics: dict) -> str | None:
     """A warning when ``split`` holds fewer than :data:`MIN_PER_CLASS` slides of a class."""
+    if "class_counts" in metrics:
+        counts = metrics["class_counts"]
+        if min(counts.values()) >= MIN_PER_CLASS:
+            return None
+        listed = ", ".join(f"{n} {c}" for c, n in counts.items())
+        return (
+            f"the {split} split has {listed} slides (fewer than {MIN_PER_CLASS} of a "
+            "class): its metrics are very uncertain, read the 95% intervals"
+        )
     smallest = min(metrics.get("n_positive", 0), metrics.get("n_negative", 0))
     if smallest >= MIN_PER_CLASS:
         return None
@@ -127,14 +190,14 @@ def dice(truth: np.ndarray, predicted: np.ndarray) -> float | None:
 def localisation_metrics(
     slides: list[tuple[int, np.ndarray, np.ndarray]], threshold: float = 0.5
 ) -> dict[str, float | None]:
-    """Mean Dice over positive slides with known tiles, mean specificity over negative
-    slides, a tile being tumour when its score is at least ``threshold``. ``slides``
-    holds ``(slide label, tile labels, instance scores)``."""
+    """Mean Dice over positive (non-negative class) slides with known tiles, mean
+    specificity over negative slides, a tile being tumour when its score is at least
+    ``threshold``. ``slides`` holds ``(slide label, tile labels, instance scores)``."""
     dices, specificities = [], []
     for label, tiles, scores in slides:
         predicted = np.asarray(scores) >= threshold
         known = np.asarray(tiles) >= 0
-        if label == 1 and (np.asarray(tiles) == 1).any():
+        if label != 0 and (np.asarray(tiles) == 1).any():
             value = dice(np.asarray(tiles)[known] == 1, predicted[known])
             if value is not None:
                 dices.append(value)
@@ -202,14 +265,47 @@ def bootstrap_auc_interval(
 def bootstrap_balanced_accuracy_interval(
     labels, predicted, *, level: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the balanced accuracy of 0/1 ``predicted``
-    calls, with the stratified resampling of :func:`bootstrap_auc_interval`."""
+    """Percentile bootstrap interval of the balanced accuracy (mean recall over the
+    classes) of ``predicted`` calls, each class resampled with replacement to its own
+    count as in :func:`bootstrap_auc_interval` (None unless two classes are present)."""
     y = np.asarray(labels, int)
     called = np.asarray(predicted, int)
-    hits_pos, hits_neg = called[y == 1] == 1, called[y == 0] == 0
-    if len(hits_pos) == 0 or len(hits_neg) == 0:
+    classes = np.unique(y)
+    if len(classes) < 2:
         return None
-    drawn_pos, drawn_neg = _stratified_draws(len(hits_pos), len(hits_neg), resamples, seed)
-    sensitivity = drawn_pos @ hits_pos / len(hits_pos)
-    specificity = drawn_neg @ hits_neg / len(hits_neg)
-    return _percentiles((sensitivity + specificity) / 2, level)
+    rng = np.random.default_rng(seed)
+    recalls = []
+    for c in classes[::-1]:  # binary: positives first, as the AUC's draws
+        hits = called[y == c] == c
+        drawn = rng.multinomial(len(hits), np.full(len(hits), 1 / len(hits)), resamples)
+        recalls.append(drawn @ hits / len(hits))
+    return _percentiles(np.mean(recalls, axis=0), level)
+
+
+def bootstrap_macro_auc_interval(
+    labels, class_probabilities, *, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the macro one-vs-rest AUC over the classes present
+    (``class_probabilities [n, C]``), each class resampled with replacement to its own
+    count; None with fewer than two classes present."""
+    y = np.asarray(labels, int)
+    probs = np.asarray(class_probabilities, float)
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((resamples, len(y)))
+    for c in present:
+        members = np.flatnonzero(y == c)
+        weights[:, members] = rng.multinomial(
+            len(members), np.full(len(members), 1 / len(members)), resamples
+        )
+    aucs = []
+    for c in present:
+        pos, neg = y == c, y != c
+        s_pos, s_neg = probs[pos, c], probs[neg, c]
+        wins = (s_pos[:, None] > s_neg[None, :]) + 0.5 * (s_pos[:, None] == s_neg[None, :])
+        w_pos, w_neg = weights[:, pos], weights[:, neg]
+        total = w_pos.sum(1) * w_neg.sum(1)
+        aucs.append(np.einsum("bp,pn,bn->b", w_pos, wins, w_neg) / total)
+    return _percentiles(np.mean(aucs, axis=0), level)

@@ -267,6 +267,8 @@ class MSCLAM(MilModel):
         Weights of ``(CE_bag, L_inst, L_att)``: ``(0.6, 0.4, 1.0)``.
     """
 
+    binary_only = True
+
     def __init__(
         self,
         in_dim: int,

@@ -25,9 +25,18 @@ MODEL_FORMAT = "napari-wsi-mil-mil-model"
 
 @dataclass
 class BagPrediction:
-    probability: float
+    probability: float  # P(not negative): P(positive) with two classes
     attention: np.ndarray  # (N,) sums to 1
     instance_probability: np.ndarray  # (N,)
+    class_probability: np.ndarray  # (C,) sums to 1
+    class_attention: np.ndarray | None = None  # (C, N): CLAM-MB, DSMIL
+
+    def called(self, threshold: float) -> int:
+        """The called class: positive (1) when ``probability >= threshold`` with two
+        classes, else the most probable class."""
+        if len(self.class_probability) == 2:
+            return int(self.probability >= threshold)
+        return int(np.argmax(self.class_probability))
 
 
 def predict_bag(model: MilModel, features: np.ndarray, seed: int = 0) -> BagPrediction:
@@ -46,11 +55,21 @@ def predict_bag(model: MilModel, features: np.ndarray, seed: int = 0) -> BagPred
         float(out.probability),
         out.attention.numpy().astype(np.float32),
         out.instance_probability.numpy().astype(np.float32),
+        out.class_probability.numpy().astype(np.float64),
+        None if out.class_attention is None else out.class_attention.numpy().astype(np.float32),
     )
 
 
 def predict_bags(model: MilModel, bags: list[Bag]) -> list[BagPrediction]:
     return [predict_bag(model, b.features) for b in bags]
+
+
+def recorded_classes(meta: dict) -> tuple[str, ...]:
+    """The class names recorded in a model file's metadata; the binary cohort's
+    (``normal``, ``tumor``) for files written without them."""
+    from napari_wsi_mil.store.cohort import BINARY_CLASSES
+
+    return tuple(meta.get("classes") or BINARY_CLASSES)
 
 
 def recorded_mask_threshold(meta: dict) -> float:
@@ -60,9 +79,10 @@ def recorded_mask_threshold(meta: dict) -> float:
 
 
 def save_model(path: str | os.PathLike, model: MilModel, metadata: dict) -> None:
-    """``metadata`` holds ``model`` (name), ``in_dim``, ``hparams``, ``threshold`` (the bag
-    decision threshold), ``mask_threshold`` (:meth:`MilModel.mask_threshold`) and the
-    feature set's facts (``features``, ``feature_attrs``)."""
+    """``metadata`` holds ``model`` (name), ``in_dim``, ``hparams``, ``classes`` (the class
+    names, negative first), ``threshold`` (the bag decision threshold), ``mask_threshold``
+    (:meth:`MilModel.mask_threshold`) and the feature set's facts (``features``,
+    ``feature_attrs``)."""
     save_tensors(path, model.state_dict(), metadata, MODEL_FORMAT)
 
 
@@ -89,6 +109,11 @@ def load_model(path: str | os.PathLike):
         for key in ("threshold", "mask_threshold"):
             if key in meta:
                 check_fraction(key, meta[key])
+        classes = meta.get("classes", ["normal", "tumor"])
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise TypeError(f"'classes' {classes!r} is not a list of names")
+        if len(classes) != model.n_classes:
+            raise ValueError(f"{len(classes)} class names for a model of {model.n_classes}")
     except (WsiMilError, TypeError, ValueError, RuntimeError, KeyError) as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
         loading = lines[0].startswith("Error(s) in loading") and len(lines) > 1

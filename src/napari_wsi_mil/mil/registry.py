@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 _CLASSES = {
     "abmil": ("napari_wsi_mil.mil.abmil", "ABMIL"),
     "clam": ("napari_wsi_mil.mil.clam", "CLAMSB"),
+    "clam-mb": ("napari_wsi_mil.mil.clam", "CLAMMB"),
     "dtfd": ("napari_wsi_mil.mil.dtfd", "DTFDMIL"),
     "weno": ("napari_wsi_mil.mil.weno", "WENO"),
     "msclam": ("napari_wsi_mil.mil.msclam", "MSCLAM"),
@@ -32,7 +33,7 @@ _CLASSES = {
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # dropout not in the spec: 0.25 as CLAM-SB; on the 512-d control of bench_mil it lifted
     # test bag AUC from 0.50 +- 0.18 to 0.61 +- 0.16 (3 seeds; both fit train to 1.0)
-    "abmil": {"embed_dim": 512, "attention_dim": 128, "dropout": 0.25},
+    "abmil": {"embed_dim": 512, "attention_dim": 128, "dropout": 0.25, "n_classes": 2},
     "clam": {
         "embed_dim": 512,
         "attention_dim": 256,
@@ -40,6 +41,16 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "b": 8,
         "inst_loss": "ce",
         "bag_weight": 0.7,
+        "n_classes": 2,
+    },
+    "clam-mb": {
+        "embed_dim": 512,
+        "attention_dim": 256,
+        "dropout": 0.25,
+        "b": 8,
+        "inst_loss": "ce",
+        "bag_weight": 0.7,
+        "n_classes": 2,
     },
     "dtfd": {
         "embed_dim": 512,
@@ -48,6 +59,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "distill": "afs",
         "dropout": 0.0,
         "draws": 4,  # not in the spec: inference averages 4 random splits
+        "n_classes": 2,
     },
     "weno": {"embed_dim": 512, "attention_dim": 128, "dropout": 0.0},
     "msclam": {
@@ -65,11 +77,13 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "landmarks": 256,  # embed_dim / 2
         "pinv_iterations": 6,
         "dropout": 0.1,  # not in the spec: on the attention outputs, as TransMIL's code
+        "n_classes": 2,
     },
     "dsmil": {
         "query_dim": 128,
         "value_projection": True,
         "dropout": 0.0,  # not in the spec (before the value projection)
+        "n_classes": 2,
     },
 }
 
@@ -84,6 +98,12 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "epochs": 100,  # not in the spec
     },
     "clam": {
+        "optimizer": "adam",
+        "lr": 2e-4,  # not in the spec: CLAM's README recipe
+        "weight_decay": 1e-5,  # not in the spec: CLAM's README recipe
+        "epochs": 200,  # not in the spec: CLAM's max_epochs
+    },
+    "clam-mb": {
         "optimizer": "adam",
         "lr": 2e-4,  # not in the spec: CLAM's README recipe
         "weight_decay": 1e-5,  # not in the spec: CLAM's README recipe

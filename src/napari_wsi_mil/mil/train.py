@@ -29,7 +29,7 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -45,11 +45,12 @@ from napari_wsi_mil.mil.metrics import (
     bag_metrics,
     instance_metrics,
     localisation_metrics,
+    multiclass_bag_metrics,
     small_split_warning,
     summarise,
 )
 from napari_wsi_mil.mil.predict import BagPrediction, predict_bags, save_model
-from napari_wsi_mil.mil.registry import build_model, training_defaults
+from napari_wsi_mil.mil.registry import build_model, model_class, training_defaults
 from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.validate import check_float, check_fraction, check_int
 
@@ -159,25 +160,37 @@ def evaluate_bags(
     bags: list[Bag],
     threshold: float = DEFAULT_THRESHOLD,
     mask_threshold: float | None = None,
+    classes: tuple[str, ...] | None = None,
 ) -> dict:
     """Bag, instance and localisation metrics of ``model`` on ``bags``.
 
-    Bags are called positive at ``threshold``; tiles are tumour (Dice, specificity) at
-    ``mask_threshold``, by default the model's (:meth:`MilModel.mask_threshold`:
-    ``threshold`` for WENO, else 0.5).
+    Bags are called positive at ``threshold`` (with more than two classes: called the
+    most probable class, metrics per class named by ``classes``, default their
+    indices); tiles are tumour (Dice, specificity) at ``mask_threshold``, by default
+    the model's (:meth:`MilModel.mask_threshold`: ``threshold`` for WENO, else 0.5).
     """
     if mask_threshold is None:
         mask_threshold = model.mask_threshold(threshold)
     if not bags:
         return {}
-    return prediction_metrics(bags, predict_bags(model, bags), threshold, mask_threshold)
+    classes = classes or tuple(str(c) for c in range(model.n_classes))
+    preds = predict_bags(model, bags)
+    return prediction_metrics(bags, preds, threshold, mask_threshold, classes)
 
 
 def prediction_metrics(
-    bags: list[Bag], preds: list[BagPrediction], threshold: float, mask_threshold: float
+    bags: list[Bag],
+    preds: list[BagPrediction],
+    threshold: float,
+    mask_threshold: float,
+    classes: tuple[str, ...] | None = None,
 ) -> dict:
     """:func:`evaluate_bags` on predictions already made."""
-    metrics = bag_metrics([b.label for b in bags], [p.probability for p in preds], threshold)
+    labels = [b.label for b in bags]
+    if classes is not None and len(classes) > 2:
+        metrics = multiclass_bag_metrics(labels, [p.class_probability for p in preds], classes)
+    else:
+        metrics = bag_metrics(labels, [p.probability for p in preds], threshold)
     tiles = np.concatenate([b.tile_labels for b in bags])
     scores = np.concatenate([p.instance_probability for p in preds])
     metrics.update(instance_metrics(tiles, scores))
@@ -353,8 +366,10 @@ def train_mil_job(
     train = [b for b in bags if b.split == "train"]
     val = [b for b in bags if b.split == "val"]
     test = [b for b in bags if b.split == "test"]
-    warnings = check_trainable(train)
-    metrics: dict = {"warnings": warnings}
+    classes = tuple(cohort.classes)
+    warnings = check_trainable(train, classes)
+    config = _for_classes(config, classes)
+    metrics: dict = {"classes": list(classes), "warnings": warnings}
     out_of_fold = None
     if config.folds > 1:
         out_of_fold = yield from out_of_fold_job(config, train, config.folds, "fold")
@@ -367,14 +382,18 @@ def train_mil_job(
     if out_of_fold is not None:
         fold_metrics = [
             prediction_metrics(
-                [train[i] for i in held], [out_of_fold[i] for i in held], threshold, mask_threshold
+                [train[i] for i in held],
+                [out_of_fold[i] for i in held],
+                threshold,
+                mask_threshold,
+                classes,
             )
             for _, held in _folds(train, config.folds, config.seed)
         ]
         metrics["cv"] = {"folds": fold_metrics, "summary": summarise(fold_metrics)}
     for split, split_bags in (("train", train), ("val", val), ("test", test)):
         if split_bags:
-            metrics[split] = evaluate_bags(model, split_bags, threshold, mask_threshold)
+            metrics[split] = evaluate_bags(model, split_bags, threshold, mask_threshold, classes)
             if split != "train" and (warning := small_split_warning(split, metrics[split])):
                 warnings.append(warning)
     failed = _failure(metrics["train"])
@@ -388,6 +407,7 @@ def train_mil_job(
         "model": config.model,
         "in_dim": int(train[0].features.shape[1]),
         "hparams": config.hparams,
+        "classes": list(classes),
         "threshold": threshold,
         "mask_threshold": mask_threshold,
         "failed": failed,
@@ -409,6 +429,21 @@ def train_mil_job(
     _write_json(out_dir / "metrics.json", metrics)
     _write_history(out_dir / "history.csv", history)
     return MilRunResult(out_dir, model_path, metrics, history)
+
+
+def _for_classes(config: MilConfig, classes: tuple[str, ...]) -> MilConfig:
+    """``config`` with the model built for ``classes``; raises for a binary-only model
+    (WENO, MS-CLAM) and more than two classes."""
+    if len(classes) == 2:
+        return config
+    if model_class(config.model).binary_only:
+        multi = [m for m in MODELS if not model_class(m).binary_only]
+        raise ParamError(
+            f"{config.model} is for two classes (negative vs positive) and the cohort has "
+            f"{len(classes)} ({', '.join(classes)}): choose {', '.join(multi)}, or relabel "
+            "the cohort as two classes"
+        )
+    return replace(config, hparams={**config.hparams, "n_classes": len(classes)})
 
 
 def _failure(train_metrics: dict) -> str | None:

@@ -263,6 +263,7 @@ class TransMIL(MilModel):
     ):
         super().__init__()
         self.in_dim = in_dim
+        self.n_classes = n_classes
         self.encoder = InstanceEncoder(in_dim, embed_dim)
         self.class_token = nn.Parameter(torch.randn(embed_dim))
         self.layer1 = TransLayer(embed_dim, heads, landmarks, pinv_iterations, dropout)

@@ -181,6 +181,7 @@ class WENO(MilModel):
     """
 
     bag_is_max_instance = True
+    binary_only = True
 
     def __init__(
         self,

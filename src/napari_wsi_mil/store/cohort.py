@@ -13,8 +13,16 @@ case-insensitive, other columns are ignored, cells are stripped of whitespace,
 a UTF-8 byte-order mark is tolerated and ``;`` or tab separators are accepted
 when the header has no comma.
 
-- ``label``: binary. ``0``/``normal``/``negative`` and ``1``/``tumor``/
-  ``tumour``/``positive`` (case-insensitive; ``0.0``/``1.0`` too).
+- ``label``: the slide's class. A binary table uses ``0``/``normal``/``negative`` and
+  ``1``/``tumor``/``tumour``/``positive`` (case-insensitive; ``0.0``/``1.0`` too); its
+  classes are :data:`BINARY_CLASSES`. Any other labels are class names (two or more,
+  e.g. ``normal``, ``luad``, ``lusc``; case-sensitive), ordered by ``classes`` when
+  given, else the *negative class* first (a label named ``normal``, ``negative``,
+  ``benign`` or ``0``, any case, else the alphabetically first) and the rest in
+  alphabetical order. Labels that are all whole numbers name classes by their codes
+  (``0``, ``1``, ``2``, ...; ``0`` is the negative class); a table mixing ``0``/``1``
+  with words is binary. Class 0 is the negative class: WeakSupCon's negative bags,
+  WENO's and MS-CLAM's normal slides, and a slide without tumour tiles.
 - ``path``: the slide file; a relative path is relative to the CSV's folder.
 - ``case_id``: slides sharing a case form one bag; default: the slide id. All
   slides of a case must have the same label and the same split.
@@ -44,6 +52,7 @@ from napari_wsi_mil.jobs import atomic_file
 from napari_wsi_mil.names import name_problem
 
 __all__ = [
+    "BINARY_CLASSES",
     "COLUMNS",
     "SPLITS",
     "Cohort",
@@ -72,6 +81,10 @@ _LABELS = {
     "tumour": 1,
     "positive": 1,
 }
+#: The classes of a binary cohort (labels 0/1): index 0 is the negative class.
+BINARY_CLASSES = ("normal", "tumor")
+#: Labels (lower case) taken for the negative class when no class order is given.
+NEGATIVE_NAMES = ("normal", "negative", "benign", "0")
 _SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -90,6 +103,59 @@ def parse_label(text: str) -> int:
     if key not in _LABELS:
         raise ValueError(f"unknown label {text!r}: use 0/1, normal/tumor or negative/positive")
     return _LABELS[key]
+
+
+def cohort_classes(cells: Iterable[str], classes: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The class names of a table whose label cells are ``cells`` (see the module doc).
+
+    Raises ``ValueError`` when ``classes`` repeats a name or holds an empty one.
+    """
+    if classes is not None:
+        classes = tuple(str(c).strip() for c in classes)
+        if not classes or not all(classes):
+            raise ValueError("the class list is empty or holds an empty name")
+        if len(set(classes)) < len(classes):
+            raise ValueError(f"the class list {', '.join(classes)} repeats a name")
+        return classes
+    names = sorted({str(c).strip() for c in cells if str(c).strip()})
+    if all(name.isdigit() for name in names) and len(names) > 2:
+        return tuple(str(k) for k in sorted(int(n) for n in names))  # class codes 0, 1, 2, ...
+    if any(name in ("0", "1") for name in names) or all(n.lower() in _LABELS for n in names):
+        return BINARY_CLASSES
+    negatives = [n for n in names if n.lower() in NEGATIVE_NAMES] or names
+    return (negatives[0], *(n for n in names if n != negatives[0]))
+
+
+def look_alike_labels(classes: tuple[str, ...]) -> dict[str, str]:
+    """Class names that look like a misspelling of another label: ``{name: the label
+    it resembles}`` (a binary label such as ``tumr`` for ``tumor``, or a name differing
+    from another class only in case)."""
+    import difflib
+
+    known = {*_LABELS, *(c.lower() for c in classes)} - {"0.0", "1.0"}
+    found = {}
+    for name in classes:
+        lower = name.lower()
+        if lower in _LABELS:
+            continue
+        twins = [c for c in classes if c != name and c.lower() == lower]
+        close = twins or difflib.get_close_matches(lower, sorted(known - {lower}), 1, 0.8)
+        if close:
+            found[name] = close[0]
+    return found
+
+
+def class_index(text: str, classes: tuple[str, ...]) -> int:
+    """The index of a label cell in ``classes``; with two classes the binary labels
+    (``0``/``normal``/..., ``1``/``tumor``/...) index them too. Raises ``ValueError``."""
+    name = str(text).strip()
+    if name in classes:
+        return classes.index(name)
+    if len(classes) == 2 and name.lower() in _LABELS:
+        return _LABELS[name.lower()]
+    if classes == BINARY_CLASSES:
+        raise ValueError(f"unknown label {text!r}: use 0/1, normal/tumor or negative/positive")
+    raise ValueError(f"unknown label {text!r}: the classes are {', '.join(classes)}")
 
 
 def parse_split(text: str) -> str:
@@ -119,8 +185,8 @@ class CohortEntry:
         if self.case_id != self.slide_id:
             problems.append(name_problem(self.case_id, "case id"))
         problems = [p for p in problems if p]
-        if self.label not in (0, 1) or isinstance(self.label, bool):
-            problems.append(f"label must be 0 or 1, got {self.label!r}")
+        if not isinstance(self.label, int) or isinstance(self.label, bool) or self.label < 0:
+            problems.append(f"label must be a class index (0, 1, ...), got {self.label!r}")
         if self.split not in SPLITS:
             problems.append(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if problems:
@@ -132,15 +198,28 @@ class Cohort:
     """The slides of a study, in table order.
 
     Constructing one checks what concerns several entries (unique slide ids,
-    one label and one split per case) and raises :class:`CohortError`.
+    one label and one split per case, labels indexing ``classes``) and raises
+    :class:`CohortError`. ``classes[label]`` names a slide's class; ``classes[0]`` is
+    the negative class.
     """
 
     entries: list[CohortEntry]
     source: Path | None = field(default=None, compare=False)
+    classes: tuple[str, ...] = BINARY_CLASSES
 
     def __post_init__(self) -> None:
         self.entries = list(self.entries)
+        self.classes = tuple(self.classes)
         problems = _cross_entry_problems(self.entries, [None] * len(self.entries))
+        problems += [
+            (
+                None,
+                f"slide {e.slide_id!r}: label {e.label} is not a class index below "
+                f"{len(self.classes)}",
+            )
+            for e in self.entries
+            if e.label >= len(self.classes)
+        ]
         if problems:
             raise CohortError(_message(self.source or "cohort", problems))
 
@@ -167,6 +246,15 @@ class Cohort:
             grouped.setdefault(entry.case_id, []).append(entry)
         return grouped
 
+    @property
+    def is_binary(self) -> bool:
+        """Two classes (negative and positive)."""
+        return len(self.classes) == 2
+
+    def class_name(self, label: int) -> str:
+        """The name of class ``label``."""
+        return self.classes[label]
+
     def labels(self) -> dict[str, int]:
         """Slide id -> label."""
         return {e.slide_id: e.label for e in self.entries}
@@ -185,6 +273,7 @@ def read_cohort(
     *,
     require_paths: bool = False,
     slide_dir: str | os.PathLike | None = None,
+    classes: Iterable[str] | None = None,
 ) -> Cohort:
     """Read and check a cohort CSV.
 
@@ -201,6 +290,10 @@ def read_cohort(
         For rows without a path, look for ``<slide_dir>/<slide_id><ext>`` with a
         known slide extension (``.svs``, ``.tiff``, ``.ome.tiff``, ...); more
         than one match is a problem.
+    classes : iterable of str, optional
+        The class names in order, the negative class first (``wsi-mil train --classes``;
+        a trained model's classes when its predictions are evaluated). Default: from
+        the labels (see the module doc).
 
     Returns
     -------
@@ -228,6 +321,11 @@ def read_cohort(
     folder = csv_path.parent
     slide_root = Path(slide_dir) if slide_dir is not None else None
     has_path_column = any("path" in row for _, row in rows)
+    try:
+        class_names = cohort_classes((row.get("label", "") for _, row in rows), classes)
+    except ValueError as exc:
+        raise CohortError(f"{csv_path}: {exc}") from None
+    suspects = look_alike_labels(class_names) if classes is None else {}
 
     entries: list[CohortEntry] = []
     lines: list[int] = []
@@ -246,9 +344,16 @@ def read_cohort(
             row_problems.append(problem)
         label = split = None
         try:
-            label = parse_label(row.get("label", ""))
+            if not row.get("label"):
+                raise ValueError("empty label")
+            if row["label"] in suspects:
+                raise ValueError(
+                    f"label {row['label']!r} looks like a misspelt {suspects.pop(row['label'])!r}; "
+                    "fix it, or give the class list (--classes) if it is a class of its own"
+                )
+            label = class_index(row["label"], class_names)
         except ValueError as exc:
-            row_problems.append(str(exc) if row.get("label") else "empty label")
+            row_problems.append(str(exc))
         try:
             split = parse_split(row.get("split", ""))
         except ValueError as exc:
@@ -274,14 +379,16 @@ def read_cohort(
         path_problem = any(p.startswith(("no path", "slide file ")) for _, p in problems)
         hint = PATH_HINT if path_problem and slide_root is None else ""
         _raise(csv_path, problems, hint)
-    return Cohort(entries, source=csv_path)
+    return Cohort(entries, source=csv_path, classes=class_names)
 
 
 def write_cohort(cohort: Cohort | Iterable[CohortEntry], path: str | os.PathLike) -> Path:
-    """Write a cohort CSV (atomically) that :func:`read_cohort` reads back equal.
+    """Write a cohort CSV (atomically) that :func:`read_cohort` reads back equal (given
+    the same ``classes`` when they are not in the default order).
 
-    Paths inside the CSV's folder are written relative to it, others absolute.
-    Returns the path written.
+    Binary cohorts' labels are written as 0/1, the others' as class names. Paths inside
+    the CSV's folder are written relative to it, others absolute. Returns the path
+    written.
     """
     if not isinstance(cohort, Cohort):
         cohort = Cohort(list(cohort))
@@ -299,7 +406,8 @@ def write_cohort(cohort: Cohort | Iterable[CohortEntry], path: str | os.PathLike
                     cell = absolute.relative_to(folder).as_posix()
                 except ValueError:
                     cell = str(absolute)
-            writer.writerow([e.slide_id, e.label, cell, e.case_id, e.split])
+            label = e.label if cohort.classes == BINARY_CLASSES else cohort.classes[e.label]
+            writer.writerow([e.slide_id, label, cell, e.case_id, e.split])
     return csv_path
 
 
