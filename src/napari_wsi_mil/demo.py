@@ -203,7 +203,8 @@ def _pretraining_stage(store, cohort, s: DemoSettings, encoder: Path) -> Generat
 
 def _embedding_stage(store, cohort, specs: dict, s: DemoSettings, out: Path) -> Generator:
     """Stage 5: a PCA figure of each feature set; returns ``[(caption, png path)]``."""
-    from napari_wsi_mil.features.embedding import embedding_job, plot_embedding
+    from napari_wsi_mil.features.embedding import embedding_job
+    from napari_wsi_mil.features.embedding_plot import plot_embedding
 
     figures = []
     for name in specs:
