@@ -384,7 +384,15 @@ class _Run:
     throughput: float = 0.0
 
 
-def _set_up(project, slide_ids, paths, labels, config: PretrainConfig, device, info) -> _Run:
+def _set_up(
+    project,
+    slide_ids: list[str],
+    paths: dict[str, str],
+    labels: dict[str, int],
+    config: PretrainConfig,
+    device: torch.device,
+    info: ddp.DistInfo,
+) -> _Run:
     """The patches, their loader, the model (wrapped for DDP and compile) and optimiser."""
     from napari_wsi_mil.store.patches import PatchDataset
 
