@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -242,3 +243,40 @@ def extract(store, cohort, spec: str, name: str) -> None:
         run_job(extract_features_job(store, cohort.slide_ids, spec, name, num_workers=1))
     finally:
         torch.set_num_threads(threads)
+
+
+def clock() -> tuple[float, float]:
+    """``(wall, process CPU)`` seconds now."""
+    return time.perf_counter(), time.process_time()
+
+
+def train_eval(name: str, seed: int, train, test, epochs: int) -> dict:
+    """Fit MIL model ``name`` on bags ``train`` (threshold from them) and evaluate it on
+    ``test`` (bench_mil and bench_encoders)."""
+    from napari_wsi_mil.jobs import run_job
+    from napari_wsi_mil.mil.train import MilConfig, evaluate_bags, fit_job, threshold_job
+
+    config = MilConfig(
+        model=name,
+        epochs=epochs,
+        seed=seed,
+        tile_label_fraction=0.2 if name == "msclam" else 1.0,
+    )
+    t0, c0 = clock()
+    model, history = run_job(fit_job(config, train, [], "train"))
+    t1, c1 = clock()
+    threshold, _ = run_job(threshold_job(config, model, train, []))
+    metrics = evaluate_bags(model, test, threshold)
+    train_metrics = evaluate_bags(model, train, threshold)
+    return {
+        "train_auc": train_metrics.get("auc"),
+        "train_instance_auc": train_metrics.get("instance_auc"),
+        "model": name,
+        "seed": seed,
+        "threshold": threshold,
+        "train_wall_s": t1 - t0,
+        "train_cpu_s": c1 - c0,
+        "epoch_s_median": statistics.median(h["seconds"] for h in history),
+        "final_loss": history[-1]["loss"],
+        **metrics,
+    }

@@ -4,7 +4,7 @@ For a low and a high lesion fraction, each pretraining method and seed: pretrain
 cohort's training slides, extract features of every slide, then score the features
 (``features.quality.feature_separation``: linear-probe and label-free novelty AUC of
 tumour vs normal tiles) and train the same MIL model on them (AB-MIL, as in
-``bench_mil.train_eval``: test bag AUC and attention instance AUC).
+``_common.train_eval``: test bag AUC and attention instance AUC).
 
 Cohorts: semi-real mosaics (``slide.mosaic.make_mosaic_cohort``) of the labelled real
 H&E tiles in ``../shared/data/tiles-labelled`` (the procedural synthetic slides are
@@ -39,7 +39,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
-import bench_mil  # noqa: E402
 
 METHODS = ("simclr", "supcon", "weaksupcon")
 
@@ -143,7 +142,7 @@ def evaluate(store, cohort, root: Path, features: str, seed: int, epochs: int) -
     torch.set_num_threads(1)  # small MIL models run fastest on one thread
     try:
         if epochs:
-            mil = bench_mil.train_eval("abmil", seed, train, test, epochs)
+            mil = _common.train_eval("abmil", seed, train, test, epochs)
     finally:
         torch.set_num_threads(threads)
     return {

@@ -77,10 +77,6 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _clock():
-    return time.perf_counter(), time.process_time()
-
-
 # -- data --------------------------------------------------------------------------
 def prepare(fraction: float, args) -> tuple[object, object, Path, dict]:
     import torch
@@ -204,36 +200,6 @@ def scale_schedules(epochs: int) -> dict:
     }
 
 
-def train_eval(name: str, seed: int, train, test, epochs: int) -> dict:
-    from napari_wsi_mil.jobs import run_job
-    from napari_wsi_mil.mil.train import MilConfig, evaluate_bags, fit_job, threshold_job
-
-    config = MilConfig(
-        model=name,
-        epochs=epochs,
-        seed=seed,
-        tile_label_fraction=0.2 if name == "msclam" else 1.0,
-    )
-    t0, c0 = _clock()
-    model, history = run_job(fit_job(config, train, [], "train"))
-    t1, c1 = _clock()
-    threshold, _ = run_job(threshold_job(config, model, train, []))
-    metrics = evaluate_bags(model, test, threshold)
-    train_metrics = evaluate_bags(model, train, threshold)
-    return {
-        "train_auc": train_metrics.get("auc"),
-        "train_instance_auc": train_metrics.get("instance_auc"),
-        "model": name,
-        "seed": seed,
-        "threshold": threshold,
-        "train_wall_s": t1 - t0,
-        "train_cpu_s": c1 - c0,
-        "epoch_s_median": statistics.median(h["seconds"] for h in history),
-        "final_loss": history[-1]["loss"],
-        **metrics,
-    }
-
-
 def _mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -277,7 +243,7 @@ def part_accuracy(args, out: dict) -> None:
         for name in MODELS:
             these = []
             for seed in SEEDS:
-                r = train_eval(name, seed, train, test, args.epochs)
+                r = _common.train_eval(name, seed, train, test, args.epochs)
                 r["lesion_fraction"] = fraction
                 these.append(r)
                 runs.append(r)
@@ -381,7 +347,7 @@ def part_control(args, out: dict) -> None:
             train, test = control_bags(Path(tmp) / f"d{dim}", dim)
             probes = feature_probes(train, test)
             for name in MODELS:
-                these = [train_eval(name, seed, train, test, args.epochs) for seed in SEEDS]
+                these = [_common.train_eval(name, seed, train, test, args.epochs) for seed in SEEDS]
                 for r in these:
                     r["dim"] = dim
                 runs += these
@@ -449,9 +415,9 @@ def part_epoch(args, out: dict) -> None:
             registry.TRAINING_DEFAULTS["weno"]["hpm_start_epoch"] = hpm
         load0 = os.getloadavg()[0]
         config = MilConfig(name, epochs=1, tile_label_fraction=0.2 if name == "msclam" else 1.0)
-        t0, c0 = _clock()
+        t0, c0 = _common.clock()
         _, history = run_job(fit_job(config, bags, [], "epoch"))
-        t1, c1 = _clock()
+        t1, c1 = _common.clock()
         registry.TRAINING_DEFAULTS["weno"]["hpm_start_epoch"] = saved
         label = name if hpm is None else f"{name} (hard positive mining on)"
         rows.append(
@@ -665,7 +631,7 @@ def part_torchmil_control(args, out: dict) -> None:
     with tempfile.TemporaryDirectory(dir=_common.DATA, prefix="mil-control-") as tmp:
         for dim in (16, 512):
             train, test = control_bags(Path(tmp) / f"d{dim}", dim)
-            ours = [train_eval("abmil", seed, train, test, args.epochs) for seed in SEEDS]
+            ours = [_common.train_eval("abmil", seed, train, test, args.epochs) for seed in SEEDS]
             for r in ours:
                 runs.append({"impl": "ours abmil", "dim": dim, **r})
             rows.append(

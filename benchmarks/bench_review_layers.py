@@ -97,6 +97,7 @@ def main() -> int:
     import napari.layers
 
     from napari_wsi_mil._napari.layers import (
+        Frame,
         analysis_layer_data,
         attention_layer_data,
         tumour_mask_raster,
@@ -114,7 +115,7 @@ def main() -> int:
     level0_bytes = analysis.slide_size[0] * analysis.slide_size[1] * 3
 
     def layer_data():
-        return analysis_layer_data(analysis, SLIDE_SCALE)
+        return analysis_layer_data(analysis, Frame(SLIDE_SCALE))
 
     classes = {"image": napari.layers.Image, "labels": napari.layers.Labels}
 
@@ -128,7 +129,9 @@ def main() -> int:
         ("threshold_update", lambda: tumour_mask_raster(grid, analysis.instance_probability, 0.7)),
         (
             "normalisation_update",
-            lambda: attention_layer_data(grid, analysis.attention, SLIDE_SCALE, mode="minmax"),
+            lambda: attention_layer_data(
+                grid, analysis.attention, Frame(SLIDE_SCALE), mode="minmax"
+            ),
         ),
     ):
         rows[name] = measure(fn)

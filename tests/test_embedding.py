@@ -6,12 +6,11 @@ import pytest
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.features.embedding import (
     EmbeddingTable,
-    draw_embedding,
     embed_features,
     embedding_job,
-    plot_embedding,
     sample_patches,
 )
+from napari_wsi_mil.features.embedding_plot import draw_embedding, plot_embedding
 from napari_wsi_mil.jobs import Progress
 from napari_wsi_mil.store.cohort import Cohort, CohortEntry
 from napari_wsi_mil.store.project import ProjectStore

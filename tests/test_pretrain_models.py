@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.pretrain.architecture import ClusterHead
 from napari_wsi_mil.pretrain.augment import (
     HISTOLOGY,
     AugmentParams,
@@ -17,7 +18,6 @@ from napari_wsi_mil.pretrain.augment import (
 )
 from napari_wsi_mil.pretrain.encoder_file import EncoderFile, save_encoder
 from napari_wsi_mil.pretrain.models import (
-    ClusterHead,
     ContrastiveModel,
     imagenet_weights_path,
     resnet18_trunk,

@@ -8,7 +8,8 @@ import torch.multiprocessing as mp
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.pretrain import METHODS
-from napari_wsi_mil.pretrain.encoder_file import load_encoder, load_trunk
+from napari_wsi_mil.pretrain.encoder_file import load_encoder
+from napari_wsi_mil.pretrain.models import load_trunk
 from napari_wsi_mil.pretrain.optim import learning_rate
 from napari_wsi_mil.pretrain.trainer import (
     COLLAPSED_SPREAD,

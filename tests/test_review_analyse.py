@@ -135,7 +135,7 @@ def test_stored_predictions_export_to_geojson_and_heatmap_tiff(trained, tmp_path
 def test_clusiam_encoder_beside_the_run_gives_clusters(trained, lesion_slide, tmp_path):
     """An encoder file with a cluster head: found beside the run folder by its recorded
     name and checksum, used for extraction, and its clusters come back per patch."""
-    from napari_wsi_mil._napari.layers import analysis_layer_data
+    from napari_wsi_mil._napari.layers import Frame, analysis_layer_data
     from napari_wsi_mil.mil.train import MilConfig, train_mil_job
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
 
@@ -155,7 +155,7 @@ def test_clusiam_encoder_beside_the_run_gives_clusters(trained, lesion_slide, tm
     )
     assert analysis.clusters is not None and analysis.clusters.shape == (len(analysis.grid),)
     assert analysis.clusters.min() >= 0 and analysis.clusters.max() < 4
-    layers = analysis_layer_data(analysis, (0.5, 0.5))
+    layers = analysis_layer_data(analysis, Frame((0.5, 0.5)))
     assert [kw["name"] for _, kw, _ in layers][-1] == "lesion clusters"
     assert (layers[-1][0] > 0).sum() == len(analysis.grid)
     encoder.rename(tmp_path / "moved.safetensors")  # features stay usable without it

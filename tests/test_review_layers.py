@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from napari_wsi_mil._napari.layers import (
+    Frame,
     analysis_layer_data,
     annotation_layer_data,
     attention_layer_data,
     slide_layer_data,
-    slide_world_scale,
     tumour_mask_layer_data,
 )
 from napari_wsi_mil.review.analyse import SlideAnalysis
@@ -58,13 +58,13 @@ def test_highest_scoring_patches_lie_in_the_lesion_in_world_coordinates(tiled_le
     scores = coverage + rng.uniform(0, 1e-3, len(grid))  # ties broken at random
     attention = scores / scores.sum()
     slide_layer = _layer(*slide_layer_data(slide))
-    scale = slide_world_scale(slide)[0]
+    frame = Frame.of_slide(slide)
     analysis = SlideAnalysis(
         "lesion", synthetic.path, grid, attention, scores, 1.0, 1, 0.5, "p", "abmil", "f",
         (2048, 1536),
     )  # fmt: skip
     att_layer, prob_layer, mask_layer = (
-        _layer(*d) for d in analysis_layer_data(analysis, scale, threshold=0.99)
+        _layer(*d) for d in analysis_layer_data(analysis, frame, threshold=0.99)
     )
     world_polygons = [
         Path(
@@ -104,10 +104,10 @@ def test_highest_scoring_patches_lie_in_the_lesion_in_world_coordinates(tiled_le
 
 def test_layer_kwargs_are_explicit(tiled_lesion):
     synthetic, slide, grid = tiled_lesion
-    scale = slide_world_scale(slide)[0]
+    frame = Frame.of_slide(slide)
     att = np.random.default_rng(1).dirichlet(np.ones(len(grid)))
     for mode in ("raw", "minmax", "rank"):
-        data, kwargs, kind = attention_layer_data(grid, att, scale, mode=mode)
+        data, kwargs, kind = attention_layer_data(grid, att, frame, mode=mode)
         assert kind == "image" and data.dtype == np.float32 and data.shape == grid.grid_shape
         assert kwargs["metadata"]["normalisation"] == mode
         lo, hi = kwargs["contrast_limits"]
@@ -115,10 +115,10 @@ def test_layer_kwargs_are_explicit(tiled_lesion):
         assert np.isnan(data).sum() == data.size - len(grid)
         layer = _layer(data, kwargs, kind)
         assert layer.colormap.name == "turbo" and layer.opacity == pytest.approx(0.5)
-    data, kwargs, kind = tumour_mask_layer_data(grid, np.linspace(0, 1, len(grid)), 0.5, scale)
+    data, kwargs, kind = tumour_mask_layer_data(grid, np.linspace(0, 1, len(grid)), 0.5, frame)
     assert kind == "labels" and data.dtype == np.uint8 and set(np.unique(data)) == {0, 1}
     assert _layer(data, kwargs, kind).colormap.map(np.array([1]))[0][0] > 0.9  # red
-    paint, kwargs, _ = annotation_layer_data((2048, 1536), 16, scale)
+    paint, kwargs, _ = annotation_layer_data((2048, 1536), 16, frame)
     assert paint.shape == (96, 128) and paint.dtype == np.uint8
     paint_layer = _layer(paint, kwargs, "labels")
     slide_layer = _layer(*slide_layer_data(slide))
@@ -145,9 +145,9 @@ def test_no_array_larger_than_the_patch_grid_is_built():
         "big", None, grid, att, rng.random(len(grid)).astype(np.float32), 0.9, 1, 0.5,
         "p", "abmil", "f", (cols * size, rows * size), rng.integers(0, 8, len(grid)),
     )  # fmt: skip
-    analysis_layer_data(analysis, (0.25, 0.25))  # warm imports
+    analysis_layer_data(analysis, Frame((0.25, 0.25)))  # warm imports
     tracemalloc.start()
-    layers = analysis_layer_data(analysis, (0.25, 0.25))
+    layers = analysis_layer_data(analysis, Frame((0.25, 0.25)))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     raster_bytes = rows * cols * 8  # one float64 patch-grid raster

@@ -590,7 +590,8 @@ def _add_export_features(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_pca(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.features.embedding import embedding_job, plot_embedding
+    from napari_wsi_mil.features.embedding import embedding_job
+    from napari_wsi_mil.features.embedding_plot import plot_embedding
     from napari_wsi_mil.store.cohort import read_cohort
     from napari_wsi_mil.store.project import ProjectStore
 

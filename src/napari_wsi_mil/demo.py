@@ -125,11 +125,7 @@ class _Clock:
 
 
 def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -> Job[DemoResult]:
-    from napari_wsi_mil.features.embedding import embedding_job, plot_embedding
     from napari_wsi_mil.features.extract import extract_features_job
-    from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
-    from napari_wsi_mil.mil.train import MilConfig, train_mil_job
-    from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
     from napari_wsi_mil.report import findings, roc_figure, write_report
     from napari_wsi_mil.slide.tiling import TilingParams
     from napari_wsi_mil.store.cohort import Cohort, read_cohort
@@ -154,15 +150,7 @@ def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -
     )
     clock.lap("tiling")
     encoder = out / "weaksupcon.safetensors"
-    if not encoder.exists():
-        config = PretrainConfig(
-            **s.pretraining,
-            image_size=s.patch_size,
-            num_workers=1,
-            seed=s.seed,
-            allow_collapse=True,  # the report shows the collapse warning beside the results
-        )
-        yield from stage("3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder))
+    yield from _pretraining_stage(store, cohort, s, encoder)
     clock.lap("pretraining")
     encoders = {"weaksupcon": _encoder_state(encoder), "random": _encoder_state(None)}
     specs = {"weaksupcon": str(encoder), "random": "random"}
@@ -172,6 +160,52 @@ def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -
             f"4/7 features ({name})", extract_features_job(store, ids, spec, name, num_workers=1)
         )
     clock.lap("feature extraction")
+    figures = yield from _embedding_stage(store, cohort, specs, s, out)
+    clock.lap("PCA")
+    test_cohort = Cohort([e for e in cohort if e.split == "test"])
+    metrics, curves = yield from _mil_stage(store, cohort, test_cohort, specs, s, out, annotations)
+    clock.lap("MIL training, inference, evaluation")
+    yield Progress("7/7 report", 0, 1)
+    figures.append(("ROC curves on the test slides", roc_figure(curves, out / "roc.png")))
+    figures.append(
+        ("A test slide", _slide_figure(store, mosaic, test_cohort, out / "test-slide.png"))
+    )
+    clock.lap("report")
+    report = findings(
+        title="napari-wsi-mil demo",
+        metrics=metrics,
+        encoders=encoders,
+        headline=HEADLINE,
+        summary=_summary(s, cohort, test_cohort),
+        settings=asdict(s),
+        figures=figures,
+        timings=clock.timings,
+    )
+    path = write_report(out / "report.html", report)
+    yield Progress("7/7 report", 1, 1)
+    return DemoResult(path, metrics, report)
+
+
+def _pretraining_stage(store, cohort, s: DemoSettings, encoder: Path) -> Generator:
+    """Stage 3: WeakSupCon pretraining into ``encoder`` (skipped when it exists)."""
+    from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
+
+    if not encoder.exists():
+        config = PretrainConfig(
+            **s.pretraining,
+            image_size=s.patch_size,
+            num_workers=1,
+            seed=s.seed,
+            allow_collapse=True,  # the report shows the collapse warning beside the results
+        )
+        yield from stage("3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder))
+
+
+def _embedding_stage(store, cohort, specs: dict, s: DemoSettings, out: Path) -> Generator:
+    """Stage 5: a PCA figure of each feature set; returns ``[(caption, png path)]``."""
+    from napari_wsi_mil.features.embedding import embedding_job
+    from napari_wsi_mil.features.embedding_plot import plot_embedding
+
     figures = []
     for name in specs:
         table = yield from stage(
@@ -183,8 +217,18 @@ def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -
                 plot_embedding(table, out / f"pca-{name}.png", title=f"PCA, {name} encoder"),
             )
         )
-    clock.lap("PCA")
-    test_cohort = Cohort([e for e in cohort if e.split == "test"])
+    return figures
+
+
+def _mil_stage(
+    store, cohort, test_cohort, specs: dict, s: DemoSettings, out: Path, annotations: Path
+) -> Generator:
+    """Stage 6: every MIL model on every feature set, trained, run on the test slides and
+    evaluated; returns ``(metrics, curves)``: metrics by ``(feature set, model)``, ROC
+    inputs ``(truth, probabilities)`` by feature set and model."""
+    from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
+    from napari_wsi_mil.mil.train import MilConfig, train_mil_job
+
     test_ids = [e.slide_id for e in test_cohort]
     labels = test_cohort.labels()
     metrics, curves = {}, {}
@@ -223,15 +267,13 @@ def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -
             )
             metrics[(name, model)]["failed"] = result.metrics.get("failed")
             curves.setdefault(name, {})[model] = (truth, probabilities)
-    clock.lap("MIL training, inference, evaluation")
-    yield Progress("7/7 report", 0, 1)
-    figures.append(("ROC curves on the test slides", roc_figure(curves, out / "roc.png")))
-    figures.append(
-        ("A test slide", _slide_figure(store, mosaic, test_cohort, out / "test-slide.png"))
-    )
-    clock.lap("report")
+    return metrics, curves
+
+
+def _summary(s: DemoSettings, cohort, test_cohort) -> list[str]:
+    """The report's lines on the data, the pretraining and the tumour outlines."""
     pretraining = ", ".join(f"{k} {v}" for k, v in s.pretraining.items() if k != "method")
-    summary = [
+    return [
         f"{len(cohort)} slides of {s.rows} x {s.cols} real H&E tiles (CRC-VAL-HE-7K and "
         f"Kather 2016, CC BY 4.0), {sum(e.label for e in cohort)} with a tumour lesion on "
         f"{', '.join(f'{f:.0%}' for f in s.lesion_fractions)} of the tiles; "
@@ -241,19 +283,6 @@ def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -
         f"MS-CLAM sees the tumour outlines of {s.tile_label_fraction:.0%} of the training "
         "tumour cases; instance metrics use every outline",
     ]
-    report = findings(
-        title="napari-wsi-mil demo",
-        metrics=metrics,
-        encoders=encoders,
-        headline=HEADLINE,
-        summary=summary,
-        settings=asdict(s),
-        figures=figures,
-        timings=clock.timings,
-    )
-    path = write_report(out / "report.html", report)
-    yield Progress("7/7 report", 1, 1)
-    return DemoResult(path, metrics, report)
 
 
 def _encoder_state(encoder: Path | None) -> dict:

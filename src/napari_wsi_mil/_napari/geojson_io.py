@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_wsi_mil._napari.layers import PIXEL_UNITS
+from napari_wsi_mil._napari.layers import Frame
 from napari_wsi_mil._napari.reader import single_path_name
 from napari_wsi_mil.store.geojson import GeoJsonObject, read_geojson_objects, write_geojson_objects
 
@@ -49,14 +49,12 @@ def geojson_layer_data(objects: list[GeoJsonObject], stem: str, slide_layer=None
     """Shapes (annotations) and Points (detections) layer data of QuPath objects,
     in the frame of ``slide_layer`` (None: level-0 pixels)."""
     if slide_layer is not None:
-        from napari_wsi_mil._napari.layers import slide_layer_frame
         from napari_wsi_mil.store.tiling_job import slide_id_for
 
-        scale, translate, units = slide_layer_frame(slide_layer)
+        frame = Frame.of_layer(slide_layer).placement()
         slide_id = slide_id_for(slide_layer.metadata["slide_path"])
     else:
-        scale, translate, units, slide_id = (1.0, 1.0), (0.0, 0.0), PIXEL_UNITS, stem
-    frame = {"scale": scale, "translate": translate, "units": units}
+        frame, slide_id = Frame().placement(), stem
     colors = {o.classification: o.color or DEFAULT_RGB for o in objects if o.classification}
     metadata = {"slide_id": slide_id, "class_colors": colors}
 
@@ -113,7 +111,7 @@ def write_shapes_geojson(path: str, data: list, meta: dict) -> list[str]:
     scale = np.asarray(meta.get("scale", (1.0, 1.0)), float)[-2:]
     translate = np.asarray(meta.get("translate", (0.0, 0.0)), float)[-2:]
     metadata = meta.get("metadata") or {}
-    slide_scale, slide_translate = _level0_frame(metadata.get("slide_id"))
+    frame = _slide_frame(metadata.get("slide_id"))
     features = meta.get("features")
     column = next(
         (c for c in (CLASS_FEATURE, "label") if features is not None and c in features), None
@@ -129,7 +127,7 @@ def write_shapes_geojson(path: str, data: list, meta: dict) -> list[str]:
         points = np.asarray(shape, float)[:, -2:]
         if kind == "ellipse":
             points = ellipse_polygon(points)
-        ring = world_to_level0(points * scale + translate, slide_scale, slide_translate)
+        ring = world_to_level0(points * scale + translate, frame.scale, frame.translate)
         rgb = colors.get(name) or tuple(int(round(v * 255)) for v in edge[i, :3])
         objects.append(GeoJsonObject(ring, name or None, tuple(int(v) for v in rgb)))
     write_geojson_objects(path, objects)
@@ -159,14 +157,12 @@ def _matching_slide_layer(path: Path):
     return max(matches, key=lambda m: m[0])[1] if matches else None
 
 
-def _level0_frame(slide_id: str | None) -> tuple[tuple, tuple]:
-    """``(scale, translate)`` of the slide layer the shapes lie on: the one of
-    ``slide_id``, else the only slide layer open; else level-0 pixels."""
+def _slide_frame(slide_id: str | None) -> Frame:
+    """The frame of the slide layer the shapes lie on: the one of ``slide_id``, else the
+    only slide layer open; else level-0 pixels."""
     from napari_wsi_mil.store.tiling_job import slide_id_for
 
     layers = _slide_layers_of_current_viewer()
     named = [la for la in layers if slide_id_for(la.metadata["slide_path"]) == slide_id]
     layer = named[0] if named else layers[0] if len(layers) == 1 else None
-    if layer is None:
-        return (1.0, 1.0), (0.0, 0.0)
-    return tuple(layer.scale[-2:]), tuple(layer.translate[-2:])
+    return Frame() if layer is None else Frame.of_layer(layer)

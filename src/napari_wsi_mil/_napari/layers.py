@@ -1,7 +1,10 @@
 """Build napari layer data (no viewer needed) from slides and per-patch results, and
-place layers in the frame (scale, translate, units) of the slide layer they lie on."""
+place layers in the :class:`Frame` (scale, translate, units) of the slide layer they
+lie on."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from napari_wsi_mil.slide import Slide
 
@@ -9,25 +12,42 @@ from napari_wsi_mil.slide import Slide
 PIXEL_UNITS = ("pixel", "pixel")
 
 
-def slide_world_scale(slide: Slide) -> tuple[tuple[float, float], str]:
-    """Level-0 pixel spacing in world units: micrometres when MPP is known, else pixels."""
-    if slide.mpp_xy is None:
-        return (1.0, 1.0), "pixel"
-    mpp_x, mpp_y = slide.mpp_xy
-    return (mpp_y, mpp_x), "um"
+@dataclass(frozen=True)
+class Frame:
+    """Where a slide layer lies in the viewer's world, (y, x) each: ``scale`` (world
+    units per level-0 pixel), ``translate`` (the world position of level-0 pixel 0)
+    and ``units``. Every layer over the slide is placed in its frame and shares its
+    units: napari renders in physical units only when all layers have the same."""
 
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: tuple[float, float] = (0.0, 0.0)
+    units: tuple[str, str] = PIXEL_UNITS
 
-def slide_frame(slide: Slide) -> tuple[tuple[float, float], tuple[str, str]]:
-    """``(scale, units)`` of the slide layer of ``slide``, which every layer aligned to
-    it shares: napari renders in physical units only when all layers have the same."""
-    scale, unit = slide_world_scale(slide)
-    return scale, (unit, unit)
+    @classmethod
+    def of_slide(cls, slide: Slide) -> Frame:
+        """The frame of a slide layer built from ``slide`` (:func:`slide_layer_data`):
+        micrometres when its MPP is known, else level-0 pixels."""
+        if slide.mpp_xy is None:
+            return cls()
+        mpp_x, mpp_y = slide.mpp_xy
+        return cls((mpp_y, mpp_x), units=("um", "um"))
 
+    @classmethod
+    def of_layer(cls, layer) -> Frame:
+        """The frame of a slide layer in the viewer."""
+        return cls(tuple(layer.scale[-2:]), tuple(layer.translate[-2:]), tuple(layer.units)[-2:])
 
-def slide_layer_frame(layer) -> tuple[tuple, tuple, tuple]:
-    """``(scale, translate, units)`` (y, x) of a slide layer in the viewer: the frame
-    every result layer over it is placed in and takes its units from."""
-    return tuple(layer.scale[-2:]), tuple(layer.translate[-2:]), tuple(layer.units)[-2:]
+    def placement(self) -> dict:
+        """``scale``, ``translate`` and ``units`` layer arguments: the slide layer's own."""
+        return {"scale": self.scale, "translate": self.translate, "units": self.units}
+
+    def raster_placement(self, level0_per_pixel: tuple[float, float]) -> dict:
+        """``scale``, ``translate`` and ``units`` layer arguments that lay a coarse
+        raster of ``level0_per_pixel`` level-0 pixels per pixel over the slide layer
+        (:func:`raster_transform`, shifted by the slide layer's ``translate``)."""
+        scale, translate = raster_transform(level0_per_pixel, self.scale)
+        shifted = (translate[0] + self.translate[0], translate[1] + self.translate[1])
+        return {"scale": scale, "translate": shifted, "units": self.units}
 
 
 def place_layer(layer, kwargs: dict) -> None:
@@ -59,14 +79,14 @@ def put_layer(viewer, data, kwargs: dict, kind: str, replace: bool = True) -> tu
 
 def slide_layer_data(slide: Slide) -> tuple:
     """``(data, kwargs, "image")`` for a lazily read, multiscale RGB slide layer."""
-    scale, units = slide_frame(slide)
+    frame = Frame.of_slide(slide)
     kwargs = {
         "name": slide.path.stem,
         "rgb": True,
         "multiscale": True,
         "contrast_limits": (0, 255),
-        "scale": scale,
-        "units": units,
+        "scale": frame.scale,
+        "units": frame.units,
         "axis_labels": ("y", "x"),
         "metadata": {
             "slide_path": str(slide.path),
@@ -103,13 +123,10 @@ PATCH_EDGE_COLOR = (1.0, 0.85, 0.0, 1.0)
 
 def tissue_mask_layer_data(slide: Slide, mask, mask_downsample: tuple[float, float]) -> tuple:
     """A Labels layer of the tissue mask (label 1, a green fill), aligned with the slide."""
-    slide_scale, units = slide_frame(slide)
-    scale, translate = raster_transform((mask_downsample[1], mask_downsample[0]), slide_scale)
+    placement = Frame.of_slide(slide).raster_placement((mask_downsample[1], mask_downsample[0]))
     kwargs = {
         "name": f"{slide.path.stem} tissue",
-        "scale": scale,
-        "translate": translate,
-        "units": units,
+        **placement,
         "opacity": 0.35,
         "colormap": {None: "transparent", 0: "transparent", 1: TISSUE_COLOR},
         "metadata": {"slide_path": str(slide.path), "kind": "tissue_mask"},
@@ -146,13 +163,9 @@ def patch_outline_layer_data(slide: Slide, grid) -> tuple:
     pixels per side are in ``metadata["pixels_per_cell"]``."""
     k = max(4, min(8, PATCH_OUTLINE_MAX_SIDE // max(1, *grid.grid_shape)))
     step = grid.geometry.stride_level0 / k
-    slide_scale, units = slide_frame(slide)
-    scale, translate = raster_transform((step, step), slide_scale)
     kwargs = {
         "name": f"{slide.path.stem} patches",
-        "scale": scale,
-        "translate": translate,
-        "units": units,
+        **Frame.of_slide(slide).raster_placement((step, step)),
         "opacity": 0.9,
         "colormap": {None: "transparent", 0: "transparent", 1: PATCH_EDGE_COLOR},
         "metadata": {"slide_path": str(slide.path), "kind": "patch_grid", "pixels_per_cell": k},
@@ -165,14 +178,10 @@ def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = No
     import numpy as np
 
     step = grid.geometry.stride_level0
-    slide_scale, units = slide_frame(slide)
-    scale, translate = raster_transform((step, step), slide_scale)
     values = np.ones(len(grid), np.uint8) if values is None else values
     kwargs = {
         "name": name or f"{slide.path.stem} patches",
-        "scale": scale,
-        "translate": translate,
-        "units": units,
+        **Frame.of_slide(slide).raster_placement((step, step)),
         "opacity": 0.5,
         "metadata": {"slide_path": str(slide.path), "kind": "patch_grid"},
     }
@@ -180,8 +189,7 @@ def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = No
 
 
 # -- result layers: every one a patch-grid raster placed by raster_transform ---------
-# They take the slide layer's frame: ``slide_scale``, ``slide_translate`` and
-# ``slide_units`` (see slide_layer_frame).
+# They take the slide layer's frame (Frame.of_layer of the slide layer in the viewer).
 
 #: Colours of the result Labels layers (RGBA in 0-1). The predicted mask is magenta, apart
 #: from every colour of the attention heatmap's turbo colormap; painted tumour is red.
@@ -192,24 +200,13 @@ GALLERY_OUTLINE_COLOR = "white"
 PAINT_COLORS = {None: "transparent", 0: "transparent", 1: TUMOUR_COLOR, 2: (0.0, 0.8, 0.4, 1.0)}
 
 
-def patch_grid_transform(
-    grid, slide_scale: tuple[float, float], slide_translate: tuple[float, float] = (0.0, 0.0)
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    """``(scale, translate)`` of a patch-grid raster over a slide layer with ``slide_scale``
-    (and ``slide_translate``, 0 for slides opened by the reader)."""
+def _grid_kwargs(grid, frame: Frame, name: str, kind: str, **extra) -> dict:
+    """Layer arguments of a patch-grid raster (one pixel per patch) in ``frame``."""
     step = grid.geometry.stride_level0
-    scale, translate = raster_transform((step, step), slide_scale)
-    return scale, (translate[0] + slide_translate[0], translate[1] + slide_translate[1])
-
-
-def _grid_kwargs(grid, slide_scale, slide_translate, slide_units, name, kind, **extra) -> dict:
-    scale, translate = patch_grid_transform(grid, slide_scale, slide_translate)
     metadata = {"kind": kind, **extra.pop("metadata", {})}
     return {
         "name": name,
-        "scale": scale,
-        "translate": translate,
-        "units": tuple(slide_units),
+        **frame.raster_placement((step, step)),
         "metadata": metadata,
         **extra,
     }
@@ -218,14 +215,12 @@ def _grid_kwargs(grid, slide_scale, slide_translate, slide_units, name, kind, **
 def attention_layer_data(
     grid,
     attention,
-    slide_scale: tuple[float, float],
+    frame: Frame,
     *,
     mode: str = "rank",
     name: str = "attention",
     colormap: str = "turbo",
     opacity: float = 0.5,
-    slide_translate: tuple[float, float] = (0.0, 0.0),
-    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """Attention heatmap Image layer: normalised with ``mode`` (raw, minmax, rank), NaN
@@ -235,9 +230,7 @@ def attention_layer_data(
     shown = normalise(attention, mode)
     kwargs = _grid_kwargs(
         grid,
-        slide_scale,
-        slide_translate,
-        slide_units,
+        frame,
         name,
         "attention",
         colormap=colormap,
@@ -253,13 +246,11 @@ def attention_layer_data(
 def probability_layer_data(
     grid,
     probability,
-    slide_scale: tuple[float, float],
+    frame: Frame,
     *,
     name: str = "instance probability",
     colormap: str = "viridis",
     opacity: float = 0.5,
-    slide_translate: tuple[float, float] = (0.0, 0.0),
-    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """Instance-probability heatmap Image layer on [0, 1], NaN off tissue."""
@@ -267,9 +258,7 @@ def probability_layer_data(
 
     kwargs = _grid_kwargs(
         grid,
-        slide_scale,
-        slide_translate,
-        slide_units,
+        frame,
         name,
         "instance_probability",
         colormap=colormap,
@@ -295,20 +284,16 @@ def tumour_mask_layer_data(
     grid,
     probability,
     threshold: float,
-    slide_scale: tuple[float, float],
+    frame: Frame,
     *,
     name: str = "predicted tumour",
     opacity: float = 0.7,
-    slide_translate: tuple[float, float] = (0.0, 0.0),
-    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """Predicted tumour mask Labels layer (label 1 = tumour, magenta) at ``threshold``."""
     kwargs = _grid_kwargs(
         grid,
-        slide_scale,
-        slide_translate,
-        slide_units,
+        frame,
         name,
         "tumour_mask",
         opacity=opacity,
@@ -321,12 +306,10 @@ def tumour_mask_layer_data(
 def clusters_layer_data(
     grid,
     clusters,
-    slide_scale: tuple[float, float],
+    frame: Frame,
     *,
     name: str = "clusters",
     opacity: float = 0.5,
-    slide_translate: tuple[float, float] = (0.0, 0.0),
-    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """CluSiam clusters Labels layer: label ``k + 1`` for cluster ``k``, 0 off tissue."""
@@ -335,9 +318,7 @@ def clusters_layer_data(
     values = np.asarray(clusters).astype(np.int32) + 1
     kwargs = _grid_kwargs(
         grid,
-        slide_scale,
-        slide_translate,
-        slide_units,
+        frame,
         name,
         "clusters",
         opacity=opacity,
@@ -349,11 +330,9 @@ def clusters_layer_data(
 def annotation_layer_data(
     slide_size: tuple[int, int],
     level0_per_pixel: int,
-    slide_scale: tuple[float, float],
+    frame: Frame,
     *,
     name: str = "annotations",
-    slide_translate: tuple[float, float] = (0.0, 0.0),
-    slide_units: tuple = PIXEL_UNITS,
     metadata: dict | None = None,
 ) -> tuple:
     """An empty paint Labels layer covering the slide (1 tumour, 2 normal), with square
@@ -363,12 +342,9 @@ def annotation_layer_data(
     from napari_wsi_mil.review.annotations import annotation_raster_shape
 
     f = int(level0_per_pixel)
-    scale, translate = raster_transform((f, f), slide_scale)
     kwargs = {
         "name": name,
-        "scale": scale,
-        "translate": (translate[0] + slide_translate[0], translate[1] + slide_translate[1]),
-        "units": tuple(slide_units),
+        **frame.raster_placement((f, f)),
         "opacity": 0.5,
         "colormap": dict(PAINT_COLORS),
         "metadata": {"kind": "annotations", "level0_per_pixel": f, **(metadata or {})},
@@ -377,7 +353,7 @@ def annotation_layer_data(
 
 
 def annotation_shapes_layer_data(
-    slide_id: str, classes: tuple[str, ...], slide_units: tuple = PIXEL_UNITS
+    slide_id: str, classes: tuple[str, ...], frame: Frame = Frame()
 ) -> tuple:
     """An empty Shapes layer for drawing annotations of ``classes`` (the first red, the
     second green); a new shape gets the layer's ``feature_defaults`` class."""
@@ -391,7 +367,7 @@ def annotation_shapes_layer_data(
         "face_color_cycle": ["red", "green"],
         "edge_color": "white",
         "opacity": 0.4,
-        "units": tuple(slide_units),
+        "units": frame.units,
         "metadata": {"kind": "annotation_shapes", "slide_id": slide_id},
     }
     return None, kwargs, "shapes"
@@ -428,12 +404,10 @@ def patch_view(slide_layer, grid, index: int, canvas_size) -> tuple[tuple, float
 
 def analysis_layer_data(
     analysis,
-    slide_scale: tuple[float, float],
+    frame: Frame,
     *,
     mode: str = "rank",
     threshold=None,
-    slide_translate: tuple[float, float] = (0.0, 0.0),
-    slide_units: tuple = PIXEL_UNITS,
 ) -> list[tuple]:
     """Every result layer of a :class:`~napari_wsi_mil.review.analyse.SlideAnalysis`:
     attention, instance probability, predicted tumour mask (at ``threshold``, default the
@@ -441,34 +415,30 @@ def analysis_layer_data(
     clusters, named ``"<slide_id> <what>"``, in the slide layer's frame."""
     grid, sid = analysis.grid, analysis.slide_id
     meta = {"slide_id": sid, "prediction": analysis.prediction_name}
-    frame = {"slide_translate": slide_translate, "slide_units": slide_units}
     threshold = analysis.mask_threshold if threshold is None else threshold
     layers = [
         attention_layer_data(
             grid,
             analysis.attention,
-            slide_scale,
+            frame,
             mode=mode,
             name=f"{sid} attention",
             metadata=meta,
-            **frame,
         ),
         probability_layer_data(
             grid,
             analysis.instance_probability,
-            slide_scale,
+            frame,
             name=f"{sid} probability",
             metadata=meta,
-            **frame,
         ),
         tumour_mask_layer_data(
             grid,
             analysis.instance_probability,
             threshold,
-            slide_scale,
+            frame,
             name=f"{sid} predicted tumour",
             metadata=meta,
-            **frame,
         ),
     ]
     if analysis.clusters is not None:
@@ -476,10 +446,9 @@ def analysis_layer_data(
             clusters_layer_data(
                 grid,
                 analysis.clusters,
-                slide_scale,
+                frame,
                 name=f"{sid} clusters",
                 metadata=meta,
-                **frame,
             )
         )
     for _, kwargs, _ in layers[1:]:
@@ -496,16 +465,13 @@ def patch_outline_shapes_data(grid, index: int, slide_layer, *, name: str) -> tu
     # level-0 continuous (x, y) is slide data coordinate (y - 1/2, x - 1/2)
     y0, x0, y1, x1 = y - 0.5, x - 0.5, y + size - 0.5, x + size - 0.5
     box = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
-    scale, translate, units = slide_layer_frame(slide_layer)
     kwargs = {
         "name": name,
         "shape_type": "rectangle",
         "edge_color": GALLERY_OUTLINE_COLOR,
         "edge_width": max(2.0, size / 8),
         "face_color": "transparent",
-        "scale": scale,
-        "translate": translate,
-        "units": units,
+        **Frame.of_layer(slide_layer).placement(),
         "metadata": {"kind": "gallery_patch", "patch_index": int(index)},
     }
     return [box], kwargs, "shapes"

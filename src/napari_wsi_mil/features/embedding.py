@@ -5,49 +5,26 @@ training slides and from test slides side by side, coloured by the label of the
 bag (slide) a patch comes from. :func:`embed_features` builds that table: it
 samples up to ``max_per_slide`` patches per slide (deterministically, per slide),
 fits the projection on the **train** split only and projects every sampled patch
-with it, so both panels share one pair of axes. :func:`plot_embedding` draws the
-figure to a PNG; :func:`draw_embedding` draws it into any matplotlib ``Figure``
-(the napari widget uses it with the viewer's theme colours).
-
-Nothing here imports Qt or napari; matplotlib is used without pyplot.
+with it, so both panels share one pair of axes. The figure is drawn by
+:mod:`napari_wsi_mil.features.embedding_plot`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
-from napari_wsi_mil.jobs import Job, Progress, atomic_file, run_job
+from napari_wsi_mil.jobs import Job, Progress, run_job
 from napari_wsi_mil.store.keys import FEATURES
 
-__all__ = [
-    "BAG_COLORS",
-    "HIGHLIGHT_COLOR",
-    "EmbeddingPlot",
-    "EmbeddingTable",
-    "draw_embedding",
-    "embed_features",
-    "embedding_job",
-    "plot_embedding",
-    "sample_patches",
-    "set_highlight",
-]
+__all__ = ["EmbeddingTable", "embed_features", "embedding_job", "sample_patches"]
 
 METHODS = ("pca", "umap")
-#: Colours of negative (0) and positive (1) bags (Okabe-Ito blue and vermillion).
-BAG_COLORS = {0: "#0072B2", 1: "#D55E00"}
-BAG_NAMES = {0: "negative bags", 1: "positive bags"}
-#: Colour of selected / highlighted patches, in the plot and on the slide.
-HIGHLIGHT_COLOR = "#F0E442"
-#: A panel with more points than this is drawn as a 2-D histogram per label.
-HIST_THRESHOLD = 20_000
 
 
 @dataclass
@@ -193,63 +170,14 @@ def embedding_job(
     method = _check_method(method)
     store = _open_store(store)
     cohort = _open_cohort(cohort)
-    available = set(store.result_ids(FEATURES, feature_name))
-    entries = {e.slide_id: e for e in cohort}
-    if slide_ids is None:
-        chosen = [e for e in cohort if e.slide_id in available]
-        skipped = [e.slide_id for e in cohort if e.slide_id not in available]
-        if not chosen:
-            raise WsiMilError(
-                f"{store.root}: no slide of the cohort ({cohort.source or 'table'}) has "
-                f"features '{feature_name}'; extract them first"
-            )
-    else:
-        unknown = [s for s in slide_ids if s not in entries]
-        if unknown:
-            raise WsiMilError(f"slides not in the cohort: {', '.join(unknown)}")
-        missing = [s for s in slide_ids if s not in available]
-        if missing:
-            raise WsiMilError(
-                f"{store.root}: no features '{feature_name}' for slides {', '.join(missing)}"
-            )
-        chosen, skipped = [entries[s] for s in dict.fromkeys(slide_ids)], []
-
+    chosen, skipped = _chosen_slides(store, cohort, feature_name, slide_ids)
     parts, dim, n_total = [], None, {}
     yield Progress("loading", 0, len(chosen))
     for i, entry in enumerate(chosen):
-        arrays, _ = store.read_result(FEATURES, feature_name, entry.slide_id)
-        feats = arrays.get("features")
-        where = f"{store.result_dir(FEATURES, feature_name, entry.slide_id)}"
-        if feats is None or feats.ndim != 2 or feats.shape[1] < 2:
-            raise WsiMilError(f"{where}: 'features' must be an (N, D) array with D >= 2")
-        if dim is None:
-            dim = feats.shape[1]
-        elif feats.shape[1] != dim:
-            raise WsiMilError(
-                f"{where}: {feats.shape[1]} feature dimensions, other slides have {dim}"
-            )
-        coords = None
-        if store.has_tiles(entry.slide_id):
-            grid, _ = store.read_tiles(entry.slide_id)
-            if len(grid) != len(feats):
-                raise WsiMilError(
-                    f"{where}: {len(feats)} feature rows but the slide's tiling has "
-                    f"{len(grid)} patches; extract the features again"
-                )
-            coords = grid.coords
-        pick = sample_patches(len(feats), max_per_slide, entry.slide_id, seed)
-        x = np.asarray(feats[pick], np.float32)
-        if not np.isfinite(x).all():
-            raise WsiMilError(f"{where}: features contain NaN or infinite values")
-        n_total[entry.slide_id] = int(len(feats))
-        parts.append(
-            (
-                entry,
-                pick,
-                x,
-                coords[pick] if coords is not None else np.full((len(pick), 2), -1, np.int64),
-            )
-        )
+        pick, x, coords, n = _read_sample(store, feature_name, entry, dim, max_per_slide, seed)
+        dim = x.shape[1]
+        n_total[entry.slide_id] = n
+        parts.append((entry, pick, x, coords))
         yield Progress("loading", i + 1, len(chosen), message=entry.slide_id)
 
     features = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 2), np.float32)
@@ -272,17 +200,7 @@ def embedding_job(
         "n_patches": n_total,
         "skipped_slides": skipped,
     }
-    if method == "pca":
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=2, random_state=seed).fit(features[train])
-        xy = pca.transform(features)
-        attrs["explained_variance_ratio"] = [float(v) for v in pca.explained_variance_ratio_]
-    else:
-        import umap
-
-        reducer = umap.UMAP(n_components=2, random_state=seed).fit(features[train])
-        xy = reducer.transform(features)
+    xy = _fit_and_project(method, features, train, seed, attrs)
     yield Progress("fitting", 1, 1)
     return EmbeddingTable(
         xy=xy,
@@ -294,6 +212,74 @@ def embedding_job(
         method=method,
         attrs=attrs,
     )
+
+
+def _chosen_slides(store, cohort, feature_name: str, slide_ids) -> tuple[list, list[str]]:
+    """``(entries to embed, ids of cohort slides without the features)``: ``slide_ids``
+    (each must have them) or every cohort slide that has them."""
+    available = set(store.result_ids(FEATURES, feature_name))
+    entries = {e.slide_id: e for e in cohort}
+    if slide_ids is None:
+        chosen = [e for e in cohort if e.slide_id in available]
+        skipped = [e.slide_id for e in cohort if e.slide_id not in available]
+        if not chosen:
+            raise WsiMilError(
+                f"{store.root}: no slide of the cohort ({cohort.source or 'table'}) has "
+                f"features '{feature_name}'; extract them first"
+            )
+        return chosen, skipped
+    unknown = [s for s in slide_ids if s not in entries]
+    if unknown:
+        raise WsiMilError(f"slides not in the cohort: {', '.join(unknown)}")
+    missing = [s for s in slide_ids if s not in available]
+    if missing:
+        raise WsiMilError(
+            f"{store.root}: no features '{feature_name}' for slides {', '.join(missing)}"
+        )
+    return [entries[s] for s in dict.fromkeys(slide_ids)], []
+
+
+def _read_sample(store, feature_name: str, entry, dim, max_per_slide, seed: int):
+    """One slide's sampled patches: ``(patch indices, features [k, D] float32, level-0
+    coords [k, 2] (-1 without a tiling), the slide's patch count)``; checks that the
+    features are finite, ``dim`` wide (None: any width >= 2) and match the tiling."""
+    arrays, _ = store.read_result(FEATURES, feature_name, entry.slide_id)
+    feats = arrays.get("features")
+    where = f"{store.result_dir(FEATURES, feature_name, entry.slide_id)}"
+    if feats is None or feats.ndim != 2 or feats.shape[1] < 2:
+        raise WsiMilError(f"{where}: 'features' must be an (N, D) array with D >= 2")
+    if dim is not None and feats.shape[1] != dim:
+        raise WsiMilError(f"{where}: {feats.shape[1]} feature dimensions, other slides have {dim}")
+    coords = None
+    if store.has_tiles(entry.slide_id):
+        grid, _ = store.read_tiles(entry.slide_id)
+        if len(grid) != len(feats):
+            raise WsiMilError(
+                f"{where}: {len(feats)} feature rows but the slide's tiling has "
+                f"{len(grid)} patches; extract the features again"
+            )
+        coords = grid.coords
+    pick = sample_patches(len(feats), max_per_slide, entry.slide_id, seed)
+    x = np.asarray(feats[pick], np.float32)
+    if not np.isfinite(x).all():
+        raise WsiMilError(f"{where}: features contain NaN or infinite values")
+    coords = coords[pick] if coords is not None else np.full((len(pick), 2), -1, np.int64)
+    return pick, x, coords, int(len(feats))
+
+
+def _fit_and_project(method: str, features, train, seed: int, attrs: dict) -> np.ndarray:
+    """Fit PCA or UMAP on the ``train`` rows and project every row; PCA's explained
+    variance ratios go into ``attrs``."""
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2, random_state=seed).fit(features[train])
+        attrs["explained_variance_ratio"] = [float(v) for v in pca.explained_variance_ratio_]
+        return pca.transform(features)
+    import umap
+
+    reducer = umap.UMAP(n_components=2, random_state=seed).fit(features[train])
+    return reducer.transform(features)
 
 
 def embed_features(
@@ -344,195 +330,3 @@ def embed_features(
             seed=seed,
         )
     )
-
-
-# -- drawing -----------------------------------------------------------------
-
-
-@dataclass
-class EmbeddingPlot:
-    """What :func:`draw_embedding` drew: one panel per split present."""
-
-    axes: list
-    splits: list[str]
-    panel_rows: list[np.ndarray]  # table rows shown in each panel
-    modes: list[str]  # "scatter" or "hist" per panel
-    highlight_artists: list = field(default_factory=list)
-
-
-def _panel_splits(table: EmbeddingTable) -> list[str]:
-    present = set(table.split.tolist())
-    splits = [s for s in ("train", "val", "test") if s in present]
-    return splits or ["train"]
-
-
-def _marker_size(n: int) -> float:
-    return float(np.clip(3000.0 / max(n, 1), 1.0, 16.0))
-
-
-def _hist_image(xy, labels, extent, bins: int) -> np.ndarray:
-    """RGBA image: each bin's colour mixes the bag colours by count, alpha ~ log density."""
-    from matplotlib.colors import to_rgb
-
-    (x0, x1), (y0, y1) = extent
-    counts = []
-    for label in (0, 1):
-        sel = labels == label
-        h, _, _ = np.histogram2d(
-            xy[sel, 1], xy[sel, 0], bins=bins, range=[[y0, y1], [x0, x1]]
-        )  # rows = y
-        counts.append(h)
-    total = counts[0] + counts[1]
-    rgb = sum(
-        np.asarray(to_rgb(BAG_COLORS[k]))[None, None, :] * counts[k][..., None] for k in (0, 1)
-    )
-    rgb = rgb / np.maximum(total, 1)[..., None]
-    alpha = np.log1p(total) / max(np.log1p(total.max()), 1e-9)
-    alpha = np.where(total > 0, 0.25 + 0.75 * alpha, 0.0)
-    return np.concatenate([rgb, alpha[..., None]], axis=-1)
-
-
-def draw_embedding(
-    figure,
-    table: EmbeddingTable,
-    *,
-    title: str | None = None,
-    hist_threshold: int = HIST_THRESHOLD,
-    bins: int = 150,
-    background: str | None = None,
-    foreground: str | None = None,
-    highlight: Sequence[int] | None = None,
-    seed: int = 0,
-) -> EmbeddingPlot:
-    """Draw train / (val /) test panels side by side into ``figure`` (cleared first).
-
-    Points are coloured by bag label; a panel with more than ``hist_threshold``
-    points is drawn as a 2-D histogram per label instead (colour mixed by count,
-    opacity by log density). ``background`` / ``foreground`` colour the figure and
-    its text (the widget passes napari's theme); ``highlight`` rows are drawn on
-    top, larger and in :data:`HIGHLIGHT_COLOR`. All panels share their axes.
-    """
-    from matplotlib.patches import Patch
-
-    figure.clear()
-    splits = _panel_splits(table)
-    axes = figure.subplots(1, len(splits), sharex=True, sharey=True, squeeze=False)[0]
-    bg = background or "white"
-    fg = foreground or "black"
-    figure.set_facecolor(bg)
-    if len(table):
-        lo, hi = table.xy.min(axis=0), table.xy.max(axis=0)
-    else:
-        lo, hi = np.zeros(2, np.float32), np.ones(2, np.float32)
-    pad = np.maximum((hi - lo) * 0.05, 1e-3)
-    lo, hi = lo - pad, hi + pad
-    extent = ((float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1])))
-    a_name, b_name = table.axis_names
-    evr = table.attrs.get("explained_variance_ratio")
-    xlabel = "PC 1" if table.method == "pca" else a_name.upper()
-    ylabel = "PC 2" if table.method == "pca" else b_name.upper()
-    if evr:
-        xlabel += f" ({100 * evr[0]:.1f} % var.)"
-        ylabel += f" ({100 * evr[1]:.1f} % var.)"
-
-    rng = np.random.default_rng(seed)
-    panel_rows, modes = [], []
-    for k, (ax, split) in enumerate(zip(axes, splits, strict=True)):
-        rows = np.flatnonzero(table.split == split)
-        rows = rows[rng.permutation(len(rows))]  # neither label hides the other
-        panel_rows.append(rows)
-        n_slides = len(set(table.slide_id[rows].tolist()))
-        ax.set_facecolor(bg)
-        if len(rows) > hist_threshold:
-            modes.append("hist")
-            image = _hist_image(table.xy[rows], table.bag_label[rows], extent, bins)
-            ax.imshow(
-                image,
-                origin="lower",
-                extent=(*extent[0], *extent[1]),
-                aspect="auto",
-                interpolation="nearest",
-            )
-        else:
-            modes.append("scatter")
-            colors = np.where(table.bag_label[rows] == 1, BAG_COLORS[1], BAG_COLORS[0])
-            ax.scatter(
-                table.xy[rows, 0],
-                table.xy[rows, 1],
-                s=_marker_size(len(rows)),
-                c=colors,
-                alpha=0.6,
-                linewidths=0,
-                rasterized=True,
-            )
-        ax.set_xlim(*extent[0])
-        ax.set_ylim(*extent[1])
-        density = "; 2-D histogram" if modes[-1] == "hist" else ""
-        ax.set_title(f"{split} ({len(rows)} patches, {n_slides} slides{density})", color=fg)
-        ax.set_xlabel(xlabel, color=fg)
-        if k == 0:
-            ax.set_ylabel(ylabel, color=fg)
-        ax.tick_params(colors=fg)
-        for spine in ax.spines.values():
-            spine.set_color(fg)
-    handles = [
-        Patch(
-            color=BAG_COLORS[label],
-            label=f"{BAG_NAMES[label]} ({int((table.bag_label == label).sum())})",
-        )
-        for label in (0, 1)
-    ]
-    legend = axes[0].legend(handles=handles, loc="best", fontsize="small", framealpha=0.6)
-    legend.get_frame().set_facecolor(bg)
-    for text in legend.get_texts():
-        text.set_color(fg)
-    if title:
-        figure.suptitle(title, color=fg)
-    plot = EmbeddingPlot(list(axes), splits, panel_rows, modes)
-    plot.highlight_artists = [
-        ax.scatter(
-            [],
-            [],
-            s=max(3 * _marker_size(len(rows)), 12),
-            c=HIGHLIGHT_COLOR,
-            edgecolors=fg,
-            linewidths=0.6,
-            zorder=5,
-        )
-        for ax, rows in zip(plot.axes, panel_rows, strict=True)
-    ]
-    set_highlight(plot, table, highlight)
-    return plot
-
-
-def set_highlight(plot: EmbeddingPlot, table: EmbeddingTable, rows: Sequence[int] | None) -> None:
-    """Show ``rows`` of ``table`` highlighted in every panel (None or empty: none)."""
-    rows = np.zeros(0, np.int64) if rows is None else np.asarray(rows, np.int64)
-    for artist, split in zip(plot.highlight_artists, plot.splits, strict=True):
-        mine = rows[table.split[rows] == split] if len(rows) else rows
-        artist.set_offsets(table.xy[mine] if len(mine) else np.zeros((0, 2)))
-
-
-def plot_embedding(
-    table: EmbeddingTable,
-    out_png: str | os.PathLike,
-    *,
-    title: str | None = None,
-    hist_threshold: int = HIST_THRESHOLD,
-    dpi: int = 150,
-) -> Path:
-    """Save the train / test figure of ``table`` as a PNG (written atomically)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    out = Path(out_png)
-    n_panels = len(_panel_splits(table))
-    figure = Figure(figsize=(4.5 * n_panels + 0.5, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    if title is None:
-        name = table.attrs.get("feature_name")
-        title = f"{table.method.upper()} of patch features" + (f" '{name}'" if name else "")
-    draw_embedding(figure, table, title=title, hist_threshold=hist_threshold)
-    with atomic_file(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi, facecolor=figure.get_facecolor())
-    return out

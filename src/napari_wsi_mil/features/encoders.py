@@ -207,8 +207,9 @@ def _timm(source, weights, output: str = "pooled", prefix_tokens: int = 1) -> Lo
 
 
 def _from_encoder_file(path: Path) -> LoadedEncoder:
-    from napari_wsi_mil.pretrain.encoder_file import load_encoder, load_trunk
-    from napari_wsi_mil.pretrain.models import ClusterHead
+    from napari_wsi_mil.pretrain.architecture import ClusterHead
+    from napari_wsi_mil.pretrain.encoder_file import load_encoder
+    from napari_wsi_mil.pretrain.models import load_trunk
 
     encoder = load_encoder(path)
     meta = encoder.metadata

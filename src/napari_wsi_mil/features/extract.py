@@ -112,15 +112,57 @@ def extract_features_job(
     patches of these slides) before the encoder; a feature set that already has slides
     keeps the target it recorded, so resumed and added slides match.
     """
-    from torch.utils.data import DataLoader
-
-    from napari_wsi_mil.store.patches import PatchDataset, collate_patches
+    from napari_wsi_mil.store.patches import PatchDataset
 
     if dtype not in ("float16", "float32"):
         raise WsiMilError(f"dtype must be float16 or float32, not {dtype!r}")
     if isinstance(stain, str):
         check_stain(stain, stain_reference)
     report = ExtractionReport()
+    todo = _slides_to_extract(project, slide_ids, name, overwrite, report)
+    if not todo:
+        yield Progress("extract", 0, 0, message="all slides already have features")
+        return report
+    if isinstance(encoder, str) and weights is None:
+        yield from download_job(encoder)
+    loaded = load_encoder_spec(encoder, weights) if isinstance(encoder, str) else encoder
+    dev = pick_device(device)
+    amp = inference_autocast(dev, autocast)
+    channels_last = dev.type == "cuda" or amp is not None
+    model = _inference_model(loaded, dev, channels_last, compile)
+    dataset = PatchDataset(project, todo, slide_paths, skip_errors=skip_errors)
+    normaliser = None
+    if stain is not None:
+        normaliser = yield from _stain_job(project, name, dataset, todo, stain, stain_reference)
+        for slide_id, source in normaliser.sources.items():
+            if source is None:
+                report.warnings.setdefault(slide_id, []).append(
+                    "too little tissue to fit its stain: patches not normalised"
+                )
+    writer = _FeatureWriter(project, name, todo, dataset, loaded, dtype, normaliser, report)
+    context = project.lock() if lock else contextlib.nullcontext()
+    with context:
+        writer.write_empty_slides()
+        yield from _extract_batches(
+            _Batches(dataset, todo, batch_size, num_workers, dev, amp, channels_last),
+            model,
+            loaded,
+            normaliser,
+            writer,
+        )
+    dataset.close()
+    return report
+
+
+def _slides_to_extract(
+    project: ProjectStore,
+    slide_ids: list[str],
+    name: str,
+    overwrite: bool,
+    report: ExtractionReport,
+) -> list[str]:
+    """The slides whose features are to be computed; those that have them (and are not
+    to be overwritten) go to ``report.skipped``. Every slide must be tiled."""
     todo = []
     for slide_id in slide_ids:
         if not project.has_tiles(slide_id):
@@ -131,63 +173,77 @@ def extract_features_job(
             report.skipped.append(slide_id)
         else:
             todo.append(slide_id)
-    if not todo:
-        yield Progress("extract", 0, 0, message="all slides already have features")
-        return report
-    if isinstance(encoder, str) and weights is None:
-        yield from download_job(encoder)
-    loaded = load_encoder_spec(encoder, weights) if isinstance(encoder, str) else encoder
-    dev = pick_device(device)
-    amp = inference_autocast(dev, autocast)
-    channels_last = dev.type == "cuda" or amp is not None
+    return todo
+
+
+def _inference_model(
+    loaded: LoadedEncoder, dev: torch.device, channels_last: bool, compile: str | None
+) -> torch.nn.Module:
+    """The encoder on ``dev`` in eval mode (``channels_last``, compiled with the
+    ``compile`` backend when one is given)."""
     model = loaded.model.to(dev).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
         model = torch.compile(model, backend=compile)
-    dataset = PatchDataset(project, todo, slide_paths, skip_errors=skip_errors)
-    normaliser = None
-    if stain is not None:
-        normaliser = yield from _stain_job(project, name, dataset, todo, stain, stain_reference)
-        for slide_id, source in normaliser.sources.items():
-            if source is None:
-                report.warnings.setdefault(slide_id, []).append(
-                    "too little tissue to fit its stain: patches not normalised"
-                )
+    return model
+
+
+@dataclass
+class _Batches:
+    """How the patches of ``slide_ids`` (in ``dataset``) reach the device."""
+
+    dataset: object
+    slide_ids: list[str]
+    batch_size: int
+    num_workers: int
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+
+
+def _extract_batches(
+    batches: _Batches,
+    model: torch.nn.Module,
+    loaded: LoadedEncoder,
+    normaliser: StainNormaliser | None,
+    writer: _FeatureWriter,
+) -> Job[None]:
+    """Every patch through the encoder, one loader across all slides; an ``extract``
+    event per batch. The patches per second go to the writer's report."""
+    from torch.utils.data import DataLoader
+
+    from napari_wsi_mil.store.patches import collate_patches
+
+    dataset, todo, dev, amp = batches.dataset, batches.slide_ids, batches.device, batches.amp
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=batches.batch_size,
         collate_fn=collate_patches,
-        num_workers=num_workers,
+        num_workers=batches.num_workers,
         pin_memory=dev.type == "cuda",
-        prefetch_factor=4 if num_workers else None,
+        prefetch_factor=4 if batches.num_workers else None,
     )
     autocasting = (
         torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     )
-    writer = _FeatureWriter(project, name, todo, dataset, loaded, dtype, normaliser, report)
-    context = project.lock() if lock else contextlib.nullcontext()
-    with context:
-        writer.write_empty_slides()
-        done, started = 0, time.perf_counter()
-        with torch.inference_mode():
-            for images, slide_index, _, ok in loader:
-                if normaliser is not None:
-                    images = _normalised(normaliser, images, slide_index, todo, dev)
-                with autocasting:
-                    feats = model(preprocess(images, loaded, dev, channels_last))
-                writer.add(feats.float().cpu().numpy(), slide_index.numpy(), ok.numpy())
-                done += len(images)
-                report.patches_per_second = done / max(time.perf_counter() - started, 1e-9)
-                yield Progress(
-                    "extract",
-                    done,
-                    len(dataset),
-                    message=f"{todo[int(slide_index[-1])]}, "
-                    f"{report.patches_per_second:.0f} patches/s",
-                )
-    dataset.close()
-    return report
+    report = writer.report
+    done, started = 0, time.perf_counter()
+    with torch.inference_mode():
+        for images, slide_index, _, ok in loader:
+            if normaliser is not None:
+                images = _normalised(normaliser, images, slide_index, todo, dev)
+            with autocasting:
+                feats = model(preprocess(images, loaded, dev, batches.channels_last))
+            writer.add(feats.float().cpu().numpy(), slide_index.numpy(), ok.numpy())
+            done += len(images)
+            report.patches_per_second = done / max(time.perf_counter() - started, 1e-9)
+            yield Progress(
+                "extract",
+                done,
+                len(dataset),
+                message=f"{todo[int(slide_index[-1])]}, {report.patches_per_second:.0f} patches/s",
+            )
 
 
 class _FeatureWriter:
@@ -277,8 +333,8 @@ def stain_target(
         return stain
     recorded = next(
         (
-            project.read_result_attrs(FEATURES, name, s).get("stain")
-            for s in project.result_ids(FEATURES, name)
+            project.read_result_attrs(FEATURES, name, slide_id).get("stain")
+            for slide_id in project.result_ids(FEATURES, name)
         ),
         None,
     )
@@ -301,7 +357,14 @@ def stain_target(
     return StainNormaliser.fit(stain, reference, cohort_pixels)
 
 
-def _stain_job(project, name, dataset, todo, stain, reference) -> Job[StainNormaliser]:
+def _stain_job(
+    project: ProjectStore,
+    name: str,
+    dataset,
+    todo: list[str],
+    stain: str | StainNormaliser,
+    reference: str | os.PathLike,
+) -> Job[StainNormaliser]:
     """:func:`stain_target` with every slide of ``todo`` fitted."""
     yield Progress("stain", 0, len(todo), message="fitting the stain target")
     normaliser = stain_target(
@@ -324,13 +387,19 @@ def _sample(dataset, i: int) -> np.ndarray:
     return np.concatenate([p[0].permute(1, 2, 0).numpy() for p in patches if p[3]])
 
 
-def _normalised(normaliser, images, slide_index, todo, dev) -> torch.Tensor:
+def _normalised(
+    normaliser: StainNormaliser,
+    images: torch.Tensor,
+    slide_index: torch.Tensor,
+    todo: list[str],
+    dev: torch.device,
+) -> torch.Tensor:
     """The batch with each slide's patches stain-normalised, on ``dev``."""
     images = images.to(dev)
     out = torch.empty_like(images)
-    for s in np.unique(slide_index.numpy()):
-        rows = (slide_index == int(s)).to(dev)
-        out[rows] = normaliser.apply(images[rows], todo[int(s)])
+    for i in np.unique(slide_index.numpy()):
+        rows = (slide_index == int(i)).to(dev)
+        out[rows] = normaliser.apply(images[rows], todo[int(i)])
     return out
 
 

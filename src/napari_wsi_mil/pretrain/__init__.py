@@ -5,7 +5,9 @@ Submodules (import them directly; importing this package loads nothing heavy):
 - :mod:`napari_wsi_mil.pretrain.augment`: the histology augmentation recipe as a
   batched tensor transform that runs on CPU or GPU.
 - :mod:`napari_wsi_mil.pretrain.losses`: NT-Xent, SupCon, WeakSupCon and CluSiam losses.
-- :mod:`napari_wsi_mil.pretrain.models`: the ResNet-18 trunk, the heads and
+- :mod:`napari_wsi_mil.pretrain.architecture`: the bare ResNet-18 trunk and the heads
+  (shapes only, no weights read).
+- :mod:`napari_wsi_mil.pretrain.models`: trunks from weights files, stage freezing and
   :class:`~napari_wsi_mil.pretrain.models.ContrastiveModel`.
 - :mod:`napari_wsi_mil.pretrain.optim`: LARS and the learning-rate schedules.
 - :mod:`napari_wsi_mil.pretrain.distributed`: torchrun/DDP helpers (all-gather with grad).

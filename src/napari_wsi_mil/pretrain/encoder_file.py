@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.pretrain.architecture import ClusterHead, bare_trunk
+from napari_wsi_mil.validate import check_float, check_int
 from napari_wsi_mil.weights_file import load_tensors, save_tensors
 
 ENCODER_FORMAT = "napari-wsi-mil-encoder"
@@ -55,9 +57,6 @@ def load_encoder(path: str | os.PathLike) -> EncoderFile:
 def _check_contents(meta: dict, trunk: dict, head: dict) -> None:
     """Everything extraction reads from an encoder file is there, of the right shape and
     finite, so a damaged or hand-made file fails here with its name, not deep in a run."""
-    from napari_wsi_mil.pretrain.models import ClusterHead, resnet18_trunk
-    from napari_wsi_mil.validate import check_float, check_int
-
     arch = meta.get("arch", "resnet18")
     if arch != "resnet18":
         raise WsiMilError(f"architecture {arch!r} is not supported (resnet18 is)")
@@ -69,7 +68,7 @@ def _check_contents(meta: dict, trunk: dict, head: dict) -> None:
         for value in values:
             check_float(key, value, 0.0 if key == "std" else -math.inf)
     with torch.device("meta"):  # shapes only, nothing allocated
-        _check_state("trunk", trunk, resnet18_trunk("random"))
+        _check_state("trunk", trunk, bare_trunk())
         if head:
             clusters = check_int("clusters", meta.get("clusters"))
             _check_state("cluster head", head, ClusterHead(clusters))
@@ -86,13 +85,3 @@ def _check_state(what: str, state: dict[str, torch.Tensor], module: nn.Module) -
             raise WsiMilError(f"{what} weight {key!r} has shape {shape}, not {expected[key]}")
         if value.is_floating_point() and not value.isfinite().all():
             raise WsiMilError(f"{what} weight {key!r} holds NaN or inf")
-
-
-def load_trunk(encoder: EncoderFile) -> nn.Module:
-    """A ResNet-18 trunk with the file's weights (checked by :func:`load_encoder`), in
-    eval mode."""
-    from napari_wsi_mil.pretrain.models import resnet18_trunk
-
-    trunk = resnet18_trunk(init="random")
-    trunk.load_state_dict(encoder.trunk_state)
-    return trunk.eval()

@@ -1,9 +1,8 @@
-"""Encoder trunk and heads for patch-level pretraining.
+"""Encoder trunks from weights files, stage freezing and the pretraining model.
 
 All methods share a torchvision ResNet-18 trunk with ``fc`` removed (512-d output
-``h``); downstream MIL uses ``h``, never a projection. SimCLR, SupCon and
-WeakSupCon add :class:`ProjectionHead`; CluSiam adds :class:`SimSiamProjector`,
-:class:`SimSiamPredictor` and :class:`ClusterAssigner` (Wu et al.'s reference).
+``h``); downstream MIL uses ``h``, never a projection. The networks' shapes (bare
+trunk, heads) are in :mod:`~napari_wsi_mil.pretrain.architecture`.
 
 Shapes: ``N`` images, ``K`` clusters.
 """
@@ -16,13 +15,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet18_Weights
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.pretrain import METHODS, TRUNK_STAGES
-
-#: Trunk output size (ResNet-18 after global average pooling).
-TRUNK_DIM = 512
+from napari_wsi_mil.pretrain.architecture import (
+    ClusterHead,
+    ProjectionHead,
+    SimSiamPredictor,
+    bare_trunk,
+)
+from napari_wsi_mil.pretrain.encoder_file import ENCODER_FORMAT, EncoderFile, load_encoder
 
 
 def imagenet_weights_path() -> Path:
@@ -66,8 +69,7 @@ def resnet18_trunk(init: str = "random", weights: str | os.PathLike | None = Non
         The weights file is missing, cannot be read safely or is not a ResNet-18
         trunk; for a named start that is not cached, the message names the cache.
     """
-    trunk = resnet18(weights=None)
-    trunk.fc = nn.Identity()
+    trunk = bare_trunk()
     path = trunk_weights_path(init, weights)
     if path is None:
         return trunk
@@ -114,7 +116,6 @@ def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
     """The trunk weights in an encoder file of this package or a ResNet-18 state dict
     (:func:`~napari_wsi_mil.weights_file.read_state_dict`: e.g. Ciga et al.'s Lightning
     checkpoint); wrapper prefixes and ``fc`` dropped."""
-    from napari_wsi_mil.pretrain.encoder_file import ENCODER_FORMAT, load_encoder
     from napari_wsi_mil.weights_file import file_format, read_state_dict
 
     if path.suffix == ".safetensors" and file_format(path) == ENCODER_FORMAT:
@@ -129,6 +130,14 @@ def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
         if not name.startswith("fc."):
             renamed[name] = value
     return renamed
+
+
+def load_trunk(encoder: EncoderFile) -> nn.Module:
+    """A ResNet-18 trunk with the file's weights (checked by
+    :func:`~napari_wsi_mil.pretrain.encoder_file.load_encoder`), in eval mode."""
+    trunk = bare_trunk()
+    trunk.load_state_dict(encoder.trunk_state)
+    return trunk.eval()
 
 
 #: The trunk's stages in forward order; ``PretrainConfig.train_from`` names the first
@@ -165,109 +174,6 @@ def keep_frozen_eval(frozen: list[nn.Module]) -> None:
     """Eval mode for frozen stages (call after ``model.train()``)."""
     for module in frozen:
         module.eval()
-
-
-class ProjectionHead(nn.Module):
-    """SimCLR projection ``Linear(512,512) - ReLU - Linear(512,128)``: ``[N,512] -> [N,128]``.
-
-    The output is not normalised; :class:`ContrastiveModel` L2-normalises it.
-    """
-
-    def __init__(self, in_dim: int = TRUNK_DIM, hidden_dim: int = 512, out_dim: int = 128):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
-        )
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``h [N, in_dim] -> [N, out_dim]``."""
-        return self.net(h)
-
-
-class SimSiamProjector(nn.Module):
-    """CluSiam projector: ``[N,512] -> z [N,2048]``.
-
-    ``Linear(512,512,no bias)-BN-ReLU-Linear(512,512,no bias)-BN-ReLU-Linear(512,2048)
-    -BN(affine=False)``. As in the reference, the last Linear keeps a bias that
-    is frozen (``requires_grad=False``), since the following BatchNorm cancels it.
-    """
-
-    def __init__(self, in_dim: int = TRUNK_DIM, out_dim: int = 2048):
-        super().__init__()
-        last = nn.Linear(in_dim, out_dim)
-        last.bias.requires_grad_(False)
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, in_dim, bias=False),
-            nn.BatchNorm1d(in_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(in_dim, in_dim, bias=False),
-            nn.BatchNorm1d(in_dim),
-            nn.ReLU(inplace=True),
-            last,
-            nn.BatchNorm1d(out_dim, affine=False),
-        )
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``h [N, in_dim] -> z [N, out_dim]``."""
-        return self.net(h)
-
-
-class SimSiamPredictor(nn.Module):
-    """CluSiam predictor ``Linear(2048,512,no bias)-BN-ReLU-Linear(512,2048)``: ``z -> p``."""
-
-    def __init__(self, dim: int = 2048, hidden_dim: int = 512):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, dim),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``z [N, dim] -> p [N, dim]``."""
-        return self.net(z)
-
-
-class ClusterAssigner(nn.Module):
-    """CluSiam cluster assigner ``Linear(2048,512)-BN-ReLU-Linear(512,K)``: ``z -> logits``.
-
-    At inference a patch's cluster is ``logits.argmax(1)`` (no Gumbel noise).
-    """
-
-    def __init__(self, in_dim: int = 2048, hidden_dim: int = 512, k: int = 100):
-        super().__init__()
-        if k < 2:
-            raise ValueError(f"k must be at least 2; got {k}")
-        self.k = k
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, k),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``z [N, in_dim] -> logits [N, K]``."""
-        return self.net(z)
-
-
-class ClusterHead(nn.Module):
-    """CluSiam projector + assigner: trunk features ``h [N,512] -> logits [N,K]``.
-
-    Saved apart from the trunk so cluster ids can be computed later from stored
-    512-d features: ``ClusterHead(k).load_state_dict(...)``, ``eval()``, then
-    ``head(h).argmax(1)``.
-    """
-
-    def __init__(self, k: int = 100):
-        super().__init__()
-        self.projector = SimSiamProjector()
-        self.assigner = ClusterAssigner(k=k)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``h [N, 512] -> logits [N, K]``."""
-        return self.assigner(self.projector(h))
 
 
 class ContrastiveModel(nn.Module):

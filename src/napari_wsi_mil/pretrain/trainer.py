@@ -305,8 +305,6 @@ def pretrain_job(
     parts, learning rate and patches/s. A checkpoint ``<checkpoint_dir>/last.pt`` (default: beside
     ``out``) is written after each epoch; ``resume`` continues from it.
     """
-    from napari_wsi_mil.store.patches import PatchDataset
-
     out = Path(out)
     checkpoint_path = Path(checkpoint_dir or out.parent / f"{out.stem}-checkpoints") / "last.pt"
     device = pick_device(config.device)
@@ -319,6 +317,85 @@ def pretrain_job(
         )
     slide_ids, paths, labels = _training_slides(project, cohort)
     yield Progress("loading patches", 0, None, message=f"{len(slide_ids)} training slides")
+    run = _set_up(project, slide_ids, paths, labels, config, device, info)
+    if resume and checkpoint_path.exists():
+        _resume(run, checkpoint_path, config)
+    for epoch in range(run.history.start_epoch, config.epochs):
+        losses, spreads = yield from _train_one_epoch(run, config, epoch)
+        _close_epoch(run, config, epoch, losses, spreads)
+        if info.is_main:
+            _write_checkpoint(run, config, epoch, checkpoint_path)
+    run.dataset.close()
+    history = run.history
+    if info.is_main:
+        facts = {
+            "projection_spread": history.final_spread,
+            **{f"spread_{group}": value for group, value in history.group_spreads.items()},
+            "collapsed_at_step": run.monitor.collapsed_at,
+        }
+        save_encoder(out, _encoder_file(run.model, config, project, slide_ids[0], facts))
+    final = history.final_spread
+    warning = collapse_warning(config, final) if final is not None else None
+    if warning and not run.warnings:
+        run.warnings.append(warning)
+    return PretrainResult(
+        out,
+        checkpoint_path,
+        history.epoch_losses,
+        run.throughput,
+        history.epoch_spreads,
+        history.final_spread,
+        run.warnings,
+        history.group_spreads,
+        run.monitor.collapsed_at,
+    )
+
+
+@dataclass
+class _History:
+    """What a run has learnt so far, carried from epoch to epoch and in checkpoints."""
+
+    start_epoch: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    epoch_spreads: list[float] = field(default_factory=list)
+    final_spread: float | None = None
+    group_spreads: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """One pretraining run's parts, built by :func:`_set_up`."""
+
+    device: torch.device
+    info: ddp.DistInfo
+    dataset: object
+    loader: object
+    sampler: object
+    slide_labels: torch.Tensor
+    model: ContrastiveModel
+    net: nn.Module
+    frozen: list[nn.Module]
+    optimizer: torch.optim.Optimizer
+    autocast: object
+    scaler: object
+    monitor: CollapseMonitor
+    history: _History = field(default_factory=_History)
+    warnings: list[str] = field(default_factory=list)
+    throughput: float = 0.0
+
+
+def _set_up(
+    project,
+    slide_ids: list[str],
+    paths: dict[str, str],
+    labels: dict[str, int],
+    config: PretrainConfig,
+    device: torch.device,
+    info: ddp.DistInfo,
+) -> _Run:
+    """The patches, their loader, the model (wrapped for DDP and compile) and optimiser."""
+    from napari_wsi_mil.store.patches import PatchDataset
+
     dataset = PatchDataset(project, slide_ids, paths, config.max_patches_per_slide, config.seed)
     if len(dataset) == 0:
         raise WsiMilError("the training slides have no patches")
@@ -329,7 +406,6 @@ def pretrain_job(
     torch.manual_seed(config.seed)
     model = ContrastiveModel(config.method, config.init, config.clusters).to(device)
     frozen = freeze_before(model.trunk, config.train_from)
-    recipe = RECIPES[config.augment]
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -345,163 +421,191 @@ def pretrain_job(
         config.optimizer, model, config.lr, config.momentum, config.weight_decay
     )
     autocast, scaler = _autocast(device, config.amp)
-    start_epoch, epoch_losses, epoch_spreads, final_spread = 0, [], [], None
-    group_spreads: dict[str, float] = {}
     monitor = CollapseMonitor(config.method)
-    if resume and checkpoint_path.exists():
-        state = _read_checkpoint(checkpoint_path, device)
-        if state["config"] != asdict(config):
-            raise WsiMilError(
-                f"{checkpoint_path}: was written with other settings; "
-                "start without --resume or use the same settings"
-            )
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch = check_int("epoch", state["epoch"], minimum=0) + 1
-            epoch_losses = [float(x) for x in state["epoch_losses"]]
-            epoch_spreads = [float(x) for x in state["epoch_spreads"]]
-            final_spread = state["final_spread"]
-            group_spreads = {str(k): float(v) for k, v in state["group_spreads"].items()}
-            monitor.collapsed_at = state["collapsed_at"]
-        except (KeyError, TypeError, ValueError, RuntimeError, WsiMilError) as exc:
-            raise WsiMilError(f"{checkpoint_path}: not a usable checkpoint ({exc})") from None
-
-    total_steps = config.epochs * config.steps_per_epoch
-    throughput, warnings, watched = 0.0, [], watched_key(config.method)
-    for epoch in range(start_epoch, config.epochs):
-        sampler.set_epoch(epoch)
-        net.train()
-        keep_frozen_eval(frozen)
-        losses, spreads, seen, started = [], [], 0, time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        for step, (images, slide_index, _, _) in enumerate(loader):
-            lr = learning_rate(
-                epoch * config.steps_per_epoch + step,
-                total_steps,
-                config.steps_per_epoch,
-                config.lr,
-                config.warmup_epochs,
-                config.schedule,
-                config.step_every_epochs,
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            seed = _step_seed(config.seed, epoch, step, info.rank)
-            torch.manual_seed(seed)
-            generator = torch.Generator(device).manual_seed(seed)
-            images = images.to(device, non_blocking=True)
-            v1, v2 = two_views(images, config.image_size, recipe, generator=generator)
-            if device.type == "cuda" and config.channels_last:
-                v1 = v1.contiguous(memory_format=torch.channels_last)
-                v2 = v2.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                loss, parts = contrastive_loss(
-                    net, v1, v2, slide_labels[slide_index].to(device), config, generator
-                )
-            if not torch.isfinite(loss.detach()):
-                raise WsiMilError(
-                    f"the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}: "
-                    "training diverged; lower --lr or raise --tau (nothing was written for "
-                    "this epoch)"
-                )
-            scaled = loss / config.grad_accum
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            if (step + 1) % config.grad_accum == 0 or step + 1 == config.steps_per_epoch:
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            spreads.append({k: v for k, v in parts.items() if k.startswith("spread")})
-            seen += len(images) * info.world_size
-            throughput = seen / max(time.perf_counter() - started, 1e-9)
-            warning = None
-            if monitor.update(epoch * config.steps_per_epoch + step + 1, spreads[-1]):
-                error = CollapseError(
-                    collapse_summary(config.method, monitor.collapsed_at, monitor.means()),
-                    collapse_suggestions(config),
-                )
-                if not config.allow_collapse:
-                    dataset.close()
-                    raise error
-                warning = f"{error.summary} Going on (collapse allowed)."
-                warnings.append(warning)
-            yield Progress(
-                "pretraining",
-                epoch * config.steps_per_epoch + step + 1,
-                total_steps,
-                message=f"epoch {epoch + 1}/{config.epochs}, loss {losses[-1]:.4f}, "
-                f"spread {parts[watched]:.3f}, {throughput:.0f} patches/s",
-                info={
-                    "epoch": epoch,
-                    "step": step,
-                    "loss": losses[-1],
-                    "lr": lr,
-                    "patches_per_second": throughput,
-                    **parts,
-                    **({"warning": warning} if warning else {}),
-                },
-            )
-        epoch_losses.append(ddp.all_reduce_mean(float(np.mean(losses))))
-        epoch_spreads.append(ddp.all_reduce_mean(float(np.nanmean([s[watched] for s in spreads]))))
-        tail = spreads[-max(1, len(spreads) // 10) :]
-        final_spread = ddp.all_reduce_mean(float(np.nanmean([s[watched] for s in tail])))
-        group_spreads = {
-            group: ddp.all_reduce_mean(float(np.nanmean([s[f"spread_{group}"] for s in tail])))
-            for group in GROUPS
-            if f"spread_{group}" in tail[0]
-        }
-        broken = [
-            k
-            for k, v in model.state_dict().items()
-            if v.is_floating_point() and not v.isfinite().all()
-        ]
-        if broken:
-            raise WsiMilError(
-                f"weight {broken[0]!r} became NaN or inf in epoch {epoch + 1}: training "
-                "diverged; lower --lr (nothing was written for this epoch)"
-            )
-        if info.is_main:
-            with atomic_file(checkpoint_path) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "epoch_losses": epoch_losses,
-                        "epoch_spreads": epoch_spreads,
-                        "final_spread": final_spread,
-                        "group_spreads": group_spreads,
-                        "collapsed_at": monitor.collapsed_at,
-                        "config": asdict(config),
-                    },
-                    tmp,
-                )
-    dataset.close()
-    if info.is_main:
-        facts = {
-            "projection_spread": final_spread,
-            **{f"spread_{group}": value for group, value in group_spreads.items()},
-            "collapsed_at_step": monitor.collapsed_at,
-        }
-        save_encoder(out, _encoder_file(model, config, project, slide_ids[0], facts))
-    warning = collapse_warning(config, final_spread) if final_spread is not None else None
-    if warning and not warnings:
-        warnings.append(warning)
-    return PretrainResult(
-        out,
-        checkpoint_path,
-        epoch_losses,
-        throughput,
-        epoch_spreads,
-        final_spread,
-        warnings,
-        group_spreads,
-        monitor.collapsed_at,
+    return _Run(
+        device,
+        info,
+        dataset,
+        loader,
+        sampler,
+        slide_labels,
+        model,
+        net,
+        frozen,
+        optimizer,
+        autocast,
+        scaler,
+        monitor,
     )
+
+
+def _resume(run: _Run, checkpoint_path: Path, config: PretrainConfig) -> None:
+    """Model, optimiser, history and collapse step from the last checkpoint."""
+    state = _read_checkpoint(checkpoint_path, run.device)
+    if state["config"] != asdict(config):
+        raise WsiMilError(
+            f"{checkpoint_path}: was written with other settings; "
+            "start without --resume or use the same settings"
+        )
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.history = _History(
+            check_int("epoch", state["epoch"], minimum=0) + 1,
+            [float(x) for x in state["epoch_losses"]],
+            [float(x) for x in state["epoch_spreads"]],
+            state["final_spread"],
+            {str(k): float(v) for k, v in state["group_spreads"].items()},
+        )
+        run.monitor.collapsed_at = state["collapsed_at"]
+    except (KeyError, TypeError, ValueError, RuntimeError, WsiMilError) as exc:
+        raise WsiMilError(f"{checkpoint_path}: not a usable checkpoint ({exc})") from None
+
+
+def _train_one_epoch(run: _Run, config: PretrainConfig, epoch: int):
+    """One epoch's steps, a ``pretraining`` event each; returns the steps' losses and
+    spreads."""
+    total_steps = config.epochs * config.steps_per_epoch
+    watched = watched_key(config.method)
+    run.sampler.set_epoch(epoch)
+    run.net.train()
+    keep_frozen_eval(run.frozen)
+    losses, spreads, seen, started = [], [], 0, time.perf_counter()
+    run.optimizer.zero_grad(set_to_none=True)
+    for step, (images, slide_index, _, _) in enumerate(run.loader):
+        loss, parts, lr = _train_step(run, config, epoch, step, images, slide_index)
+        losses.append(loss)
+        spreads.append({k: v for k, v in parts.items() if k.startswith("spread")})
+        seen += len(images) * run.info.world_size
+        run.throughput = seen / max(time.perf_counter() - started, 1e-9)
+        warning = _collapse_check(run, config, epoch * config.steps_per_epoch + step + 1, spreads)
+        yield Progress(
+            "pretraining",
+            epoch * config.steps_per_epoch + step + 1,
+            total_steps,
+            message=f"epoch {epoch + 1}/{config.epochs}, loss {losses[-1]:.4f}, "
+            f"spread {parts[watched]:.3f}, {run.throughput:.0f} patches/s",
+            info={
+                "epoch": epoch,
+                "step": step,
+                "loss": losses[-1],
+                "lr": lr,
+                "patches_per_second": run.throughput,
+                **parts,
+                **({"warning": warning} if warning else {}),
+            },
+        )
+    return losses, spreads
+
+
+def _train_step(run: _Run, config: PretrainConfig, epoch: int, step: int, images, slide_index):
+    """One micro-batch: learning rate, two views, loss, backward, and the optimiser step
+    every ``grad_accum`` micro-batches. Returns the loss, its parts and the rate."""
+    lr = learning_rate(
+        epoch * config.steps_per_epoch + step,
+        config.epochs * config.steps_per_epoch,
+        config.steps_per_epoch,
+        config.lr,
+        config.warmup_epochs,
+        config.schedule,
+        config.step_every_epochs,
+    )
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    device = run.device
+    seed = _step_seed(config.seed, epoch, step, run.info.rank)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
+    images = images.to(device, non_blocking=True)
+    v1, v2 = two_views(images, config.image_size, RECIPES[config.augment], generator=generator)
+    if device.type == "cuda" and config.channels_last:
+        v1 = v1.contiguous(memory_format=torch.channels_last)
+        v2 = v2.contiguous(memory_format=torch.channels_last)
+    with run.autocast:
+        loss, parts = contrastive_loss(
+            run.net, v1, v2, run.slide_labels[slide_index].to(device), config, generator
+        )
+    if not torch.isfinite(loss.detach()):
+        raise WsiMilError(
+            f"the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}: "
+            "training diverged; lower --lr or raise --tau (nothing was written for "
+            "this epoch)"
+        )
+    scaled = loss / config.grad_accum
+    scaler = run.scaler
+    (scaler.scale(scaled) if scaler else scaled).backward()
+    if (step + 1) % config.grad_accum == 0 or step + 1 == config.steps_per_epoch:
+        if scaler:
+            scaler.step(run.optimizer)
+            scaler.update()
+        else:
+            run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach()), parts, lr
+
+
+def _collapse_check(run: _Run, config: PretrainConfig, done: int, spreads) -> str | None:
+    """The collapse monitor after ``done`` steps: raises :class:`CollapseError` when it
+    saw collapse, or returns the warning when collapse is allowed; None otherwise."""
+    if not run.monitor.update(done, spreads[-1]):
+        return None
+    error = CollapseError(
+        collapse_summary(config.method, run.monitor.collapsed_at, run.monitor.means()),
+        collapse_suggestions(config),
+    )
+    if not config.allow_collapse:
+        run.dataset.close()
+        raise error
+    warning = f"{error.summary} Going on (collapse allowed)."
+    run.warnings.append(warning)
+    return warning
+
+
+def _close_epoch(run: _Run, config: PretrainConfig, epoch: int, losses, spreads) -> None:
+    """The epoch's loss and spreads (averaged over ranks) into the history; stops a run
+    whose weights became NaN or inf."""
+    watched = watched_key(config.method)
+    history = run.history
+    history.epoch_losses.append(ddp.all_reduce_mean(float(np.mean(losses))))
+    history.epoch_spreads.append(
+        ddp.all_reduce_mean(float(np.nanmean([s[watched] for s in spreads])))
+    )
+    tail = spreads[-max(1, len(spreads) // 10) :]
+    history.final_spread = ddp.all_reduce_mean(float(np.nanmean([s[watched] for s in tail])))
+    history.group_spreads = {
+        group: ddp.all_reduce_mean(float(np.nanmean([s[f"spread_{group}"] for s in tail])))
+        for group in GROUPS
+        if f"spread_{group}" in tail[0]
+    }
+    broken = [
+        k
+        for k, v in run.model.state_dict().items()
+        if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if broken:
+        raise WsiMilError(
+            f"weight {broken[0]!r} became NaN or inf in epoch {epoch + 1}: training "
+            "diverged; lower --lr (nothing was written for this epoch)"
+        )
+
+
+def _write_checkpoint(run: _Run, config: PretrainConfig, epoch: int, path: Path) -> None:
+    history = run.history
+    with atomic_file(path) as tmp:
+        torch.save(
+            {
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "epoch": epoch,
+                "epoch_losses": history.epoch_losses,
+                "epoch_spreads": history.epoch_spreads,
+                "final_spread": history.final_spread,
+                "group_spreads": history.group_spreads,
+                "collapsed_at": run.monitor.collapsed_at,
+                "config": asdict(config),
+            },
+            tmp,
+        )
 
 
 def _read_checkpoint(path: Path, device: torch.device) -> dict:

@@ -214,11 +214,8 @@ def analyse_slide_job(
     Progress is one bar over the stages (``total`` 1000): tiling, extract, infer and,
     when the encoder has a CluSiam cluster head, clusters.
     """
-    from napari_wsi_mil.features.extract import extract_features_job, read_features
-    from napari_wsi_mil.features.stain import StainNormaliser
     from napari_wsi_mil.mil.infer import infer_job
-    from napari_wsi_mil.slide.tiling import TilingParams
-    from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
+    from napari_wsi_mil.store.tiling_job import slide_id_for
     from napari_wsi_mil.weights_file import load_tensors
 
     if not isinstance(project, ProjectStore):
@@ -236,6 +233,38 @@ def analyse_slide_job(
     warnings: list[str] = (
         [f"this model is not to be trusted: {meta['failed']}"] if meta.get("failed") else []
     )
+
+    yield from _tiling_stage(
+        project, slide_id, slide_path, model_path, fa, min_tissue, slide_mpp, warnings
+    )
+    have, loaded = _stored_features_and_encoder(
+        project, slide_id, model_path, meta, encoder, warnings
+    )
+    if not have:
+        yield from _extract_stage(
+            project, slide_id, slide_path, loaded, fa, feature_name, batch_size, num_workers, device
+        )
+
+    yield from _staged(infer_job(project, model_path, slide_ids=[slide_id], name=name), "infer")
+
+    clusters = None
+    if loaded is not None and loaded.cluster_head is not None:
+        clusters = yield from _cluster_stage(project, feature_name, slide_id, loaded)
+    yield Progress("done", 1000, 1000)
+    return replace(
+        read_analysis(project, slide_id, name, slide_path),
+        model_name=str(meta["model"]),
+        feature_name=feature_name,
+        clusters=clusters,
+        warnings=tuple(warnings),
+    )
+
+
+def _tiling_stage(project, slide_id, slide_path, model_path, fa, min_tissue, slide_mpp, warnings):
+    """Tile the slide at the model's settings unless it is tiled so already; tiling
+    warnings go to ``warnings``."""
+    from napari_wsi_mil.slide.tiling import TilingParams
+    from napari_wsi_mil.store.tiling_job import tile_slides_job
 
     if not _check_tiles(project, slide_id, slide_path, fa):
         if fa.get("target_mpp") is None:
@@ -258,6 +287,13 @@ def analyse_slide_job(
     if len(grid) == 0:
         raise WsiMilError(f"{slide_path}: no patches (no tissue found at the model's settings)")
 
+
+def _stored_features_and_encoder(project, slide_id, model_path, meta, encoder, warnings):
+    """``(have, loaded)``: whether the slide's features are stored (from the model's
+    encoder, else an error), and the encoder loaded when extraction or clusters need it
+    (None when the features exist and the encoder is named or not found)."""
+    fa = meta.get("feature_attrs") or {}
+    feature_name = meta["features"]
     loaded = None
     have = project.has_result(FEATURES, feature_name, slide_id)
     if have:
@@ -278,42 +314,43 @@ def analyse_slide_job(
             spec = None  # features exist; the encoder is only needed for clusters
             warnings.append("encoder file not found: no CluSiam clusters")
         loaded = load_encoder_spec(spec) if spec else None
-    if not have:
-        yield from _staged(
-            extract_features_job(
-                project,
-                [slide_id],
-                loaded,
-                feature_name,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                device=device,
-                dtype=str(fa.get("dtype", "float16")),
-                slide_paths={slide_id: slide_path},
-                stain=StainNormaliser.from_attrs(fa.get("stain")),  # as the model's features
-            ),
-            "extract",
-        )
-        if not project.has_result(FEATURES, feature_name, slide_id):
-            raise WsiMilError(f"{slide_path}: feature extraction failed (damaged slide file?)")
+    return have, loaded
 
-    yield from _staged(infer_job(project, model_path, slide_ids=[slide_id], name=name), "infer")
 
-    clusters = None
-    if loaded is not None and loaded.cluster_head is not None:
-        from napari_wsi_mil.features.clusters import assign_clusters
+def _extract_stage(
+    project, slide_id, slide_path, loaded, fa, feature_name, batch_size, num_workers, device
+):
+    """Extract the slide's features as the model's were (dtype, stain normalisation)."""
+    from napari_wsi_mil.features.extract import extract_features_job
+    from napari_wsi_mil.features.stain import StainNormaliser
 
-        yield Progress("clusters", _STAGES["clusters"][0], 1000)
-        feats = read_features(project, feature_name, slide_id).astype(np.float32)
-        clusters = assign_clusters(feats, loaded.cluster_head).astype(np.int32)
-    yield Progress("done", 1000, 1000)
-    return replace(
-        read_analysis(project, slide_id, name, slide_path),
-        model_name=str(meta["model"]),
-        feature_name=feature_name,
-        clusters=clusters,
-        warnings=tuple(warnings),
+    yield from _staged(
+        extract_features_job(
+            project,
+            [slide_id],
+            loaded,
+            feature_name,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            dtype=str(fa.get("dtype", "float16")),
+            slide_paths={slide_id: slide_path},
+            stain=StainNormaliser.from_attrs(fa.get("stain")),  # as the model's features
+        ),
+        "extract",
     )
+    if not project.has_result(FEATURES, feature_name, slide_id):
+        raise WsiMilError(f"{slide_path}: feature extraction failed (damaged slide file?)")
+
+
+def _cluster_stage(project, feature_name, slide_id, loaded):
+    """The CluSiam cluster of each patch, from the stored features."""
+    from napari_wsi_mil.features.clusters import assign_clusters
+    from napari_wsi_mil.features.extract import read_features
+
+    yield Progress("clusters", _STAGES["clusters"][0], 1000)
+    feats = read_features(project, feature_name, slide_id).astype(np.float32)
+    return assign_clusters(feats, loaded.cluster_head).astype(np.int32)
 
 
 def read_analysis(

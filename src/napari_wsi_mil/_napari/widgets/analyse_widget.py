@@ -50,6 +50,7 @@ from magicgui.widgets import ComboBox, FileEdit, FloatSlider, Label, PushButton,
 from matplotlib.backends.qt_compat import _isdeleted
 
 from napari_wsi_mil._napari.layers import (
+    Frame,
     analysis_layer_data,
     annotation_layer_data,
     annotation_shapes_layer_data,
@@ -57,7 +58,6 @@ from napari_wsi_mil._napari.layers import (
     patch_outline_shapes_data,
     patch_view,
     put_layer,
-    slide_layer_frame,
 )
 from napari_wsi_mil._napari.widgets.colour_bar import ColourBar
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
@@ -197,14 +197,11 @@ class AnalyseWidget(JobWidget):
         (``add``), else only those still in the viewer updated."""
         review, slide_layer = self.review, self._slide_layer(required=False)
         if slide_layer is not None:
-            scale, translate, units = slide_layer_frame(slide_layer)
             layers = analysis_layer_data(
                 review.analysis,
-                scale,
+                Frame.of_layer(slide_layer),
                 mode=review.normalisation,
                 threshold=review.threshold,
-                slide_translate=translate,
-                slide_units=units,
             )
             for what, (data, kwargs, kind) in zip(RESULT_LAYERS, layers, strict=False):
                 if not add and kwargs["name"] not in self.viewer.layers:
@@ -258,15 +255,12 @@ class AnalyseWidget(JobWidget):
     def add_paint_layer(self) -> None:
         """A Labels layer over the slide for painting: 1 tumour, 2 normal."""
         step, a = self.review.paint_step(), self.review.analysis
-        scale, translate, units = slide_layer_frame(self._slide_layer())
         data, kwargs, _ = annotation_layer_data(
             a.slide_size,
             step,
-            scale,
+            Frame.of_layer(self._slide_layer()),
             name=f"{a.slide_id} annotations",
             metadata={"slide_id": a.slide_id},
-            slide_translate=translate,
-            slide_units=units,
         )
         layer, _ = put_layer(self.viewer, data, kwargs, "labels", replace=False)
         layer.selected_label, layer.brush_size, layer.mode = 1, 8, "paint"
@@ -276,8 +270,8 @@ class AnalyseWidget(JobWidget):
     def add_shapes_layer(self) -> None:
         """A Shapes layer whose new shapes get the class of "shape class"."""
         sid = self.review.require_analysis().slide_id
-        units = slide_layer_frame(self._slide_layer())[2]
-        shapes = annotation_shapes_layer_data(sid, SHAPE_CLASSES, units)
+        frame = Frame.of_layer(self._slide_layer())
+        shapes = annotation_shapes_layer_data(sid, SHAPE_CLASSES, frame)
         layer, _ = put_layer(self.viewer, *shapes, replace=False)
         self._set_shape_class()
         layer.mode = "add_polygon"
@@ -307,8 +301,8 @@ class AnalyseWidget(JobWidget):
             for layer in self._annotation_layers("annotation_shapes")
             for shape in annotation_shapes_world(layer)
         ]
-        scale, translate, _ = slide_layer_frame(self._slide_layer())
-        job = self.review.tile_labels_job(painted, shapes, scale, translate)
+        frame = Frame.of_layer(self._slide_layer())
+        job = self.review.tile_labels_job(painted, shapes, frame.scale, frame.translate)
         self.start(job, self.review.accept_tile_labels)
 
     def _labels_written(self, labels) -> None:

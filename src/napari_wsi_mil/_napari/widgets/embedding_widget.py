@@ -150,7 +150,7 @@ class EmbeddingWidget(JobWidget):
     def _redraw(self, _event=None) -> None:
         from matplotlib.widgets import LassoSelector
 
-        from napari_wsi_mil.features.embedding import draw_embedding
+        from napari_wsi_mil.features.embedding_plot import draw_embedding
 
         bg, fg = theme_colors(self.viewer)
         for lasso in self._lassos:
@@ -199,7 +199,7 @@ class EmbeddingWidget(JobWidget):
         self._sync_layer()
 
     def _update_highlight(self) -> None:
-        from napari_wsi_mil.features.embedding import set_highlight
+        from napari_wsi_mil.features.embedding_plot import set_highlight
 
         if self._plot is not None:
             set_highlight(self._plot, self.table, self._selected)
@@ -258,7 +258,7 @@ class EmbeddingWidget(JobWidget):
         from napari.utils.colormaps import DirectLabelColormap
 
         from napari_wsi_mil._napari.layers import patch_grid_layer_data
-        from napari_wsi_mil.features.embedding import HIGHLIGHT_COLOR
+        from napari_wsi_mil.features.embedding_plot import HIGHLIGHT_COLOR
 
         slide_id = self.current_slide_id()
         if self.table is None or slide_id is None:
