@@ -119,5 +119,10 @@ def test_bag_balanced_sampler_halves_and_replacement():
     assert list(sampler) != batches
     sampler.set_epoch(0)
     assert list(sampler) == batches
-    with pytest.raises(ValueError, match="label 1"):
+    with pytest.raises(ValueError, match="no patches from positive bags"):
         BagBalancedBatchSampler([0, 0, 0], per_class=2, batches=1)
+    # every class but the negative one is a positive bag (multi-class cohorts)
+    three = np.array([0, 0, 1, 2, 2])
+    for batch in BagBalancedBatchSampler(three, per_class=4, batches=5, seed=0):
+        assert (three[batch[:4]] == 0).all() and (three[batch[4:]] != 0).all()
+    assert {int(three[i]) for b in BagBalancedBatchSampler(three, 4, 5) for i in b[4:]} == {1, 2}

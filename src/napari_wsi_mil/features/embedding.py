@@ -39,7 +39,8 @@ class EmbeddingTable:
     patch_index : (M,) int64
         Row of the patch in its slide's TileGrid (the order of every per-patch array).
     bag_label : (M,) int8
-        The cohort label of the patch's slide (0 negative, 1 positive).
+        The bag group of the patch's slide: 0 negative (the cohort's negative class), 1
+        positive (any other class).
     split : (M,) str
         ``train``, ``val`` or ``test``.
     coords : (M, 2) int64
@@ -206,7 +207,7 @@ def embedding_job(
         xy=xy,
         slide_id=np.concatenate([np.full(len(p[1]), p[0].slide_id) for p in parts]),
         patch_index=np.concatenate([p[1] for p in parts]),
-        bag_label=np.concatenate([np.full(len(p[1]), p[0].label) for p in parts]),
+        bag_label=np.concatenate([np.full(len(p[1]), p[0].label != 0) for p in parts]),
         split=split,
         coords=np.concatenate([p[3] for p in parts]),
         method=method,

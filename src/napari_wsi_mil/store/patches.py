@@ -167,17 +167,19 @@ class _EpochBatchSampler(Sampler[list[int]]):
 
 
 class BagBalancedBatchSampler(_EpochBatchSampler):
-    """Batches of ``per_class`` items from each bag label, drawn with replacement.
+    """Batches of ``per_class`` items from negative and from positive bags, drawn with
+    replacement.
 
-    WeakSupCon's sampling: every batch is half negative-bag patches and half
-    positive-bag patches; an epoch is a fixed number of batches.
+    WeakSupCon's sampling: every batch is half negative-bag patches (label 0) and half
+    positive-bag patches (any other label, so every non-negative class of a
+    multi-class cohort); an epoch is a fixed number of batches.
 
     Parameters
     ----------
     item_labels
-        The bag label (0/1) of every dataset item.
+        The bag label (class index, 0 negative) of every dataset item.
     per_class
-        Items drawn from each label per batch.
+        Items drawn from each group per batch.
     batches
         Batches per epoch.
     seed
@@ -186,11 +188,12 @@ class BagBalancedBatchSampler(_EpochBatchSampler):
 
     def __init__(self, item_labels: Sequence[int], per_class: int, batches: int, seed: int = 0):
         labels = np.asarray(item_labels)
-        self.pools = [np.flatnonzero(labels == c) for c in (0, 1)]
-        missing = [c for c, pool in enumerate(self.pools) if len(pool) == 0]
-        if missing:
+        self.pools = [np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)]
+        groups = zip(("negative", "positive"), self.pools, strict=True)
+        empty = [name for name, pool in groups if not len(pool)]
+        if empty:
             raise ValueError(
-                f"no patches from bags of label {missing[0]}: bag-balanced "
+                f"no patches from {empty[0]} bags: bag-balanced "
                 "sampling needs negative and positive bags"
             )
         super().__init__(batches, seed)
