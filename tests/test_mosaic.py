@@ -10,10 +10,18 @@ import pytest
 from napari_wsi_mil.demo import DEMO_TILES
 from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.mil.bags import slide_tile_labels
-from napari_wsi_mil.slide.mosaic import NORMAL, TUMOUR, make_mosaic_cohort, tile_class, tile_pools
+from napari_wsi_mil.slide.mosaic import (
+    NORMAL,
+    TUMOUR,
+    make_mosaic_cohort,
+    tile_class,
+    tile_pools,
+    tile_tissue,
+)
 from napari_wsi_mil.slide.slide import open_slide
 from napari_wsi_mil.slide.tiling import TilingParams
 from napari_wsi_mil.store.cohort import read_cohort
+from napari_wsi_mil.store.geojson import read_geojson_objects
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tiling_job import tile_slides_job
 
@@ -75,3 +83,29 @@ def test_test_slides_never_reuse_training_tiles():
         train = {a.tobytes() for a in pools[("train", kind)]}
         test = {a.tobytes() for a in pools[("test", kind)]}
         assert train and test and not train & test
+
+
+def test_three_class_mosaic_cohort_names_its_classes(tmp_path):
+    kinds = (TUMOUR, "lymphocytes")
+    pools = tile_pools(DEMO_TILES, 16, seed=0, lesion_kinds=kinds)
+    counts = {kind: sum(len(pools[(s, kind)]) for s in ("train", "test")) for kind in kinds}
+    tissues = [tile_tissue(p) for p in DEMO_TILES.glob("*.jpg")]
+    assert counts == {TUMOUR: tissues.count(TUMOUR), "lymphocytes": tissues.count("lymphocytes")}
+    normal = sum(len(pools[(s, NORMAL)]) for s in ("train", "test"))
+    assert normal == len(tissues) - sum(counts.values())  # no lymphocytes among the normal tiles
+
+    made = make_mosaic_cohort(
+        DEMO_TILES, tmp_path / "c", n_slides=9, rows=3, cols=4, lesion_fractions=(0.25,),
+        lesion_kinds=kinds,
+    )  # fmt: skip
+    assert sorted(made.labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    table = read_cohort(made.csv_path)
+    assert table.classes == ("normal", "lymphocytes", "tumour")
+    tested = {table.class_name(e.label) for e in table if e.split == "test"}
+    assert tested == set(table.classes)  # every class is tested
+    for entry, label in zip(table, made.labels, strict=True):
+        name = (NORMAL, TUMOUR, "lymphocytes")[label]
+        assert table.class_name(entry.label) == name
+        objects = read_geojson_objects(tmp_path / "c" / "annotations" / f"{entry.slide_id}.geojson")
+        assert {o.classification for o in objects} == (set() if label == 0 else {name})
+        assert len(objects) == (0 if label == 0 else 3)

@@ -18,6 +18,11 @@ Tile classes come from file names (:func:`tile_class`): CRC-VAL-HE-7K's prefixes
 (``TUM-...`` tumour; ``NORM``, ``STR``, ``MUS``, ``LYM``, ``ADI``, ``DEB``, ``MUC``
 normal) and Kather 2016's ``image_<n>_label_<L>`` (0 tumour, 7 background skipped,
 others normal).
+
+A multi-class cohort (``lesion_kinds`` of more than one tissue, e.g. ``("tumour",
+"lymphocytes")``, see :func:`tile_tissue`) has one class per lesion kind besides
+``normal``: a slide of class ``k`` holds a lesion of that tissue, the other lesion
+tissues are left out of its normal tiles, and the cohort's labels are class names.
 """
 
 from __future__ import annotations
@@ -36,19 +41,32 @@ from napari_wsi_mil.store.geojson import write_geojson
 
 TUMOUR, NORMAL = "tumour", "normal"
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
-_NORMAL_PREFIXES = {"NORM", "STR", "MUS", "LYM", "ADI", "DEB", "MUC", "BACK"}
+#: Tissue of CRC-VAL-HE-7K's file-name prefixes and Kather 2016's labels (7, background:
+#: none).
+_PREFIX_TISSUE = {
+    "TUM": TUMOUR, "NORM": "mucosa", "STR": "stroma", "MUS": "muscle",
+    "LYM": "lymphocytes", "ADI": "adipose", "DEB": "debris", "MUC": "mucus",
+}  # fmt: skip
+_LABEL_TISSUE = {
+    "0": TUMOUR, "1": "stroma", "2": "stroma", "3": "lymphocytes", "4": "debris",
+    "5": "mucosa", "6": "adipose",
+}  # fmt: skip
+
+
+def tile_tissue(path: Path) -> str | None:
+    """The tissue of a tile from its file name (``tumour``, ``lymphocytes``, ``stroma``,
+    ``mucosa``, ``muscle``, ``adipose``, ``debris``, ``mucus``), None for background
+    or unknown names."""
+    stem = path.stem
+    if "_label_" in stem:
+        return _LABEL_TISSUE.get(stem.rsplit("_label_", 1)[1])
+    return _PREFIX_TISSUE.get(stem.split("-", 1)[0].split("_", 1)[0].upper())
 
 
 def tile_class(path: Path) -> str | None:
     """``"tumour"``, ``"normal"`` or None (background or unknown) from a tile's file name."""
-    stem = path.stem
-    if "_label_" in stem:
-        label = stem.rsplit("_label_", 1)[1]
-        return {"0": TUMOUR, "7": None}.get(label, NORMAL)
-    prefix = stem.split("-", 1)[0].split("_", 1)[0].upper()
-    if prefix == "TUM":
-        return TUMOUR
-    return NORMAL if prefix in _NORMAL_PREFIXES - {"BACK"} else None
+    tissue = tile_tissue(path)
+    return None if tissue is None else TUMOUR if tissue == TUMOUR else NORMAL
 
 
 @dataclass
@@ -61,15 +79,18 @@ class MosaicCohort:
     lesion_fractions: list[float]
 
 
-def tile_pools(tiles_dir: Path, size: int, seed: int) -> dict[tuple[str, str], list[np.ndarray]]:
-    """``{(split, class): [tile images]}``; each class's files split in half by ``seed``."""
+def tile_pools(
+    tiles_dir: Path, size: int, seed: int, lesion_kinds: Sequence[str] = (TUMOUR,)
+) -> dict[tuple[str, str], list[np.ndarray]]:
+    """``{(split, kind): [tile images]}`` for each lesion kind (a tissue) and ``normal``
+    (every other tissue); each kind's files split in half by ``seed``."""
     from PIL import Image
 
-    files: dict[str, list[Path]] = {TUMOUR: [], NORMAL: []}
+    files: dict[str, list[Path]] = {kind: [] for kind in (*lesion_kinds, NORMAL)}
     for path in sorted(tiles_dir.rglob("*")):
-        kind = tile_class(path) if path.suffix.lower() in _IMAGE_SUFFIXES else None
-        if kind:
-            files[kind].append(path)
+        tissue = tile_tissue(path) if path.suffix.lower() in _IMAGE_SUFFIXES else None
+        if tissue:
+            files[tissue if tissue in lesion_kinds else NORMAL].append(path)
     rng = np.random.default_rng([seed, 7])
     pools = {}
     for kind, paths in files.items():
@@ -105,9 +126,17 @@ def _lesion_cells(rows: int, cols: int, count: int, rng: np.random.Generator) ->
 
 
 def mosaic_slide(
-    pools: dict, split: str, rows: int, cols: int, lesion_fraction: float, seed: int, size: int
+    pools: dict,
+    split: str,
+    rows: int,
+    cols: int,
+    lesion_fraction: float,
+    seed: int,
+    size: int,
+    lesion_kind: str = TUMOUR,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One slide image (a one-tile white margin around the grid) and its lesion squares."""
+    """One slide image (a one-tile white margin around the grid) and its lesion squares
+    (tiles of ``lesion_kind``)."""
     rng = np.random.default_rng(seed)
     margin = size // 2
     image = np.full((rows * size + 2 * margin, cols * size + 2 * margin, 3), 242, np.uint8)
@@ -116,14 +145,14 @@ def mosaic_slide(
     polygons = []
     for r in range(rows):
         for c in range(cols):
-            kind = TUMOUR if (r, c) in lesion else NORMAL
+            kind = lesion_kind if (r, c) in lesion else NORMAL
             pool = pools[(split, kind)]
             tile = np.rot90(pool[int(rng.integers(len(pool)))], int(rng.integers(4)))
             if rng.random() < 0.5:
                 tile = tile[:, ::-1]
             y, x = margin + r * size, margin + c * size
             image[y : y + size, x : x + size] = tile
-            if kind == TUMOUR:
+            if kind != NORMAL:
                 polygons.append(
                     np.array([[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]])
                 )
@@ -142,25 +171,36 @@ def make_mosaic_cohort_job(
     mpp: float = 0.5,
     test_fraction: float = 0.3,
     seed: int = 0,
+    lesion_kinds: Sequence[str] = (TUMOUR,),
 ) -> Job[MosaicCohort]:
     """Write ``slides/<id>.tiff``, ``annotations/<id>.geojson`` and ``cohort.csv`` (as
     :func:`~napari_wsi_mil.slide.synthetic.make_cohort_job`); half the slides positive,
-    lesion fractions cycling over them, splits stratified by label. Existing slides are
-    rewritten; everything follows from ``seed``.
+    lesion fractions cycling over them, splits stratified by label. With several
+    ``lesion_kinds`` the classes are ``normal`` and each kind, in equal shares, and the
+    labels (class indices in the result, names in the CSV) are stratified the same way.
+    Existing slides are rewritten; everything follows from ``seed``.
     """
     root = Path(out_dir)
-    pools = tile_pools(Path(tiles_dir), tile_size, seed)
+    pools = tile_pools(Path(tiles_dir), tile_size, seed, lesion_kinds)
     rng = np.random.default_rng([seed, 31337])
-    labels, splits = assign_cases(n_slides, 0.5, test_fraction, rng)
+    if len(lesion_kinds) == 1:
+        labels, splits = assign_cases(n_slides, 0.5, test_fraction, rng)
+    else:
+        labels, splits = assign_classes(n_slides, 1 + len(lesion_kinds), test_fraction, rng)
+    names = (0, 1) if len(lesion_kinds) == 1 else (NORMAL, *lesion_kinds)
     seeds = np.random.SeedSequence([seed, 4243]).generate_state(n_slides).tolist()
     ids, fractions = [f"mosaic_{i:03d}" for i in range(n_slides)], []
     yield Progress("mosaic", 0, n_slides)
     for i, slide_id in enumerate(ids):
-        fraction = float(lesion_fractions[sum(labels[:i]) % len(lesion_fractions)])
+        fraction = float(lesion_fractions[sum(map(bool, labels[:i])) % len(lesion_fractions)])
         fraction = fraction if labels[i] else 0.0
-        image, polygons = mosaic_slide(pools, splits[i], rows, cols, fraction, seeds[i], tile_size)
+        kind = lesion_kinds[max(labels[i] - 1, 0)]
+        image, polygons = mosaic_slide(
+            pools, splits[i], rows, cols, fraction, seeds[i], tile_size, kind
+        )
         write_pyramid(root / "slides" / f"{slide_id}.tiff", image, mpp, f"mosaic|seed={seeds[i]}")
-        write_geojson(root / "annotations" / f"{slide_id}.geojson", polygons)
+        name = "Tumor" if len(lesion_kinds) == 1 else kind
+        write_geojson(root / "annotations" / f"{slide_id}.geojson", polygons, name)
         fractions.append(len(polygons) / (rows * cols))
         yield Progress("mosaic", i + 1, n_slides, message=slide_id)
     csv_path = root / "cohort.csv"
@@ -168,8 +208,21 @@ def make_mosaic_cohort_job(
         writer = csv.writer(fh)
         writer.writerow(["slide_id", "label", "path", "split"])
         for slide_id, label, split in zip(ids, labels, splits, strict=True):
-            writer.writerow([slide_id, label, f"slides/{slide_id}.tiff", split])
+            writer.writerow([slide_id, names[label], f"slides/{slide_id}.tiff", split])
     return MosaicCohort(root, csv_path, ids, labels, splits, fractions)
+
+
+def assign_classes(
+    n_cases: int, n_classes: int, test_fraction: float, rng: np.random.Generator
+) -> tuple[list[int], list[str]]:
+    """Per case: a class index (equal shares, shuffled) and a split, stratified by class."""
+    labels = rng.permutation(np.arange(n_cases) % n_classes)
+    splits = np.full(n_cases, "train", dtype=object)
+    for label in range(n_classes):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test = min(max(int(round(len(members) * test_fraction)), 1), len(members) - 1)
+        splits[members[:n_test]] = "test"
+    return labels.tolist(), splits.tolist()
 
 
 def make_mosaic_cohort(tiles_dir, out_dir, **kwargs) -> MosaicCohort:
