@@ -131,6 +131,19 @@ def test_extraction_normalises_records_and_resumes_with_the_same_target(tiled, t
     assert store.read_result_attrs("features", "plain", ids[0])["stain"] is None
 
 
+def test_each_slide_is_sampled_once_when_the_target_is_fitted_on_the_cohort(
+    tiled, tmp_path, monkeypatch
+):
+    from napari_wsi_mil.features import extract
+
+    store = _copy(tiled, tmp_path)
+    calls = []
+    sample = extract._sample
+    monkeypatch.setattr(extract, "_sample", lambda ds, i: calls.append(i) or sample(ds, i))
+    run_job(extract_features_job(store, store.slide_ids(), "random", "m", stain="macenko"))
+    assert sorted(calls) == list(range(len(store.slide_ids())))
+
+
 def test_cli_stain_options_and_bad_reference(tiled, tmp_path, capsys):
     store = _copy(tiled, tmp_path)
     args = ["extract", "--project", str(store.root), "--encoder", "random", "--workers", "0"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -323,10 +324,12 @@ def stain_target(
     stain: str | StainNormaliser,
     reference: str | os.PathLike = COHORT,
     slide_paths: dict | None = None,
+    samples: Callable[[], list[np.ndarray]] | None = None,
 ) -> StainNormaliser:
     """The stain normaliser of feature set ``name``: the target it recorded when it has
     slides (its method must be ``stain``), else one fitted on ``reference`` (an image,
-    or ``"cohort"``: patches sampled from ``slide_ids``)."""
+    or ``"cohort"``: patches sampled from ``slide_ids``, by ``samples()`` when given,
+    one array per slide, so a caller that fits each slide too reads them once)."""
     from napari_wsi_mil.store.patches import PatchDataset
 
     if isinstance(stain, StainNormaliser):
@@ -348,6 +351,8 @@ def stain_target(
         return normaliser
 
     def cohort_pixels() -> np.ndarray:
+        if samples is not None:
+            return np.concatenate(samples())
         dataset = PatchDataset(project, slide_ids, slide_paths)
         try:
             return np.concatenate([_sample(dataset, i) for i in range(len(slide_ids))])
@@ -365,14 +370,20 @@ def _stain_job(
     stain: str | StainNormaliser,
     reference: str | os.PathLike,
 ) -> Job[StainNormaliser]:
-    """:func:`stain_target` with every slide of ``todo`` fitted."""
+    """:func:`stain_target` with every slide of ``todo`` fitted; each slide's patches are
+    read once (kept for its own fit when the target is fitted on the cohort)."""
     yield Progress("stain", 0, len(todo), message="fitting the stain target")
-    normaliser = stain_target(
-        project, name, todo, stain, reference, dict(zip(todo, dataset.paths, strict=True))
-    )
+    kept: dict[int, np.ndarray] = {}
+
+    def every_sample() -> list[np.ndarray]:
+        kept.update({i: _sample(dataset, i) for i in range(len(todo))})
+        return list(kept.values())
+
+    paths = dict(zip(todo, dataset.paths, strict=True))
+    normaliser = stain_target(project, name, todo, stain, reference, paths, every_sample)
     for i, slide_id in enumerate(todo):
         yield Progress("stain", i, len(todo), message=f"fitting the stain of {slide_id}")
-        normaliser.fit_slide(slide_id, _sample(dataset, i))
+        normaliser.fit_slide(slide_id, kept.pop(i) if i in kept else _sample(dataset, i))
     return normaliser
 
 
