@@ -13,7 +13,7 @@ Targets (issue):
    than 1.2x".
 
 Run: ``nice -n 5 python benchmarks/bench_mil.py [--parts accuracy,control,epoch,torchmil,
-torchmil_control] [--name bench_mil]`` (default parts: accuracy,epoch,torchmil)
+torchmil_control,small_bags] [--name bench_mil]`` (default parts: accuracy,epoch,torchmil)
 (``--slides``, ``--epochs``, ``--patch``, ``--threads`` change the settings below).
 
 Accuracy (part ``accuracy``): for each lesion fraction f in 1, 5, 20, 50 %, a cohort
@@ -613,6 +613,41 @@ def part_torchmil(args, out: dict) -> None:
     log(_common.markdown_table(time_summary, list(time_summary[0])))
 
 
+def part_small_bags(args, out: dict) -> None:
+    """Per-bag overhead: one AB-MIL epoch on 200 bags of 10 x 64 features, ours (default
+    and without dropout) against torchmil's matched ABMIL, one torch thread, interleaved,
+    best of ``--reps``."""
+    import torch
+
+    try:
+        matched = next(iter(torchmil_models().values()))
+    except Exception as exc:  # not installed or not importable
+        out["small_bags"] = {"error": repr(exc)}
+        log(f"torchmil not importable: {exc!r}; skipped")
+        return
+    from napari_wsi_mil.jobs import run_job
+    from napari_wsi_mil.mil.train import MilConfig, fit_job
+
+    torch.set_num_threads(1)
+    bags = random_bags(n_bags=200, n=10, d=64)
+    times: dict[str, list[float]] = {}
+    for _ in range(args.reps):
+        for label, hparams in (("ours (dropout 0, as matched)", {"dropout": 0.0}), ("ours", {})):
+            _, history = run_job(
+                fit_job(MilConfig("abmil", epochs=1, hparams=hparams), bags, [], "e")
+            )
+            times.setdefault(label, []).append(history[0]["seconds"])
+        times.setdefault("torchmil matched", []).extend(torchmil_fit(matched, bags, 1, 0)[1])
+    theirs = min(times["torchmil matched"])
+    rows = [
+        {"impl": k, "best_epoch_s": min(v), "median_epoch_s": statistics.median(v),
+         "best_over_torchmil_best": min(v) / theirs}
+        for k, v in times.items()
+    ]  # fmt: skip
+    out["small_bags"] = {"rows": rows, "times": times, "load": os.getloadavg()[0]}
+    log(_common.markdown_table(rows, list(rows[0])))
+
+
 def part_torchmil_control(args, out: dict) -> None:
     """AUC parity with torchmil on the control bags (``part_control``'s cohorts), where
     the bag label is learnable: ours and torchmil's ABMIL, same bags, seeds, epochs."""
@@ -677,6 +712,7 @@ def main() -> None:
     parser.add_argument("--mpp", type=float, default=1.0, help="tiling target um/px")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     parser.add_argument("--name", default="bench_mil")
+    parser.add_argument("--reps", type=int, default=5, help="repeats of the small_bags part")
     parser.add_argument(
         "--cohort",
         choices=("synthetic", "mosaic"),
@@ -705,6 +741,8 @@ def main() -> None:
         part_torchmil(args, out)
     if "torchmil_control" in parts:
         part_torchmil_control(args, out)
+    if "small_bags" in parts:
+        part_small_bags(args, out)
     out["total_wall_s"] = time.perf_counter() - started
     log(f"\ntotal {out['total_wall_s']:.0f} s")
     _common.save(args.name, out)

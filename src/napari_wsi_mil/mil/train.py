@@ -119,8 +119,10 @@ def optimizers_for(model: MilModel, hp: dict) -> list[torch.optim.Optimizer]:
             for group in model.param_groups()
         ]
     betas = tuple(hp.get("betas", (0.9, 0.999)))
+    # fused: one kernel per step instead of a Python loop over the parameters (an AB-MIL
+    # epoch of 200 bags of 10 instances took 0.6x the time on the CPU, benchmarks README)
     return [
-        torch.optim.Adam(group, lr=lr, betas=betas, weight_decay=wd)
+        torch.optim.Adam(group, lr=lr, betas=betas, weight_decay=wd, fused=True)
         for group in model.param_groups()
     ]
 
