@@ -300,3 +300,30 @@ def test_cli_bad_class_input_is_one_line_and_exit_2(tmp_path, capsys, labels_of,
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_three_class_mosaic_from_tiles_to_evaluation_on_the_cli(tmp_path, capsys):
+    """Real H&E tiles (the packaged demo set): normal slides, tumour lesions and
+    lymphocyte lesions, tiled, encoded (random ResNet-18) and learnt by CLAM-MB."""
+    from napari_wsi_mil.demo import DEMO_TILES
+    from napari_wsi_mil.slide.mosaic import make_mosaic_cohort
+
+    made = make_mosaic_cohort(
+        DEMO_TILES, tmp_path / "c", n_slides=9, rows=3, cols=4, lesion_fractions=(0.5,),
+        lesion_kinds=("tumour", "lymphocytes"), tile_size=112,
+    )  # fmt: skip
+    project, cohort = str(tmp_path / "p"), str(made.csv_path)
+    assert main(["tile", "--cohort", cohort, "--project", project, "--patch-size", "28",
+                 "--mpp", "1.0"]) == 0  # fmt: skip
+    extract = ["extract", "--project", project, "--encoder", "random", "--workers", "0"]
+    assert main([*extract, "--device", "cpu", "--name", "r"]) == 0
+    run = tmp_path / "run"
+    train = ["train", "--project", project, "--cohort", cohort, "--features", "r"]
+    train += ["--annotations", str(tmp_path / "c" / "annotations"), "--out", str(run)]
+    assert main([*train, "--model", "clam-mb", "--epochs", "3", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "classes: normal, lymphocytes, tumour (negative class: normal)" in printed
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classes"] == ["normal", "lymphocytes", "tumour"]
+    assert sum(map(sum, metrics["test"]["confusion_matrix"])) == metrics["test"]["n"] == 3
+    assert metrics["test"]["instance_n"] > 0  # the lesion outlines label the test tiles
