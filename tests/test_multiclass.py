@@ -327,3 +327,17 @@ def test_three_class_mosaic_from_tiles_to_evaluation_on_the_cli(tmp_path, capsys
     assert metrics["classes"] == ["normal", "lymphocytes", "tumour"]
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == metrics["test"]["n"] == 3
     assert metrics["test"]["instance_n"] > 0  # the lesion outlines label the test tiles
+
+
+@pytest.mark.parametrize("classes", [["normal", "luad"], "normal,luad,lusc", ["normal", 3, "lusc"]])
+def test_a_model_file_whose_classes_do_not_fit_is_refused(tmp_path, classes):
+    from napari_wsi_mil.mil.predict import load_model, save_model
+
+    model = build_model("abmil", 4, n_classes=3, embed_dim=8, attention_dim=4)
+    meta = {"model": "abmil", "in_dim": 4, "features": "f", "classes": classes,
+            "hparams": {"n_classes": 3, "embed_dim": 8, "attention_dim": 4}}  # fmt: skip
+    save_model(tmp_path / "m.safetensors", model, meta)
+    with pytest.raises(WsiMilError, match="not a usable model file"):
+        load_model(tmp_path / "m.safetensors")
+    save_model(tmp_path / "ok.safetensors", model, {**meta, "classes": list(THREE)})
+    assert load_model(tmp_path / "ok.safetensors")[0].n_classes == 3
