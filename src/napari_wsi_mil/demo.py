@@ -18,9 +18,14 @@ import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_wsi_mil.jobs import Job, Progress
 from napari_wsi_mil.store.keys import PREDICTIONS
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.store.cohort import Cohort
+    from napari_wsi_mil.store.project import ProjectStore
 
 #: The packaged real H&E tiles (CC BY 4.0, see ``data/tiles/ATTRIBUTION.md``) that the
 #: demo and the "Demo cohort" sample build their slides from.
@@ -186,7 +191,9 @@ def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -
     return DemoResult(path, metrics, report)
 
 
-def _pretraining_stage(store, cohort, s: DemoSettings, encoder: Path) -> Generator:
+def _pretraining_stage(
+    store: ProjectStore, cohort: Cohort, s: DemoSettings, encoder: Path
+) -> Generator:
     """Stage 3: WeakSupCon pretraining into ``encoder`` (skipped when it exists)."""
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
 
@@ -201,7 +208,9 @@ def _pretraining_stage(store, cohort, s: DemoSettings, encoder: Path) -> Generat
         yield from stage("3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder))
 
 
-def _embedding_stage(store, cohort, specs: dict, s: DemoSettings, out: Path) -> Generator:
+def _embedding_stage(
+    store: ProjectStore, cohort: Cohort, specs: dict, s: DemoSettings, out: Path
+) -> Generator:
     """Stage 5: a PCA figure of each feature set; returns ``[(caption, png path)]``."""
     from napari_wsi_mil.features.embedding import embedding_job
     from napari_wsi_mil.features.embedding_plot import plot_embedding
@@ -221,7 +230,13 @@ def _embedding_stage(store, cohort, specs: dict, s: DemoSettings, out: Path) -> 
 
 
 def _mil_stage(
-    store, cohort, test_cohort, specs: dict, s: DemoSettings, out: Path, annotations: Path
+    store: ProjectStore,
+    cohort: Cohort,
+    test_cohort,
+    specs: dict,
+    s: DemoSettings,
+    out: Path,
+    annotations: Path,
 ) -> Generator:
     """Stage 6: every MIL model on every feature set, trained, run on the test slides and
     evaluated; returns ``(metrics, curves)``: metrics by ``(feature set, model)``, ROC
@@ -270,7 +285,7 @@ def _mil_stage(
     return metrics, curves
 
 
-def _summary(s: DemoSettings, cohort, test_cohort) -> list[str]:
+def _summary(s: DemoSettings, cohort: Cohort, test_cohort) -> list[str]:
     """The report's lines on the data, the pretraining and the tumour outlines."""
     pretraining = ", ".join(f"{k} {v}" for k, v in s.pretraining.items() if k != "method")
     return [
@@ -301,7 +316,7 @@ def _encoder_state(encoder: Path | None) -> dict:
     return {"spread": spread, "collapse_warning": warning}
 
 
-def _slide_figure(store, mosaic, test_cohort, path: Path) -> Path:
+def _slide_figure(store: ProjectStore, mosaic, test_cohort, path: Path) -> Path:
     """The positive test slide with the largest lesion, scored by the headline pair
     (WeakSupCon + AB-MIL: the demo always trains it)."""
     from napari_wsi_mil.mil.predict import recorded_mask_threshold

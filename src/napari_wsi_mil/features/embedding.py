@@ -12,15 +12,21 @@ with it, so both panels share one pair of axes. The figure is drawn by
 from __future__ import annotations
 
 import importlib.util
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, run_job
 from napari_wsi_mil.store.keys import FEATURES
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.store.cohort import Cohort
+    from napari_wsi_mil.store.project import ProjectStore
 
 __all__ = ["EmbeddingTable", "embed_features", "embedding_job", "sample_patches"]
 
@@ -130,13 +136,13 @@ def sample_patches(n: int, max_per_slide: int | None, slide_id: str, seed: int =
     return np.sort(rng.choice(n, size=int(max_per_slide), replace=False)).astype(np.int64)
 
 
-def _open_store(store):
+def _open_store(store: ProjectStore | str | os.PathLike) -> ProjectStore:
     from napari_wsi_mil.store.project import ProjectStore
 
     return store if isinstance(store, ProjectStore) else ProjectStore(store)
 
 
-def _open_cohort(cohort):
+def _open_cohort(cohort: Cohort | str | os.PathLike) -> Cohort:
     from napari_wsi_mil.store.cohort import Cohort, read_cohort
 
     return cohort if isinstance(cohort, Cohort) else read_cohort(cohort)
@@ -155,8 +161,8 @@ def _check_method(method: str) -> str:
 
 
 def embedding_job(
-    store,
-    cohort,
+    store: ProjectStore | str | os.PathLike,
+    cohort: Cohort | str | os.PathLike,
     feature_name: str,
     *,
     slide_ids: Sequence[str] | None = None,
@@ -215,7 +221,9 @@ def embedding_job(
     )
 
 
-def _chosen_slides(store, cohort, feature_name: str, slide_ids) -> tuple[list, list[str]]:
+def _chosen_slides(
+    store: ProjectStore, cohort: Cohort, feature_name: str, slide_ids
+) -> tuple[list, list[str]]:
     """``(entries to embed, ids of cohort slides without the features)``: ``slide_ids``
     (each must have them) or every cohort slide that has them."""
     available = set(store.result_ids(FEATURES, feature_name))
@@ -240,7 +248,7 @@ def _chosen_slides(store, cohort, feature_name: str, slide_ids) -> tuple[list, l
     return [entries[s] for s in dict.fromkeys(slide_ids)], []
 
 
-def _read_sample(store, feature_name: str, entry, dim, max_per_slide, seed: int):
+def _read_sample(store: ProjectStore, feature_name: str, entry, dim, max_per_slide, seed: int):
     """One slide's sampled patches: ``(patch indices, features [k, D] float32, level-0
     coords [k, 2] (-1 without a tiling), the slide's patch count)``; checks that the
     features are finite, ``dim`` wide (None: any width >= 2) and match the tiling."""
@@ -284,8 +292,8 @@ def _fit_and_project(method: str, features, train, seed: int, attrs: dict) -> np
 
 
 def embed_features(
-    store,
-    cohort,
+    store: ProjectStore | str | os.PathLike,
+    cohort: Cohort | str | os.PathLike,
     feature_name: str,
     *,
     slide_ids: Sequence[str] | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from napari_wsi_mil.store.keys import FEATURES, TILE_LABELS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
 from napari_wsi_mil.wording import counted
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.slide.tiling import TileGrid
 
 
 @dataclass
@@ -53,7 +57,7 @@ def slide_tile_labels(
     bag_label: int,
     annotations: str | os.PathLike | None,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
-    grid=None,
+    grid: TileGrid | None = None,
 ) -> np.ndarray:
     """Tile labels of one slide (see the module doc for the sources and their order).
 

@@ -38,6 +38,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +48,9 @@ from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD, DEFAULT_THRESHOLD
 from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.store.cohort import Cohort
 
 
 @dataclass
@@ -60,7 +64,7 @@ class InferenceReport:
     failed: str | None = None  # why the model's training failed (its file says so)
 
 
-def _groups(slide_ids: list[str], cohort) -> list[tuple[str, list[str]]]:
+def _groups(slide_ids: list[str], cohort: Cohort | None) -> list[tuple[str, list[str]]]:
     if cohort is None:
         return [(s, [s]) for s in slide_ids]
     case_of = {e.slide_id: e.case_id for e in cohort}
@@ -75,7 +79,7 @@ def infer_job(
     model_path: str | os.PathLike,
     *,
     slide_ids: list[str] | None = None,
-    cohort=None,
+    cohort: Cohort | None = None,
     out_dir: str | os.PathLike | None = None,
     name: str | None = None,
     mask_threshold: float | None = None,
@@ -264,7 +268,7 @@ def prediction_classes(slides: list[dict]) -> tuple[str, ...]:
 
 def evaluate_predictions(
     pred_dir: str | os.PathLike,
-    cohort,
+    cohort: Cohort,
     annotations: str | os.PathLike | None = None,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
     project: ProjectStore | str | os.PathLike | None = None,

@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,6 +54,10 @@ from napari_wsi_mil.mil.predict import BagPrediction, predict_bags, save_model
 from napari_wsi_mil.mil.registry import build_model, model_class, training_defaults
 from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.validate import check_float, check_fraction, check_int
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.store.cohort import Cohort
+    from napari_wsi_mil.store.project import ProjectStore
 
 
 @dataclass
@@ -353,8 +358,8 @@ def _folds(bags: list[Bag], k: int, seed: int) -> list[tuple[list[int], list[int
 
 
 def train_mil_job(
-    project,
-    cohort,
+    project: ProjectStore,
+    cohort: Cohort,
     feature_name: str,
     out_dir: str | os.PathLike,
     config: MilConfig,

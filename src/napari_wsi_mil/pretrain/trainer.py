@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -50,6 +51,10 @@ from napari_wsi_mil.pretrain.optim import build_optimizer, learning_rate
 from napari_wsi_mil.pretrain.presets import preset_settings
 from napari_wsi_mil.validate import check_device, check_float, check_fraction, check_int
 from napari_wsi_mil.weights_file import load_weights_only
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.store.cohort import Cohort
+    from napari_wsi_mil.store.project import ProjectStore
 
 #: Per-method defaults from the papers: learning rate per 256 patches, optimiser, schedule.
 METHOD_DEFAULTS = {
@@ -239,7 +244,9 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return int(np.random.default_rng([seed, epoch, step, rank]).integers(2**62))
 
 
-def _training_slides(project, cohort) -> tuple[list[str], dict[str, str], dict[str, int]]:
+def _training_slides(
+    project: ProjectStore, cohort: Cohort
+) -> tuple[list[str], dict[str, str], dict[str, int]]:
     train = [e for e in cohort if e.split == "train"]
     if not train:
         raise WsiMilError("the cohort has no split=train slides to pretrain on")
@@ -291,8 +298,8 @@ def _build_loader(dataset, item_labels, config: PretrainConfig, info: ddp.DistIn
 
 
 def pretrain_job(
-    project,
-    cohort,
+    project: ProjectStore,
+    cohort: Cohort,
     config: PretrainConfig,
     out: str | os.PathLike,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -385,7 +392,7 @@ class _Run:
 
 
 def _set_up(
-    project,
+    project: ProjectStore,
     slide_ids: list[str],
     paths: dict[str, str],
     labels: dict[str, int],
@@ -620,7 +627,7 @@ def _read_checkpoint(path: Path, device: torch.device) -> dict:
 def _encoder_file(
     model: ContrastiveModel,
     config: PretrainConfig,
-    project,
+    project: ProjectStore,
     slide_id: str,
     spread_facts: dict[str, object],
 ) -> EncoderFile:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_wsi_mil.review.heatmap import top_patches
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.slide.slide import Slide
+    from napari_wsi_mil.slide.tiling import TileGrid
 
 
 @dataclass
@@ -22,7 +27,9 @@ class Gallery:
     scores: np.ndarray  # (N,) the scores that were ranked
 
 
-def patch_thumbnails(slide, grid, indices: np.ndarray, size: int = 96) -> list[np.ndarray]:
+def patch_thumbnails(
+    slide: Slide, grid: TileGrid, indices: np.ndarray, size: int = 96
+) -> list[np.ndarray]:
     """``(size, size, 3)`` uint8 images of the patches ``indices`` of an open slide."""
     from PIL import Image
 
@@ -40,7 +47,7 @@ def patch_thumbnails(slide, grid, indices: np.ndarray, size: int = 96) -> list[n
 
 
 def build_gallery(
-    slide_path: str | os.PathLike, grid, scores: np.ndarray, k: int = 8, size: int = 96
+    slide_path: str | os.PathLike, grid: TileGrid, scores: np.ndarray, k: int = 8, size: int = 96
 ) -> Gallery:
     """Rank ``scores`` (e.g. attention), read the ``k`` highest and lowest patches."""
     from napari_wsi_mil.slide import open_slide
@@ -56,7 +63,7 @@ def build_gallery(
         )
 
 
-def patch_centre_level0(grid, index: int) -> tuple[float, float]:
+def patch_centre_level0(grid: TileGrid, index: int) -> tuple[float, float]:
     """Level-0 continuous ``(x, y)`` of the centre of patch ``index``."""
     x, y = grid.coords[int(index)]
     half = grid.geometry.patch_size_level0 / 2

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_wsi_mil.jobs import atomic_file
 from napari_wsi_mil.review.heatmap import contrast_limits, heatmap_raster, normalise
 
+if TYPE_CHECKING:
+    from napari_wsi_mil.slide.slide import Slide
+    from napari_wsi_mil.slide.tiling import TileGrid
+
 
 def render_snapshot(
     thumbnail: np.ndarray,
     slide_size: tuple[int, int],
-    grid,
+    grid: TileGrid,
     values: np.ndarray,
     *,
     mode: str = "rank",
@@ -89,8 +94,8 @@ def render_snapshot(
 
 def write_snapshot_png(
     path: str | os.PathLike,
-    slide,
-    grid,
+    slide: Slide,
+    grid: TileGrid,
     values: np.ndarray,
     *,
     thumbnail_size: int = 2048,
