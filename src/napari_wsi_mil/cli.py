@@ -8,8 +8,28 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from napari_wsi_mil import __version__
+from napari_wsi_mil.demo import DemoSettings, demo_job
 from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.features.embedding import embedding_job
+from napari_wsi_mil.features.embedding_plot import plot_embedding
 from napari_wsi_mil.jobs import Job, Progress, run_job
+from napari_wsi_mil.mil import MODELS
+from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job, write_metrics
+from napari_wsi_mil.mil.metrics import describe_bag_metrics, small_split_warning
+from napari_wsi_mil.pretrain import AUGMENTATIONS, METHODS, TRUNK_STAGES
+from napari_wsi_mil.pretrain.presets import PRESETS
+from napari_wsi_mil.review.export import export_predictions_job
+from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.slide.tiling import TilingParams
+from napari_wsi_mil.store.cohort import read_cohort
+from napari_wsi_mil.store.h5_interop import (
+    export_features_job,
+    export_tiles_job,
+    import_features_job,
+)
+from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tiling_job import cohort_slides, slide_id_for, tile_slides_job
 from napari_wsi_mil.validate import (
     CLASS_LIST,
     DEVICE,
@@ -63,7 +83,6 @@ def drive(job: Job):
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.slide import open_slide
 
     path = args.slide
     if args.sample:
@@ -92,7 +111,6 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _tiling_params(args: argparse.Namespace):
-    from napari_wsi_mil.slide.tiling import TilingParams
 
     return TilingParams(
         target_mpp=None if args.level is not None else args.mpp,
@@ -105,8 +123,6 @@ def _tiling_params(args: argparse.Namespace):
 
 
 def _cmd_tile(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.store.project import ProjectStore
-    from napari_wsi_mil.store.tiling_job import cohort_slides, slide_id_for, tile_slides_job
 
     if args.cohort:
         slides = cohort_slides(args.cohort, args.slide_dir)
@@ -174,8 +190,6 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_tiles(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.store.h5_interop import export_tiles_job
-    from napari_wsi_mil.store.project import ProjectStore
 
     written = drive(export_tiles_job(ProjectStore(args.project), args.out))
     print(f"wrote {len(written)} files to {args.out}")
@@ -270,8 +284,6 @@ PRETRAIN_OPTIONS = {
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from napari_wsi_mil.pretrain.collapse import CollapseError
     from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
-    from napari_wsi_mil.store.cohort import read_cohort
-    from napari_wsi_mil.store.project import ProjectStore
 
     given = {
         field: getattr(args, opt[2:].replace("-", "_")) for field, opt in PRETRAIN_OPTIONS.items()
@@ -310,8 +322,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    from napari_wsi_mil.pretrain import AUGMENTATIONS, METHODS, TRUNK_STAGES
-    from napari_wsi_mil.pretrain.presets import PRESETS
 
     p = sub.add_parser(
         "pretrain",
@@ -391,13 +401,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.store.project import ProjectStore
 
     store = ProjectStore(args.project)
     ids = args.slides or store.slide_ids()
     if args.cohort:
-        from napari_wsi_mil.store.cohort import read_cohort
-
         ids = [e.slide_id for e in read_cohort(args.cohort)]
     from napari_wsi_mil.features.encoders import default_feature_name
 
@@ -503,8 +510,6 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_features(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.store.h5_interop import import_features_job
-    from napari_wsi_mil.store.project import ProjectStore
 
     store = ProjectStore(args.project, create=True)
     done = drive(
@@ -573,8 +578,6 @@ def _add_import_features(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_features(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.store.h5_interop import export_features_job
-    from napari_wsi_mil.store.project import ProjectStore
 
     written = drive(export_features_job(ProjectStore(args.project), args.name, args.out))
     print(f"wrote {len(written)} files to {args.out}")
@@ -590,10 +593,6 @@ def _add_export_features(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_pca(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.features.embedding import embedding_job
-    from napari_wsi_mil.features.embedding_plot import plot_embedding
-    from napari_wsi_mil.store.cohort import read_cohort
-    from napari_wsi_mil.store.project import ProjectStore
 
     table = drive(
         embedding_job(
@@ -632,10 +631,7 @@ def _add_pca(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.mil.metrics import describe_bag_metrics
     from napari_wsi_mil.mil.train import MilConfig, train_mil_job
-    from napari_wsi_mil.store.cohort import read_cohort
-    from napari_wsi_mil.store.project import ProjectStore
 
     config = MilConfig(
         model=args.model,
@@ -686,7 +682,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from napari_wsi_mil.mil import MODELS
 
     p = sub.add_parser(
         "train",
@@ -732,13 +727,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.mil.infer import infer_job
-    from napari_wsi_mil.store.project import ProjectStore
 
     cohort = None
     if args.cohort:
-        from napari_wsi_mil.store.cohort import read_cohort
-
         cohort = read_cohort(args.cohort)
     project = ProjectStore(args.project)
     report = drive(
@@ -753,8 +744,6 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         )
     )
     if args.geojson or args.heatmap_tiff:
-        from napari_wsi_mil.review.export import export_predictions_job
-
         drive(
             export_predictions_job(
                 project,
@@ -812,9 +801,6 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.mil.infer import evaluate_predictions, write_metrics
-    from napari_wsi_mil.mil.metrics import describe_bag_metrics, small_split_warning
-    from napari_wsi_mil.store.cohort import read_cohort
 
     metrics = evaluate_predictions(
         args.pred,
@@ -852,7 +838,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from napari_wsi_mil.demo import DemoSettings, demo_job
 
     settings = DemoSettings(seed=args.seed)
     result = drive(demo_job(args.out, settings))
@@ -933,7 +918,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from napari_wsi_mil import __version__
 
     parser = _Parser(
         prog="wsi-mil",

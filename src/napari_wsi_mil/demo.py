@@ -18,14 +18,20 @@ import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from napari_wsi_mil.features.embedding import embedding_job
+from napari_wsi_mil.features.embedding_plot import plot_embedding
 from napari_wsi_mil.jobs import Job, Progress
+from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
+from napari_wsi_mil.mil.predict import recorded_mask_threshold
+from napari_wsi_mil.report import findings, roc_figure, slide_figure, write_report
+from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.slide.tiling import TilingParams
+from napari_wsi_mil.store.cohort import Cohort, read_cohort
+from napari_wsi_mil.store.geojson import read_geojson_polygons
 from napari_wsi_mil.store.keys import PREDICTIONS
-
-if TYPE_CHECKING:
-    from napari_wsi_mil.store.cohort import Cohort
-    from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tiling_job import tile_slides_job
 
 #: The packaged real H&E tiles (CC BY 4.0, see ``data/tiles/ATTRIBUTION.md``) that the
 #: demo and the "Demo cohort" sample build their slides from.
@@ -131,11 +137,6 @@ class _Clock:
 
 def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -> Job[DemoResult]:
     from napari_wsi_mil.features.extract import extract_features_job
-    from napari_wsi_mil.report import findings, roc_figure, write_report
-    from napari_wsi_mil.slide.tiling import TilingParams
-    from napari_wsi_mil.store.cohort import Cohort, read_cohort
-    from napari_wsi_mil.store.project import ProjectStore
-    from napari_wsi_mil.store.tiling_job import tile_slides_job
 
     s = settings or DemoSettings()
     out = Path(out_dir)
@@ -212,8 +213,6 @@ def _embedding_stage(
     store: ProjectStore, cohort: Cohort, specs: dict, s: DemoSettings, out: Path
 ) -> Generator:
     """Stage 5: a PCA figure of each feature set; returns ``[(caption, png path)]``."""
-    from napari_wsi_mil.features.embedding import embedding_job
-    from napari_wsi_mil.features.embedding_plot import plot_embedding
 
     figures = []
     for name in specs:
@@ -241,7 +240,6 @@ def _mil_stage(
     """Stage 6: every MIL model on every feature set, trained, run on the test slides and
     evaluated; returns ``(metrics, curves)``: metrics by ``(feature set, model)``, ROC
     inputs ``(truth, probabilities)`` by feature set and model."""
-    from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
     from napari_wsi_mil.mil.train import MilConfig, train_mil_job
 
     test_ids = [e.slide_id for e in test_cohort]
@@ -319,10 +317,6 @@ def _encoder_state(encoder: Path | None) -> dict:
 def _slide_figure(store: ProjectStore, mosaic, test_cohort, path: Path) -> Path:
     """The positive test slide with the largest lesion, scored by the headline pair
     (WeakSupCon + AB-MIL: the demo always trains it)."""
-    from napari_wsi_mil.mil.predict import recorded_mask_threshold
-    from napari_wsi_mil.report import slide_figure
-    from napari_wsi_mil.slide import open_slide
-    from napari_wsi_mil.store.geojson import read_geojson_polygons
 
     fractions = dict(zip(mosaic.slide_ids, mosaic.lesion_fractions, strict=True))
     positives = [e for e in test_cohort if e.label == 1] or list(test_cohort)

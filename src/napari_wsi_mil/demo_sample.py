@@ -40,8 +40,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from napari_wsi_mil.demo import cohort_job, stage
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, atomic_dir, run_job
+from napari_wsi_mil.mil.infer import infer_job
+from napari_wsi_mil.slide.tiling import TilingParams
+from napari_wsi_mil.store.cohort import Cohort, read_cohort
+from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tiling_job import tile_slides_job
 
 #: Cache key of the default build; bump it whenever what is built changes.
 VERSION = "demo_cohort_v2"
@@ -157,14 +163,8 @@ def demo_sample(
 def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
     import torch
 
-    from napari_wsi_mil.demo import cohort_job, stage
     from napari_wsi_mil.features.extract import extract_features_job
-    from napari_wsi_mil.mil.infer import infer_job
     from napari_wsi_mil.mil.train import MilConfig, train_mil_job
-    from napari_wsi_mil.slide.tiling import TilingParams
-    from napari_wsi_mil.store.cohort import Cohort, read_cohort
-    from napari_wsi_mil.store.project import ProjectStore
-    from napari_wsi_mil.store.tiling_job import tile_slides_job
 
     started = time.perf_counter()
     torch.set_num_threads(s.threads)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from napari_wsi_mil.features.extract import ExtractionReport
 from napari_wsi_mil.features.stain import COHORT
-from napari_wsi_mil.jobs import Job, Progress
+from napari_wsi_mil.jobs import Job, Progress, run_job
 from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.store.project import ProjectStore
 
@@ -18,7 +18,6 @@ from napari_wsi_mil.store.project import ProjectStore
 def _extract_one(root: str, slide_id: str, encoder: str, name: str, options: dict) -> dict:
     """Runs on a worker: extract one slide and return its part of the report."""
     from napari_wsi_mil.features.extract import extract_features_job
-    from napari_wsi_mil.jobs import run_job
 
     report = run_job(
         extract_features_job(ProjectStore(root), [slide_id], encoder, name, lock=False, **options)

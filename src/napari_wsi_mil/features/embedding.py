@@ -16,17 +16,14 @@ import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, run_job
+from napari_wsi_mil.store.cohort import Cohort, read_cohort
 from napari_wsi_mil.store.keys import FEATURES
-
-if TYPE_CHECKING:
-    from napari_wsi_mil.store.cohort import Cohort
-    from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.project import ProjectStore
 
 __all__ = ["EmbeddingTable", "embed_features", "embedding_job", "sample_patches"]
 
@@ -137,13 +134,11 @@ def sample_patches(n: int, max_per_slide: int | None, slide_id: str, seed: int =
 
 
 def _open_store(store: ProjectStore | str | os.PathLike) -> ProjectStore:
-    from napari_wsi_mil.store.project import ProjectStore
 
     return store if isinstance(store, ProjectStore) else ProjectStore(store)
 
 
 def _open_cohort(cohort: Cohort | str | os.PathLike) -> Cohort:
-    from napari_wsi_mil.store.cohort import Cohort, read_cohort
 
     return cohort if isinstance(cohort, Cohort) else read_cohort(cohort)
 

@@ -24,10 +24,18 @@ import torch
 from torch import nn
 
 from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.features import timm_encoders as te
 from napari_wsi_mil.features.encoder_cards import CARDS
 from napari_wsi_mil.jobs import Job, Progress
 from napari_wsi_mil.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
-from napari_wsi_mil.weight_caches import file_sha256
+from napari_wsi_mil.weight_caches import (
+    file_sha256,
+    hf_hub_cache,
+    hf_token,
+    offline,
+    torch_hub_checkpoints,
+    torch_hub_steps,
+)
 
 __all__ = [
     "LoadedEncoder",
@@ -86,7 +94,6 @@ def default_feature_name(spec: str) -> str:
 def load_encoder_spec(spec: str, weights: str | Path | None = None) -> LoadedEncoder:
     """The encoder ``spec`` names (see the module doc), with ``weights`` (a local
     safetensors or state-dict file) instead of the cached weights when given."""
-    from napari_wsi_mil.features import timm_encoders as te
 
     spec = str(spec).strip()
     if weights is not None and not Path(weights).is_file():
@@ -113,7 +120,6 @@ def load_encoder_spec(spec: str, weights: str | Path | None = None) -> LoadedEnc
 def download_encoder(spec: str) -> Path | None:
     """Fill the cache with the weights ``spec`` names (``wsi-mil encoders --download``);
     the cached file, or None for ``random``."""
-    from napari_wsi_mil.features import timm_encoders as te
     from napari_wsi_mil.pretrain.models import trunk_weights_path
 
     card = CARDS.get(spec)
@@ -132,7 +138,6 @@ def download_job(spec: str) -> Job[None]:
     """Fill the cache for an encoder alias as a job stage (the widgets show it): the
     bytes of a torch hub download, or one message while the Hugging Face hub fetches.
     Nothing for other specs, cached aliases or ``random`` (loading fetches those)."""
-    from napari_wsi_mil.weight_caches import hf_token, offline, torch_hub_steps
 
     card = CARDS.get(spec)
     if card is None or card.name == "random" or cached_weights(spec) is not None:
@@ -150,8 +155,6 @@ def download_job(spec: str) -> Job[None]:
 def cached_weights(name: str) -> Path | None:
     """Where the cache holds the weights of the alias ``name``; None if not cached."""
     from huggingface_hub import try_to_load_from_cache
-
-    from napari_wsi_mil.weight_caches import hf_hub_cache, torch_hub_checkpoints
 
     card = CARDS[name]
     if card.url:
@@ -187,7 +190,6 @@ def _resnet18(spec: str, weights: str | Path | None = None) -> LoadedEncoder:
 
 
 def _timm(source, weights, output: str = "pooled", prefix_tokens: int = 1) -> LoadedEncoder:
-    from napari_wsi_mil.features import timm_encoders as te
 
     path = Path(weights) if weights is not None else source.weights()
     model = te.build_with_weights(source, path)

@@ -22,9 +22,10 @@ import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.store.cohort import BINARY_CLASSES, Cohort
+from napari_wsi_mil.store.geojson import read_geojson_polygons
 from napari_wsi_mil.store.keys import FEATURES, TILE_LABELS
 from napari_wsi_mil.store.project import ProjectStore
-from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
+from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE, tile_labels_from_polygons
 from napari_wsi_mil.wording import counted
 
 if TYPE_CHECKING:
@@ -65,8 +66,6 @@ def slide_tile_labels(
     ``project`` when not given; without a project (``None``) only the GeoJSON files and
     the bag label decide.
     """
-    from napari_wsi_mil.store.geojson import read_geojson_polygons
-    from napari_wsi_mil.store.tile_labels import tile_labels_from_polygons
 
     if grid is None:
         grid, _ = project.read_tiles(slide_id)

@@ -45,6 +45,20 @@ import numpy as np
 from napari_wsi_mil.errors import StoreError, WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD, DEFAULT_THRESHOLD
+from napari_wsi_mil.mil.bags import slide_tile_labels
+from napari_wsi_mil.mil.metrics import (
+    bag_metrics,
+    instance_metrics,
+    localisation_metrics,
+    multiclass_bag_metrics,
+)
+from napari_wsi_mil.mil.predict import (
+    load_model,
+    predict_bag,
+    recorded_classes,
+    recorded_mask_threshold,
+)
+from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
 from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE
@@ -91,12 +105,6 @@ def infer_job(
     ``slides.csv``.
     """
     from napari_wsi_mil.features.extract import feature_dim, read_features
-    from napari_wsi_mil.mil.predict import (
-        load_model,
-        predict_bag,
-        recorded_classes,
-        recorded_mask_threshold,
-    )
 
     model, meta = load_model(model_path)
     feature_name = meta["features"]
@@ -280,14 +288,6 @@ def evaluate_predictions(
     negative slide without either is normal. Tiles are tumour from the mask threshold
     the predictions were made with (``slides.csv``; 0.5 in older folders), which the
     result holds as ``mask_threshold``."""
-    from napari_wsi_mil.mil.bags import slide_tile_labels
-    from napari_wsi_mil.mil.metrics import (
-        bag_metrics,
-        instance_metrics,
-        localisation_metrics,
-        multiclass_bag_metrics,
-    )
-    from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
 
     if project is not None and not isinstance(project, ProjectStore):
         project = ProjectStore(project)

@@ -14,6 +14,8 @@ import numpy as np
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.mil.bags import Bag
+from napari_wsi_mil.mil.registry import build_model
+from napari_wsi_mil.store.cohort import BINARY_CLASSES
 from napari_wsi_mil.validate import check_fraction, check_int
 from napari_wsi_mil.weights_file import load_metadata, load_tensors, save_tensors
 
@@ -67,7 +69,6 @@ def predict_bags(model: MilModel, bags: list[Bag]) -> list[BagPrediction]:
 def recorded_classes(meta: dict) -> tuple[str, ...]:
     """The class names recorded in a model file's metadata; the binary cohort's
     (``normal``, ``tumor``) for files written without them."""
-    from napari_wsi_mil.store.cohort import BINARY_CLASSES
 
     return tuple(meta.get("classes") or BINARY_CLASSES)
 
@@ -93,7 +94,6 @@ def read_model_metadata(path: str | os.PathLike) -> dict:
 
 def load_model(path: str | os.PathLike):
     """``(model in eval mode, metadata)`` from a file written by :func:`save_model`."""
-    from napari_wsi_mil.mil.registry import build_model
 
     state, meta = load_tensors(path, MODEL_FORMAT)
     try:

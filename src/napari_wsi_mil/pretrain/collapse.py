@@ -21,6 +21,7 @@ from collections import deque
 import torch
 
 from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.pretrain.presets import CPU_QUICK, PRESETS
 
 #: Below this watched spread the projections count as collapsed. Full collapse measures
 #: 0.003-0.007; SupCon's two pseudo-label clusters measure about 0.10 and WeakSupCon's
@@ -94,7 +95,6 @@ class CollapseError(WsiMilError):
 
 def collapse_suggestions(config) -> dict[str, object]:
     """Settings worth changing after a collapse, most effective first."""
-    from napari_wsi_mil.pretrain.presets import CPU_QUICK, PRESETS
 
     suggestions: dict[str, object] = {}
     if config.preset != CPU_QUICK:

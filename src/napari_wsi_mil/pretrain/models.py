@@ -26,6 +26,8 @@ from napari_wsi_mil.pretrain.architecture import (
     bare_trunk,
 )
 from napari_wsi_mil.pretrain.encoder_file import ENCODER_FORMAT, EncoderFile, load_encoder
+from napari_wsi_mil.weight_caches import torch_hub_checkpoints, torch_hub_file
+from napari_wsi_mil.weights_file import brief, file_format, read_state_dict
 
 
 def imagenet_weights_path() -> Path:
@@ -37,7 +39,6 @@ def imagenet_weights_path() -> Path:
         ``torch.hub.get_dir()/checkpoints/resnet18-f37072fd.pth`` (the basename of
         ``ResNet18_Weights.IMAGENET1K_V1.url``).
     """
-    from napari_wsi_mil.weight_caches import torch_hub_checkpoints
 
     return torch_hub_checkpoints() / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
 
@@ -73,7 +74,6 @@ def resnet18_trunk(init: str = "random", weights: str | os.PathLike | None = Non
     path = trunk_weights_path(init, weights)
     if path is None:
         return trunk
-    from napari_wsi_mil.weights_file import brief
 
     try:
         trunk.load_state_dict(_trunk_state(path), strict=True)
@@ -95,8 +95,6 @@ def trunk_weights_path(init: str, weights: str | os.PathLike | None = None) -> P
     if init == "random":
         return None
     if init in RESNET18_CARDS:
-        from napari_wsi_mil.weight_caches import torch_hub_file
-
         return torch_hub_file(CARDS[init].url, init)
     if not Path(init).is_file():
         raise WsiMilError(
@@ -116,7 +114,6 @@ def _trunk_state(path: Path) -> dict[str, torch.Tensor]:
     """The trunk weights in an encoder file of this package or a ResNet-18 state dict
     (:func:`~napari_wsi_mil.weights_file.read_state_dict`: e.g. Ciga et al.'s Lightning
     checkpoint); wrapper prefixes and ``fc`` dropped."""
-    from napari_wsi_mil.weights_file import file_format, read_state_dict
 
     if path.suffix == ".safetensors" and file_format(path) == ENCODER_FORMAT:
         return load_encoder(path).trunk_state

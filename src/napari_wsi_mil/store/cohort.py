@@ -50,6 +50,7 @@ from pathlib import Path
 from napari_wsi_mil.errors import CohortError
 from napari_wsi_mil.jobs import atomic_file
 from napari_wsi_mil.names import name_problem
+from napari_wsi_mil.slide.slide import SLIDE_EXTENSIONS
 
 __all__ = [
     "BINARY_CLASSES",
@@ -463,7 +464,6 @@ def _slide_path(
         return (path if path.is_absolute() else folder / path), None
     if slide_dir is None or name_problem(slide_id, "slide id"):
         return None, None
-    from napari_wsi_mil.slide.slide import SLIDE_EXTENSIONS
 
     extensions = {e.lower() for e in (*SLIDE_EXTENSIONS, *_EXTRA_SLIDE_EXTENSIONS)}
     try:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
-from napari_wsi_mil.slide.tiling import TileGrid
+from napari_wsi_mil.slide.tiling import PatchGeometry, TiledSlide, TileGrid
 from napari_wsi_mil.store.keys import FEATURES
-from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.project import ProjectStore, check_name
 
 
 def write_h5(path: str | os.PathLike, grid: TileGrid, features: np.ndarray | None = None) -> None:
@@ -78,8 +79,6 @@ MAX_GRID_CELLS = 10**8
 def read_h5_features(path: Path, patch_size_level0: int | None = None):
     """``(coords, features, geometry kwargs)`` of a CLAM/TRIDENT file, validated."""
     import h5py
-
-    from napari_wsi_mil.errors import WsiMilError
 
     def bad(reason: str) -> WsiMilError:
         return WsiMilError(f"{path}: {reason}")
@@ -176,9 +175,6 @@ def import_features_job(
     slide file itself is optional: MIL needs only features); a tiled slide must have
     exactly the same coordinates in the same order.
     """
-    from napari_wsi_mil.errors import WsiMilError
-    from napari_wsi_mil.slide.tiling import PatchGeometry, TiledSlide
-    from napari_wsi_mil.store.project import check_name
 
     files = sorted(Path(h5_dir).glob("*.h5"))
     if not files:

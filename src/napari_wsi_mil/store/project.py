@@ -33,6 +33,7 @@ import numpy as np
 from napari_wsi_mil.errors import StoreError
 from napari_wsi_mil.jobs import atomic_dir
 from napari_wsi_mil.names import name_problem
+from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
 from napari_wsi_mil.store.keys import GRID_RESULTS, SLIDES
 
 STORE_FORMAT = "napari-wsi-mil-store"
@@ -264,7 +265,6 @@ class ProjectStore:
 
     def read_tiles(self, slide_id: str):
         """``(TileGrid, attrs)`` of a tiled slide."""
-        from napari_wsi_mil.slide.tiling import PatchGeometry, TileGrid
 
         arrays, attrs = self.read_result(SLIDES, None, slide_id)
         geo = dict(attrs["geometry"])
