@@ -28,7 +28,7 @@ def review(tmp_path_factory, tiny_clam_mb_model, slide):
 
 
 def _named(layers, sid):
-    return {kwargs["name"].removeprefix(f"{sid} "): (data, kwargs, kind) for data, kwargs, kind in layers}
+    return {kw["name"].removeprefix(f"{sid} "): (data, kw, kind) for data, kw, kind in layers}
 
 
 def test_the_analysis_reads_the_models_classes(review):
@@ -90,7 +90,8 @@ def test_legends_name_the_classes(review):
     assert review.heatmap_legend("attention: lusc")[0] == "attention: lusc (percentile rank)"
     evidence = THREE_CLASSES[a.evidence_class]
     assert review.heatmap_legend("attention")[0] == f"attention: {evidence} (percentile rank)"
-    assert review.heatmap_legend("probability") == ("instance P(not normal)", "normal", "not normal")
+    legend = ("instance P(not normal)", "normal", "not normal")
+    assert review.heatmap_legend("probability") == legend
     assert review.class_legend() == [(c, class_colour(k)) for k, c in enumerate(THREE_CLASSES)]
 
 

@@ -114,7 +114,8 @@ class SlideAnalysis:
         """The slide's call in words: ``P(tumour) = 0.812 -> tumour`` with two classes,
         ``luad (P = 0.710; P(not normal) = 0.850)`` with more."""
         if not self.is_multiclass:
-            return f"P(tumour) = {self.probability:.3f} -> {'tumour' if self.prediction else 'normal'}"
+            called = "tumour" if self.prediction else "normal"
+            return f"P(tumour) = {self.probability:.3f} -> {called}"
         p = float(self.class_probability[self.prediction])
         return (
             f"{self.predicted_class} (P = {p:.3f}; "
