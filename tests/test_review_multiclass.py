@@ -143,3 +143,20 @@ def test_binary_models_show_and_export_as_before(tiny_abmil_model, slide, tmp_pa
     assert {f["properties"]["classification"]["name"] for f in tiles} == {"Tumor"}
     mask = json.loads((tmp_path / "out" / "lesion.mask.geojson").read_text())["features"]
     assert {f["properties"]["classification"]["name"] for f in mask} == {"Tumor"}
+
+
+def test_infer_prints_the_class_and_exports_class_names(
+    review, tiny_clam_mb_model, tmp_path, capsys
+):
+    from napari_wsi_mil.cli import main
+
+    a = review.analysis
+    args = ["infer", "--project", str(review.project), "--model", str(tiny_clam_mb_model)]
+    args += ["--slides", "lesion", "--out", str(tmp_path / "pred"), "--name", "cli"]
+    assert main([*args, "--geojson", str(tmp_path / "geojson")]) == 0
+    printed = capsys.readouterr().out
+    assert f"lesion: P(not normal) = {a.probability:.4f} -> {a.predicted_class}\n" in printed
+    tiles = json.loads((tmp_path / "geojson" / "lesion.tiles.geojson").read_text())["features"]
+    evidence, in_mask = THREE_CLASSES[a.evidence_class], a.instance_probability >= a.mask_threshold
+    names = [f["properties"]["classification"]["name"] for f in tiles]
+    assert names == [evidence if m else "normal" for m in in_mask]
