@@ -245,8 +245,8 @@ class SlideReview:
         a = self.require_analysis()
         n = int((a.instance_probability >= self.threshold).sum())
         if a.is_multiclass:  # the most probable class is called: no cut-off
-            mask = f"{a.classes[a.evidence_class]} on the tiles >= {self.threshold:.2f}"
-            return f"{a.call()}\n{n} of {len(a.grid)} tiles are {mask}"
+            evidence = a.classes[a.evidence_class]
+            return f"{a.call()}\n{n} of {len(a.grid)} tiles >= {self.threshold:.2f}: {evidence}"
         return (
             f"{a.call()} (cut-off {a.threshold:.2f})\n"
             f"{n} of {len(a.grid)} tiles >= {self.threshold:.2f}"
