@@ -2,9 +2,11 @@
 predicted-class map, GeoJSON with class names; binary models as before."""
 
 import json
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import THREE_CLASSES
 from napari_wsi_mil._napari.layers import Frame, analysis_layer_data
@@ -110,6 +112,17 @@ def test_geojson_carries_the_class_names(review, tmp_path):
     mask = json.loads((tmp_path / "lesion.mask.geojson").read_text())["features"]
     assert mask and {f["properties"]["classification"]["name"] for f in mask} == {evidence}
     assert any(p.suffix == ".png" for p in paths)
+    with tifffile.TiffFile(tmp_path / "lesion.heatmap.ome.tif") as tif:
+        channels = tif.asarray()  # (C, rows, cols)
+        names = [c.get("Name") for c in _ome_channels(tif.ome_metadata)]
+    expected = ["attention", "probability", *(f"attention: {c}" for c in THREE_CLASSES)]
+    assert names == expected
+    lusc = heatmap_raster(a.grid, normalise(a.class_attention[:, 2], "rank"))
+    np.testing.assert_array_equal(channels[4], lusc)
+
+
+def _ome_channels(xml: str) -> list[dict]:
+    return [el.attrib for el in ET.fromstring(xml).iter() if el.tag.endswith("Channel")]
 
 
 def test_stored_predictions_export_with_their_classes(review, tmp_path):

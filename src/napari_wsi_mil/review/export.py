@@ -15,7 +15,8 @@ the slide is called negative; :mod:`napari_wsi_mil.review.heatmap`) and the othe
 the negative class, by their names and colours (:func:`tile_classes`).
 
 The heatmap OME-TIFF has one pixel per patch-grid cell (or ``upsample`` pixels per
-cell side), channels ``attention`` and ``probability`` as float32 with NaN off tissue,
+cell side), channels ``attention`` and ``probability`` (and ``attention: <class>`` for
+each class of a model with one attention map per class) as float32 with NaN off tissue,
 a physical pixel size of the grid step times the slide's pixel size, and 2x reduced
 levels as SubIFDs. Placed at the slide's origin with that pixel size, it lines up with
 the slide (in napari: ``scale`` = pixel size; QuPath reads the calibration).
@@ -59,6 +60,16 @@ def tile_classes(classes: Sequence[str], class_probability) -> tuple[QuPathClass
         return NORMAL_CLASS, TUMOUR_CLASS
     k = evidence_class(class_probability)
     return (classes[0], class_colour(0)), (classes[k], class_colour(k))
+
+
+def class_attention_by_name(
+    classes: Sequence[str], class_attention: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Per-class attention ``(N, C)`` (as stored) as class name -> ``(N,)``; empty for a
+    binary model or one without per-class attention."""
+    if class_attention is None or len(classes) <= 2:
+        return {}
+    return {name: class_attention[:, k] for k, name in enumerate(classes)}
 
 
 def _classification(cls: QuPathClass) -> dict:
@@ -297,12 +308,15 @@ def export_slide_predictions(
     heatmap_dir: str | os.PathLike | None = None,
     attention_mode: str = "rank",
     classes: tuple[QuPathClass, QuPathClass] = (NORMAL_CLASS, TUMOUR_CLASS),
+    class_attention: dict[str, np.ndarray] | None = None,
 ) -> list[Path]:
     """Write ``<geojson_dir>/<slide_id>.tiles.geojson`` (detections),
     ``<geojson_dir>/<slide_id>.mask.geojson`` (annotations; ``classes`` are the QuPath
     classes outside and inside the mask, :func:`tile_classes`) and
     ``<heatmap_dir>/<slide_id>.heatmap.ome.tif`` (channels ``attention`` normalised with
-    ``attention_mode`` and ``probability``). Returns the written paths."""
+    ``attention_mode``, ``probability`` and ``attention: <class>`` for each entry of
+    ``class_attention``, class name -> (N,) attention, normalised alike). Returns the
+    written paths."""
     written = []
     if geojson_dir is not None:
         folder = Path(geojson_dir)
@@ -331,6 +345,10 @@ def export_slide_predictions(
                 {
                     "attention": normalise(attention, attention_mode),
                     "probability": np.asarray(instance_probability, np.float32),
+                    **{
+                        f"attention: {name}": normalise(values, attention_mode)
+                        for name, values in (class_attention or {}).items()
+                    },
                 },
             )
         )
@@ -364,6 +382,9 @@ def export_predictions_job(
             heatmap_dir=heatmap_dir,
             attention_mode=attention_mode,
             classes=tile_classes(recorded_classes(attrs), attrs.get("class_probability")),
+            class_attention=class_attention_by_name(
+                recorded_classes(attrs), arrays.get("class_attention")
+            ),
         )
     yield Progress("export", len(slide_ids), len(slide_ids))
     return written

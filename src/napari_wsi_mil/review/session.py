@@ -43,7 +43,11 @@ from napari_wsi_mil.review.annotations import (
     world_to_level0,
     write_tile_labels,
 )
-from napari_wsi_mil.review.export import export_slide_predictions, tile_classes
+from napari_wsi_mil.review.export import (
+    class_attention_by_name,
+    export_slide_predictions,
+    tile_classes,
+)
 from napari_wsi_mil.review.gallery import Gallery, build_gallery
 from napari_wsi_mil.review.heatmap import NORMALISATIONS, class_colour, tumour_mask
 from napari_wsi_mil.store.project import ProjectStore
@@ -111,8 +115,9 @@ def export_analysis_job(
     analysis: SlideAnalysis, folder: str | os.PathLike, threshold: float, mode: str = "rank"
 ) -> Job[list[Path]]:
     """Write the analysis to ``folder``: QuPath GeoJSON of the tiles and of the mask cut
-    at ``threshold``, the heatmap as OME-TIFF (attention normalised with ``mode``) and a
-    PNG snapshot with a legend. Returns the written paths."""
+    at ``threshold`` (class names of a multi-class model), the heatmaps as OME-TIFF
+    (attention, and each class's when the model has them, normalised with ``mode``) and
+    a PNG snapshot with a legend. Returns the written paths."""
     from napari_wsi_mil.review.snapshot import write_snapshot_png
     from napari_wsi_mil.slide import open_slide
 
@@ -128,6 +133,7 @@ def export_analysis_job(
         heatmap_dir=folder,
         attention_mode=mode,
         classes=tile_classes(a.classes, a.class_probability),
+        class_attention=class_attention_by_name(a.classes, a.class_attention),
     )
     yield Progress("export", 1, 2, message="snapshot")
     with open_slide(a.slide_path) as slide:
