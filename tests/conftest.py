@@ -56,3 +56,31 @@ def tiny_abmil_model(tmp_path_factory) -> Path:
         train_mil_job(store, cohort, "rand", root / "run", MilConfig(epochs=5, threads=1))
     )
     return result.model_path
+
+
+#: The classes of the three-class review model (negative first).
+THREE_CLASSES = ("normal", "luad", "lusc")
+
+
+@pytest.fixture(scope="session")
+def tiny_clam_mb_model(tmp_path_factory) -> Path:
+    """A tiny three-class CLAM-MB model (``THREE_CLASSES``) on random-encoder features of
+    32-px patches at 1 um/px: the slides of ``tiny_abmil_model``'s kind, slide ``i`` of
+    class ``i % 3`` (trained once per run; the multi-class review tests read it)."""
+    from dataclasses import replace
+
+    from napari_wsi_mil.features.extract import extract_features_job
+    from napari_wsi_mil.jobs import run_job
+    from napari_wsi_mil.mil.train import MilConfig, train_mil_job
+    from napari_wsi_mil.store.cohort import Cohort
+    from pretrain_fixtures import tiny_cohort
+
+    root = tmp_path_factory.mktemp("tiny-clam-mb")
+    store, binary = tiny_cohort(root, n_slides=6)
+    entries = [replace(e, label=i % 3) for i, e in enumerate(binary)]
+    cohort = Cohort(entries, classes=THREE_CLASSES)
+    run_job(extract_features_job(store, store.slide_ids(), "random", "rand", num_workers=0))
+    config = MilConfig(
+        model="clam-mb", epochs=3, threads=1, hparams={"embed_dim": 32, "attention_dim": 16}
+    )
+    return run_job(train_mil_job(store, cohort, "rand", root / "run", config)).model_path

@@ -755,8 +755,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             )
         )
 
+    multiclass, negative = len(report.classes) > 2, report.classes[0]
     for slide_id, p in report.probabilities.items():
-        print(f"{slide_id}: P(positive) = {p:.4f} -> {report.predictions[slide_id]}")
+        called = report.predictions[slide_id]
+        if multiclass:  # the class by name; P(not negative) beside it
+            print(f"{slide_id}: P(not {negative}) = {p:.4f} -> {report.classes[called]}")
+        else:
+            print(f"{slide_id}: P(positive) = {p:.4f} -> {called}")
     print(f"predictions {report.name!r} stored in the project; files in {args.out}")
     if report.failed:
         print(f"WARNING: this model is not to be trusted: {report.failed}")

@@ -135,6 +135,9 @@ def test_evidence_reads_one_heatmap_with_its_colour_bar_and_outlines_on_top(
     assert bar.layer is None and bar.native.isHidden()
     att.visible = True
     assert bar.layer.name == att.name
+    # a binary model: no class map, no class legend
+    assert "lesion predicted class" not in viewer.layers
+    assert widget.class_legend.native.isHidden()
     # a gallery click outlines that patch's level-0 box on the slide, one at a time
     a = widget.review.analysis
     size0 = a.grid.geometry.patch_size_level0
@@ -250,3 +253,45 @@ def test_choosing_a_model_starts_the_mask_threshold_at_the_models(
     assert widget.threshold.value == pytest.approx(0.8734)
     widget.model.value = old
     assert widget.threshold.value == 0.5
+
+
+def test_a_three_class_model_shows_its_classes(
+    make_napari_viewer_proxy, qtbot, tmp_path, tiny_clam_mb_model, lesion
+):
+    from conftest import THREE_CLASSES
+    from napari_wsi_mil.review.heatmap import class_colour
+
+    viewer = make_napari_viewer_proxy()
+    widget, _ = _analysed(viewer, qtbot, tmp_path / "proj", tiny_clam_mb_model, lesion)
+    a = widget.review.analysis
+    evidence = THREE_CLASSES[a.evidence_class]
+    assert widget.result.value.startswith(f"{a.predicted_class} (P = ")
+    assert f"P(not normal) = {a.probability:.3f}" in widget.result.value
+    class_map = viewer.layers["lesion predicted class"]
+    per_class = [viewer.layers[f"lesion attention: {c}"] for c in THREE_CLASSES]
+    assert not class_map.visible and not any(layer.visible for layer in per_class)
+    bar, legend = widget.colour_bar, widget.class_legend
+    assert bar.title.value == f"attention: {evidence} (percentile rank)"
+    assert legend.native.isHidden()
+    # the class map: the mask's tiles in the evidence class, its name under the pointer
+    widget.threshold.value = float(np.median(a.instance_probability))
+    mask = viewer.layers["lesion predicted tumour"].data
+    np.testing.assert_array_equal(class_map.data, mask * (a.evidence_class + 1))
+    r, c = np.argwhere(class_map.data > 0)[0]
+    class_map.visible = True
+    assert not legend.native.isHidden()
+    assert legend.classes == [(name, class_colour(k)) for k, name in enumerate(THREE_CLASSES)]
+    assert all(name in legend.value for name in THREE_CLASSES)
+    status = class_map.get_status(class_map.data_to_world((r, c)), world=True)
+    assert f"class: {evidence}" in status["coordinates"]
+    rgba = class_map.colormap.map(np.array([a.evidence_class + 1]))[0]
+    assert tuple(np.round(rgba[:3] * 255).astype(int)) == class_colour(a.evidence_class)
+    class_map.visible = False
+    assert legend.native.isHidden()
+    # each class's attention heatmap, with its own colour bar title
+    per_class[2].visible = True
+    assert bar.layer.name == per_class[2].name
+    assert bar.title.value == "attention: lusc (percentile rank)"
+    np.testing.assert_array_equal(
+        np.isfinite(per_class[2].data), np.isfinite(viewer.layers["lesion attention"].data)
+    )

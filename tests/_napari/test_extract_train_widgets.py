@@ -85,3 +85,42 @@ def test_extract_encoder_field_has_a_file_picker(make_napari_viewer_proxy, tmp_p
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a: ("", ""))  # cancelled
     widget.encoder_file_button.clicked.emit()
     assert widget.encoder.value == chosen
+
+
+def test_train_widget_shows_the_cohorts_classes_and_trains_three(
+    make_napari_viewer_proxy, qtbot, tmp_path
+):
+    from napari_wsi_mil.mil import MODELS
+    from napari_wsi_mil.mil.predict import read_model_metadata
+
+    three = ("normal", "luad", "lusc")
+    store, cohort, _ = feature_cohort(tmp_path, n_cases=12, classes=three)
+    csv = write_cohort(cohort, tmp_path / "cohort.csv")
+    widget = TrainMilWidget(make_napari_viewer_proxy())
+    assert widget.model.choices == MODELS and "clam-mb" in widget.model.choices
+    widget.project.value = store.root
+    widget.features.value = "f"
+    widget.cohort.value = csv
+    assert widget.classes.value == "classes: normal, luad, lusc (negative: normal)"
+    widget.class_order.value = "normal, lusc, luad"
+    assert widget.classes.value == "classes: normal, lusc, luad (negative: normal)"
+    widget.class_order.value = "normal,lusc"
+    assert widget.classes.value.startswith("classes: ? (")
+    assert "unknown label 'luad'" in widget.classes.value
+    widget.class_order.value = ""
+    # a binary-only model: the core's one line, no traceback
+    widget.model.value = "weno"
+    widget.out.value = tmp_path / "weno"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.status.value.startswith("error: weno is for two classes")
+    widget.model.value = "clam-mb"
+    widget.class_order.value = "normal,lusc,luad"
+    widget.epochs.value = 2
+    widget.out.value = tmp_path / "run"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert "test: " in widget.status.value and "model:" in widget.status.value
+    assert " lusc / " in widget.status.value or " lusc," in widget.status.value
+    meta = read_model_metadata(tmp_path / "run" / "model.safetensors")
+    assert meta["classes"] == ["normal", "lusc", "luad"]

@@ -73,6 +73,8 @@ def put_layer(viewer, data, kwargs: dict, kind: str, replace: bool = True) -> tu
     place_layer(layer, kwargs)
     if "contrast_limits" in kwargs:
         layer.contrast_limits = kwargs["contrast_limits"]
+    if "features" in kwargs and kind == "labels":  # a class map: its classes may differ
+        layer.features, layer.colormap = kwargs["features"], kwargs["colormap"]
     layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
     return layer, False
 
@@ -303,6 +305,47 @@ def tumour_mask_layer_data(
     return tumour_mask_raster(grid, probability, threshold), kwargs, "labels"
 
 
+def class_map_layer_data(
+    grid,
+    probability,
+    threshold: float,
+    evidence: int,
+    classes: tuple[str, ...],
+    frame: Frame,
+    *,
+    name: str = "predicted class",
+    opacity: float = 0.7,
+    metadata: dict | None = None,
+) -> tuple:
+    """Predicted-class map Labels layer of a multi-class model: label ``evidence + 1``
+    (the class's colour) on the tiles whose ``probability`` reaches ``threshold``, 0
+    elsewhere (:func:`~napari_wsi_mil.review.heatmap.class_map`). Label ``k + 1`` is
+    class ``k`` for every class: its colour in ``colormap``, its name in the ``class``
+    feature (napari shows it under the pointer) and in ``metadata["classes"]``."""
+    import numpy as np
+
+    from napari_wsi_mil.review.heatmap import class_colour, class_map
+
+    colours = {k + 1: (*(c / 255 for c in class_colour(k)), 1.0) for k in range(len(classes))}
+    kwargs = _grid_kwargs(
+        grid,
+        frame,
+        name,
+        "class_map",
+        opacity=opacity,
+        colormap={None: "transparent", 0: "transparent", **colours},
+        features={"index": np.arange(len(classes) + 1), "class": ["", *classes]},
+        metadata={
+            "threshold": float(threshold),
+            "classes": list(classes),
+            "class": classes[evidence],
+            **(metadata or {}),
+        },
+    )
+    values = class_map(probability, threshold, evidence)
+    return grid.grid_raster(values, fill=np.int32(0)), kwargs, "labels"
+
+
 def clusters_layer_data(
     grid,
     clusters,
@@ -412,7 +455,11 @@ def analysis_layer_data(
     """Every result layer of a :class:`~napari_wsi_mil.review.analyse.SlideAnalysis`:
     attention, instance probability, predicted tumour mask (at ``threshold``, default the
     analysis's ``mask_threshold``, the model's) and (when present)
-    clusters, named ``"<slide_id> <what>"``, in the slide layer's frame."""
+    clusters, named ``"<slide_id> <what>"``, in the slide layer's frame. A multi-class
+    analysis adds its predicted-class map (``"<slide_id> predicted class"``, the mask's
+    tiles in the evidence class) and, for a model with one attention map per class, a
+    heatmap of each (``"<slide_id> attention: <class>"``). Only the attention heatmap
+    starts visible."""
     grid, sid = analysis.grid, analysis.slide_id
     meta = {"slide_id": sid, "prediction": analysis.prediction_name}
     threshold = analysis.mask_threshold if threshold is None else threshold
@@ -451,6 +498,31 @@ def analysis_layer_data(
                 metadata=meta,
             )
         )
+    if analysis.is_multiclass:
+        layers.append(
+            class_map_layer_data(
+                grid,
+                analysis.instance_probability,
+                threshold,
+                analysis.evidence_class,
+                analysis.classes,
+                frame,
+                name=f"{sid} predicted class",
+                metadata=meta,
+            )
+        )
+    if analysis.is_multiclass and analysis.class_attention is not None:
+        layers += [
+            attention_layer_data(
+                grid,
+                analysis.class_attention[:, k],
+                frame,
+                mode=mode,
+                name=f"{sid} attention: {name}",
+                metadata={**meta, "class": name},
+            )
+            for k, name in enumerate(analysis.classes)
+        ]
     for _, kwargs, _ in layers[1:]:
         kwargs["visible"] = False  # one heatmap at a time reads; the others a click away
     return layers

@@ -88,6 +88,39 @@ class SlideAnalysis:
     clusters: np.ndarray | None = None  # (N,) CluSiam cluster ids when the encoder has them
     warnings: tuple[str, ...] = ()
     mask_threshold: float = 0.5  # the model's: a tile is tumour from this probability
+    classes: tuple[str, ...] = ("normal", "tumor")  # the model's, negative first
+    class_probability: np.ndarray | None = None  # (C,) the slide's; None: binary, old
+    class_attention: np.ndarray | None = None  # (N, C) one map per class (CLAM-MB, DSMIL)
+
+    @property
+    def is_multiclass(self) -> bool:
+        """More than two classes: class maps and class names instead of tumour/normal."""
+        return len(self.classes) > 2
+
+    @property
+    def predicted_class(self) -> str:
+        return self.classes[self.prediction]
+
+    @property
+    def evidence_class(self) -> int:
+        """The class of the mask's tiles (:func:`~napari_wsi_mil.review.heatmap.evidence_class`)."""
+        from napari_wsi_mil.review.heatmap import evidence_class
+
+        if self.class_probability is None:
+            return 1
+        return evidence_class(self.class_probability)
+
+    def call(self) -> str:
+        """The slide's call in words: ``P(tumour) = 0.812 -> tumour`` with two classes,
+        ``luad (P = 0.710; P(not normal) = 0.850)`` with more."""
+        if not self.is_multiclass:
+            called = "tumour" if self.prediction else "normal"
+            return f"P(tumour) = {self.probability:.3f} -> {called}"
+        p = float(self.class_probability[self.prediction])
+        return (
+            f"{self.predicted_class} (P = {p:.3f}; "
+            f"P(not {self.classes[0]}) = {self.probability:.3f})"
+        )
 
 
 def find_encoder(
@@ -357,7 +390,7 @@ def read_analysis(
     project: ProjectStore, slide_id: str, name: str, slide_path: str | os.PathLike | None = None
 ) -> SlideAnalysis:
     """A stored prediction (``predictions/<name>/<slide_id>``) as a :class:`SlideAnalysis`."""
-    from napari_wsi_mil.mil.predict import recorded_mask_threshold
+    from napari_wsi_mil.mil.predict import recorded_classes, recorded_mask_threshold
 
     grid, tile_attrs = project.read_tiles(slide_id)
     arrays, attrs = project.read_result(PREDICTIONS, name, slide_id)
@@ -376,4 +409,13 @@ def read_analysis(
         feature_name=str(attrs.get("features", "")),
         slide_size=tuple(facts.get("dimensions") or (0, 0)),
         mask_threshold=recorded_mask_threshold(attrs),
+        classes=recorded_classes(attrs),
+        class_probability=(
+            np.asarray(attrs["class_probability"], np.float64)
+            if "class_probability" in attrs
+            else None
+        ),
+        class_attention=(
+            arrays["class_attention"].astype(np.float32) if "class_attention" in arrays else None
+        ),
     )

@@ -9,9 +9,14 @@ regions), ``classification`` ``{"name", "color": [r, g, b]}`` and ``measurements
 ``attention_rank`` (percentile rank in the slide) and ``probability`` (the
 instance probability); the mask is the union of tiles whose probability reaches the
 threshold, traced exactly along tile edges, one annotation per connected region.
+Tiles and mask are QuPath's ``Tumor`` and ``Normal`` for a binary model; a multi-class
+model's mask and its tiles carry the slide's evidence class (the predicted class unless
+the slide is called negative; :mod:`napari_wsi_mil.review.heatmap`) and the other tiles
+the negative class, by their names and colours (:func:`tile_classes`).
 
 The heatmap OME-TIFF has one pixel per patch-grid cell (or ``upsample`` pixels per
-cell side), channels ``attention`` and ``probability`` as float32 with NaN off tissue,
+cell side), channels ``attention`` and ``probability`` (and ``attention: <class>`` for
+each class of a model with one attention map per class) as float32 with NaN off tissue,
 a physical pixel size of the grid step times the slide's pixel size, and 2x reduced
 levels as SubIFDs. Placed at the slide's origin with that pixel size, it lines up with
 the slide (in napari: ``scale`` = pixel size; QuPath reads the calibration).
@@ -30,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
-from napari_wsi_mil.mil.predict import recorded_mask_threshold
+from napari_wsi_mil.mil.predict import recorded_classes, recorded_mask_threshold
 from napari_wsi_mil.review.heatmap import heatmap_raster, normalise, tumour_mask
 from napari_wsi_mil.review.polygons import raster_polygons, signed_area
 from napari_wsi_mil.store.keys import PREDICTIONS
@@ -41,7 +46,33 @@ TUMOUR_CLASS = ("Tumor", (200, 0, 0))
 NORMAL_CLASS = ("Normal", (0, 160, 90))
 
 
-def _classification(cls: tuple[str, Sequence[int]]) -> dict:
+#: A QuPath class: ``(name, (r, g, b))``.
+QuPathClass = tuple[str, Sequence[int]]
+
+
+def tile_classes(classes: Sequence[str], class_probability) -> tuple[QuPathClass, QuPathClass]:
+    """The QuPath classes ``(outside, inside the mask)`` of a model's ``classes``
+    (negative first) for a slide of ``class_probability``: Normal and Tumor for two
+    classes, else the negative class and the evidence class, by name and colour."""
+    from napari_wsi_mil.review.heatmap import class_colour, evidence_class
+
+    if len(classes) <= 2 or class_probability is None:
+        return NORMAL_CLASS, TUMOUR_CLASS
+    k = evidence_class(class_probability)
+    return (classes[0], class_colour(0)), (classes[k], class_colour(k))
+
+
+def class_attention_by_name(
+    classes: Sequence[str], class_attention: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Per-class attention ``(N, C)`` (as stored) as class name -> ``(N,)``; empty for a
+    binary model or one without per-class attention."""
+    if class_attention is None or len(classes) <= 2:
+        return {}
+    return {name: class_attention[:, k] for k, name in enumerate(classes)}
+
+
+def _classification(cls: QuPathClass) -> dict:
     name, color = cls
     return {"name": name, "color": [int(c) for c in color]}
 
@@ -53,7 +84,11 @@ def _number(value: float) -> float:
 
 
 def _tile_features(
-    grid, attention: np.ndarray, instance_probability: np.ndarray, threshold: float
+    grid,
+    attention: np.ndarray,
+    instance_probability: np.ndarray,
+    threshold: float,
+    classes: tuple[QuPathClass, QuPathClass] = (NORMAL_CLASS, TUMOUR_CLASS),
 ) -> Iterator[str]:
     """The tile Features as compact JSON text, one string per tile (streamed, so 100,000
     tiles need neither a list of dicts nor the whole text in memory at once)."""
@@ -65,9 +100,7 @@ def _tile_features(
     rank = normalise(attention, "rank").astype(np.float64)
     positive = tumour_mask(probability, threshold)
     size = int(grid.geometry.patch_size_level0)
-    classes = [
-        json.dumps(_classification(c), separators=(",", ":")) for c in (NORMAL_CLASS, TUMOUR_CLASS)
-    ]
+    classes = [json.dumps(_classification(c), separators=(",", ":")) for c in classes]
     for i, (x, y) in enumerate(grid.coords.tolist()):
         x1, y1 = x + size, y + size
         # counter-clockwise by the shoelace sign of these numbers (RFC 7946)
@@ -87,6 +120,7 @@ def write_tiles_geojson(
     attention: np.ndarray,
     instance_probability: np.ndarray,
     threshold: float,
+    classes: tuple[QuPathClass, QuPathClass] = (NORMAL_CLASS, TUMOUR_CLASS),
 ) -> Path:
     """Every patch as a QuPath detection (see :func:`tiles_geojson`), written atomically
     and streamed."""
@@ -94,7 +128,7 @@ def write_tiles_geojson(
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write('{"type":"FeatureCollection","features":[')
         for k, feature in enumerate(
-            _tile_features(grid, attention, instance_probability, threshold)
+            _tile_features(grid, attention, instance_probability, threshold, classes)
         ):
             if k:
                 fh.write(",")
@@ -108,15 +142,17 @@ def tiles_geojson(
     attention: np.ndarray,
     instance_probability: np.ndarray,
     threshold: float,
+    classes: tuple[QuPathClass, QuPathClass] = (NORMAL_CLASS, TUMOUR_CLASS),
 ) -> dict:
     """Every patch as a QuPath detection: a square in level-0 pixels with measurements
     ``attention``, ``attention_rank`` and ``probability``.
 
-    A tile is classified ``Tumor`` when its instance probability reaches ``threshold``,
-    else ``Normal``. Rings are closed and counter-clockwise (RFC 7946) in the numbers.
-    For files use :func:`write_tiles_geojson` (streamed, same content).
+    A tile is classified ``classes[1]`` (``Tumor``) when its instance probability
+    reaches ``threshold``, else ``classes[0]`` (``Normal``; see :func:`tile_classes`).
+    Rings are closed and counter-clockwise (RFC 7946) in the numbers. For files use
+    :func:`write_tiles_geojson` (streamed, same content).
     """
-    features = _tile_features(grid, attention, instance_probability, threshold)
+    features = _tile_features(grid, attention, instance_probability, threshold, classes)
     return {"type": "FeatureCollection", "features": [json.loads(f) for f in features]}
 
 
@@ -141,7 +177,7 @@ def mask_geojson(
     grid,
     mask: np.ndarray,
     probability: np.ndarray | None = None,
-    cls: tuple[str, Sequence[int]] = TUMOUR_CLASS,
+    cls: QuPathClass = TUMOUR_CLASS,
 ) -> dict:
     """The predicted mask as QuPath annotations, one ``Polygon`` (with holes) per region.
 
@@ -271,11 +307,16 @@ def export_slide_predictions(
     geojson_dir: str | os.PathLike | None = None,
     heatmap_dir: str | os.PathLike | None = None,
     attention_mode: str = "rank",
+    classes: tuple[QuPathClass, QuPathClass] = (NORMAL_CLASS, TUMOUR_CLASS),
+    class_attention: dict[str, np.ndarray] | None = None,
 ) -> list[Path]:
     """Write ``<geojson_dir>/<slide_id>.tiles.geojson`` (detections),
-    ``<geojson_dir>/<slide_id>.mask.geojson`` (annotations) and
+    ``<geojson_dir>/<slide_id>.mask.geojson`` (annotations; ``classes`` are the QuPath
+    classes outside and inside the mask, :func:`tile_classes`) and
     ``<heatmap_dir>/<slide_id>.heatmap.ome.tif`` (channels ``attention`` normalised with
-    ``attention_mode`` and ``probability``). Returns the written paths."""
+    ``attention_mode``, ``probability`` and ``attention: <class>`` for each entry of
+    ``class_attention``, class name -> (N,) attention, normalised alike). Returns the
+    written paths."""
     written = []
     if geojson_dir is not None:
         folder = Path(geojson_dir)
@@ -286,13 +327,14 @@ def export_slide_predictions(
                 attention,
                 instance_probability,
                 threshold,
+                classes,
             )
         )
         mask = tumour_mask(instance_probability, threshold)
         written.append(
             write_json(
                 folder / f"{slide_id}.mask.geojson",
-                mask_geojson(grid, mask, instance_probability),
+                mask_geojson(grid, mask, instance_probability, classes[1]),
             )
         )
     if heatmap_dir is not None:
@@ -303,6 +345,10 @@ def export_slide_predictions(
                 {
                     "attention": normalise(attention, attention_mode),
                     "probability": np.asarray(instance_probability, np.float32),
+                    **{
+                        f"attention: {name}": normalise(values, attention_mode)
+                        for name, values in (class_attention or {}).items()
+                    },
                 },
             )
         )
@@ -319,8 +365,8 @@ def export_predictions_job(
     attention_mode: str = "rank",
 ) -> Job[list[Path]]:
     """:func:`export_slide_predictions` for the stored predictions ``name`` of each slide,
-    with the tumour mask cut at the mask threshold stored with them. Returns the written
-    paths."""
+    with the tumour mask cut at the mask threshold stored with them and the classes of
+    their model. Returns the written paths."""
     written: list[Path] = []
     for i, slide_id in enumerate(slide_ids):
         yield Progress("export", i, len(slide_ids), message=slide_id)
@@ -335,6 +381,10 @@ def export_predictions_job(
             geojson_dir=geojson_dir,
             heatmap_dir=heatmap_dir,
             attention_mode=attention_mode,
+            classes=tile_classes(recorded_classes(attrs), attrs.get("class_probability")),
+            class_attention=class_attention_by_name(
+                recorded_classes(attrs), arrays.get("class_attention")
+            ),
         )
     yield Progress("export", len(slide_ids), len(slide_ids))
     return written

@@ -5,6 +5,14 @@ the largest weight may be 1e-3 and the rest 1e-5, so a linear colour scale shows
 slide "cold everywhere". ``minmax`` stretches to [0, 1]; ``rank`` (percentile rank) is
 uniform in (0, 1] whatever the distribution, so the top 10% of patches are always the
 top 10% of the colour scale.
+
+A multi-class model (more than two classes, the negative class 0 first) also gives a
+*predicted-class map*: the tiles of the tumour mask (instance probability at the mask
+threshold or above: tiles called not negative) get the slide's *evidence class*, its
+most probable class other than the negative one (the predicted class whenever the slide
+is not called negative; CLAM-MB's ``attention`` is that class's branch). A slide called
+negative keeps its mask tiles labelled with the class they most likely are.
+:data:`CLASS_COLOURS` colours the classes alike in napari and in exported GeoJSON.
 """
 
 from __future__ import annotations
@@ -76,3 +84,37 @@ def top_patches(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = idx[np.lexsort((idx, -s[idx]))]
     low = idx[np.lexsort((idx, s[idx]))]
     return order[:k], low[:k]
+
+
+#: RGB (0-255) of class ``k`` of a multi-class model: the negative class green (as the
+#: "Normal" of exports), then red (as "Tumor") and a qualitative palette (none magenta,
+#: the binary mask's colour), cycled past its end.
+CLASS_COLOURS = (
+    (0, 160, 90),
+    (200, 0, 0),
+    (31, 119, 180),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (23, 190, 207),
+    (188, 189, 34),
+    (127, 127, 127),
+)
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """RGB (0-255) of class ``index`` (see :data:`CLASS_COLOURS`)."""
+    if index == 0:
+        return CLASS_COLOURS[0]
+    return CLASS_COLOURS[1 + (index - 1) % (len(CLASS_COLOURS) - 1)]
+
+
+def evidence_class(class_probability: np.ndarray) -> int:
+    """The most probable class but the negative class 0 (see the module doc)."""
+    return 1 + int(np.argmax(np.asarray(class_probability)[1:]))
+
+
+def class_map(instance_probability: np.ndarray, threshold: float, evidence: int) -> np.ndarray:
+    """``(N,)`` int32 labels of the predicted-class map: ``evidence + 1`` on the tiles of
+    the mask at ``threshold`` (class ``k`` is label ``k + 1``), 0 elsewhere."""
+    return tumour_mask(instance_probability, threshold).astype(np.int32) * (int(evidence) + 1)

@@ -43,9 +43,13 @@ from napari_wsi_mil.review.annotations import (
     world_to_level0,
     write_tile_labels,
 )
-from napari_wsi_mil.review.export import export_slide_predictions
+from napari_wsi_mil.review.export import (
+    class_attention_by_name,
+    export_slide_predictions,
+    tile_classes,
+)
 from napari_wsi_mil.review.gallery import Gallery, build_gallery
-from napari_wsi_mil.review.heatmap import NORMALISATIONS, tumour_mask
+from napari_wsi_mil.review.heatmap import NORMALISATIONS, class_colour, tumour_mask
 from napari_wsi_mil.store.project import ProjectStore
 
 #: Classes of drawn annotation shapes; any other class counts as tumour.
@@ -111,8 +115,9 @@ def export_analysis_job(
     analysis: SlideAnalysis, folder: str | os.PathLike, threshold: float, mode: str = "rank"
 ) -> Job[list[Path]]:
     """Write the analysis to ``folder``: QuPath GeoJSON of the tiles and of the mask cut
-    at ``threshold``, the heatmap as OME-TIFF (attention normalised with ``mode``) and a
-    PNG snapshot with a legend. Returns the written paths."""
+    at ``threshold`` (class names of a multi-class model), the heatmaps as OME-TIFF
+    (attention, and each class's when the model has them, normalised with ``mode``) and
+    a PNG snapshot with a legend. Returns the written paths."""
     from napari_wsi_mil.review.snapshot import write_snapshot_png
     from napari_wsi_mil.slide import open_slide
 
@@ -127,6 +132,8 @@ def export_analysis_job(
         geojson_dir=folder,
         heatmap_dir=folder,
         attention_mode=mode,
+        classes=tile_classes(a.classes, a.class_probability),
+        class_attention=class_attention_by_name(a.classes, a.class_attention),
     )
     yield Progress("export", 1, 2, message="snapshot")
     with open_slide(a.slide_path) as slide:
@@ -138,15 +145,11 @@ def export_analysis_job(
                 a.attention,
                 mode=mode,
                 mask=tumour_mask(a.instance_probability, threshold),
-                title=f"{a.slide_id}: P(tumour) = {a.probability:.3f} -> {_label(a)}",
+                title=f"{a.slide_id}: {a.call()}",
             )
         )
     yield Progress("export", 2, 2)
     return paths
-
-
-def _label(analysis: SlideAnalysis) -> str:
-    return "tumour" if analysis.prediction else "normal"
 
 
 class SlideReview:
@@ -247,17 +250,39 @@ class SlideReview:
         """Two lines: the slide's probability and class, the tiles in the mask."""
         a = self.require_analysis()
         n = int((a.instance_probability >= self.threshold).sum())
+        if a.is_multiclass:  # the most probable class is called: no cut-off
+            evidence = a.classes[a.evidence_class]
+            return f"{a.call()}\n{n} of {len(a.grid)} tiles >= {self.threshold:.2f}: {evidence}"
         return (
-            f"P(tumour) = {a.probability:.3f} -> {_label(a)} (cut-off {a.threshold:.2f})\n"
+            f"{a.call()} (cut-off {a.threshold:.2f})\n"
             f"{n} of {len(a.grid)} tiles >= {self.threshold:.2f}"
         )
 
     def heatmap_legend(self, what: str) -> tuple[str, str, str]:
-        """``(title, low end, high end)`` of heatmap ``what`` (attention: its scale)."""
-        title, low, high = HEATMAP_LEGENDS[what]
-        if what == "attention":
+        """``(title, low end, high end)`` of heatmap ``what`` (attention: its scale):
+        ``attention``, ``probability`` or one class's attention, ``attention: <class>``."""
+        kind, _, of_class = what.partition(": ")
+        title, low, high = HEATMAP_LEGENDS[kind]
+        a = self.analysis
+        if a is not None and a.is_multiclass:
+            if kind == "probability":
+                negative = a.classes[0]
+                title, low, high = f"instance P(not {negative})", negative, f"not {negative}"
+            elif not of_class and a.class_attention is not None:
+                of_class = a.classes[a.evidence_class]  # the branch models show
+        if of_class:
+            title += f": {of_class}"
+        if kind == "attention":
             title += f" ({NORMALISATION_WORDS[self.normalisation]})"
         return title, low, high
+
+    def class_legend(self) -> list[tuple[str, tuple[int, int, int]]]:
+        """``(name, RGB 0-255)`` of each class of a multi-class analysis's predicted-class
+        map (empty for a binary one)."""
+        a = self.require_analysis()
+        if not a.is_multiclass:
+            return []
+        return [(name, class_colour(k)) for k, name in enumerate(a.classes)]
 
     def analysis_note(self) -> str:
         """What the last analysis did, with its warnings."""

@@ -12,6 +12,13 @@ inference) in a thread worker with one progress bar, and shows:
   model sets the threshold to the model's recorded mask threshold (WENO's fitted bag
   threshold, else 0.5);
 - ``"<slide_id> clusters"``: CluSiam clusters when the encoder has a cluster head;
+- for a model of more than two classes (the negative class first): the predicted class
+  by name, ``"<slide_id> predicted class"`` (a Labels map: the mask's tiles in the
+  slide's evidence class, its most probable class but the negative one, coloured per
+  class, its name under the pointer) with a legend of the class colours while it is
+  visible, and, for models with one attention map per class (CLAM-MB, DSMIL),
+  ``"<slide_id> attention: <class>"`` for each class; the attention heatmap is then the
+  evidence class's branch, as CLAM's heatmaps show the predicted class's;
 - a colour bar of the heatmap on top among those visible;
 - a gallery of the k most and least attended patches; a click centres the viewer on
   the patch and outlines it (``"<slide_id> gallery patch"``, replaced at each click).
@@ -59,7 +66,7 @@ from napari_wsi_mil._napari.layers import (
     patch_view,
     put_layer,
 )
-from napari_wsi_mil._napari.widgets.colour_bar import ColourBar
+from napari_wsi_mil._napari.widgets.colour_bar import ClassLegend, ColourBar
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 from napari_wsi_mil.errors import ParamError
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
@@ -69,8 +76,6 @@ from napari_wsi_mil.review.session import HEATMAP_LEGENDS, SHAPE_CLASSES, SlideR
 
 #: Layer kinds of outlines kept above the result layers (the true lesion, QuPath's).
 OUTLINE_KINDS = ("true_lesion", "qupath_annotations")
-#: The result layers of an analysis, in the order of ``analysis_layer_data``.
-RESULT_LAYERS = ("attention", "probability", "mask", "clusters")
 
 
 def _camera(viewer):
@@ -98,6 +103,7 @@ class AnalyseWidget(JobWidget):
 
         self.result = Label(value="")
         self.colour_bar = ColourBar()
+        self.class_legend = ClassLegend()
         self.normalisation = ComboBox(label="attention scale", choices=NORMALISATIONS, value="rank")
         self.threshold = FloatSlider(
             label="mask threshold", value=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01
@@ -112,12 +118,12 @@ class AnalyseWidget(JobWidget):
         self._review_controls = [self.normalisation, self.threshold, self.k, self.paint_button]
         self._review_controls += [self.shapes_button, self.shape_class, self.labels_button]
         self._review_controls += [self.export_dir, self.export_button]
-        self.extend([self.result, self.colour_bar, *self._review_controls])
+        self.extend([self.result, self.colour_bar, self.class_legend, *self._review_controls])
         for widget in self._review_controls:
             widget.enabled = False
         self.gallery = PatchGallery(self.guard(self.centre_on_patch))
         self.add_native(self.gallery)
-        self._names: dict[str, str] = {}  # what -> layer name
+        self._names: dict[str, str] = {}  # what (the layer name after the slide id) -> name
 
         review = self.review
         for field, setting in [
@@ -203,13 +209,17 @@ class AnalyseWidget(JobWidget):
                 mode=review.normalisation,
                 threshold=review.threshold,
             )
-            for what, (data, kwargs, kind) in zip(RESULT_LAYERS, layers, strict=False):
+            if add:
+                self._names = {}
+            for data, kwargs, kind in layers:
                 if not add and kwargs["name"] not in self.viewer.layers:
                     continue  # removed by the user
                 layer, added = put_layer(self.viewer, data, kwargs, kind)
+                what = layer.name.removeprefix(f"{review.analysis.slide_id} ")
                 self._names[what] = layer.name
-                heatmap = added and what in HEATMAP_LEGENDS
-                for event in ("visible", "contrast_limits", "colormap") if heatmap else ():
+                heatmap = what.partition(": ")[0] in HEATMAP_LEGENDS
+                events = ("visible", "contrast_limits", "colormap") if heatmap else ("visible",)
+                for event in events if added else ():
                     getattr(layer.events, event).connect(self._update_colour_bar)
         self._update_colour_bar()
         self.result.value = review.summary()
@@ -218,9 +228,16 @@ class AnalyseWidget(JobWidget):
         """Show the colour bar of the visible heatmap on top (none: hide it)."""
         if _isdeleted(self.root_native_widget):  # the dock is closed; the viewer remains
             return
-        names = {w: name for w, name in self._names.items() if w in HEATMAP_LEGENDS}
+        names = {
+            w: name for w, name in self._names.items() if w.partition(": ")[0] in HEATMAP_LEGENDS
+        }
         words = {name: self.review.heatmap_legend(w) for w, name in names.items()}
         self.colour_bar.show_top(self.viewer.layers, words)
+        class_map = self._names.get("predicted class")
+        shown = class_map in self.viewer.layers and self.viewer.layers[class_map].visible
+        self.class_legend.show_classes(
+            "predicted class", self.review.class_legend() if shown else []
+        )
 
     def _raise_outlines(self) -> None:
         """Move the outline layers (the gallery patch, true lesions, QuPath annotations)

@@ -1,5 +1,6 @@
 """A colour bar for a heatmap Image layer: its name, its colormap as a strip and the
-values at both ends (napari 0.9 draws none for image layers)."""
+values at both ends (napari 0.9 draws none for image layers); and a legend of the
+classes of a predicted-class map (a coloured square and the name of each)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,27 @@ class ColourBar(Container):
         """The strip's RGB colours from left to right (what a user sees)."""
         image = self.strip.native.pixmap().toImage()
         return np.array([image.pixelColor(x, 0).getRgb()[:3] for x in range(image.width())])
+
+
+class ClassLegend(Label):
+    """The classes of a Labels layer: a square of each class's colour and its name, one
+    line; hidden while it shows none."""
+
+    def __init__(self) -> None:
+        super().__init__(value="")
+        self.native.setTextFormat(Qt.TextFormat.RichText)
+        self.native.setWordWrap(True)
+        self.classes: list[tuple[str, tuple[int, int, int]]] = []
+        self.visible = False
+
+    def show_classes(self, title: str, classes: list[tuple[str, tuple[int, int, int]]]) -> None:
+        """Show ``title`` and ``(name, RGB 0-255)`` of each class (none: hide)."""
+        from html import escape
+
+        self.classes = list(classes)
+        entries = [
+            f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span>&nbsp;{escape(name)}'
+            for name, (r, g, b) in self.classes
+        ]
+        self.value = f"{escape(title)}: {' &nbsp; '.join(entries)}" if entries else ""
+        self.visible = bool(entries)
