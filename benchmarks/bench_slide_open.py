@@ -182,7 +182,9 @@ def main(args: argparse.Namespace) -> None:
     for name, path in slides.items():
         for mode, pre in ((m, p) for m in MODES for p in PRE):
             baseline = baselines[pre]
-            runs = [_common.run_child(script, "run", pre, path, mode) for _ in range(args.processes)]
+            runs = [
+                _common.run_child(script, "run", pre, path, mode) for _ in range(args.processes)
+            ]
             cold = [r["cold"] for r in runs]
             rss = statistics.median(r["rss_mib"] for r in runs)
             row = {

@@ -166,8 +166,8 @@ def main(args: argparse.Namespace) -> None:
     print()
     print(_common.markdown_table(rows, cols))
     print(
-        f"\nmedians (and *_min: minima) of {args.processes} fresh processes; warm times and pieces: median of "
-        f"{REPEATS} per process; targets: tile_slide < {TARGET_S} s, RSS < "
+        f"\nmedians (and *_min: minima) of {args.processes} fresh processes; warm times "
+        f"and pieces: median of {REPEATS} per process; targets: tile_slide < {TARGET_S} s, RSS < "
         f"{TARGET_MIB:.0f} MiB (raw)"
     )
     _common.save(
