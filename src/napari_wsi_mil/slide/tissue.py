@@ -13,7 +13,12 @@ it safe on real cohorts:
   object area at any pyramid level.
 
 Images finer than :data:`WORKING_PIXEL_SIZE_UM` are detected on block means and the
-mask is upsampled (Dice >= 0.98 against full resolution, 4-16x less work).
+mask is upsampled (Dice >= 0.98 against full resolution). Disk morphology is done row
+by row with 1-D maximum filters, holes are found by labelling the background, block
+means and Otsu's threshold use integer sums: the same masks as scipy's footprints,
+``binary_fill_holes``, float means and skimage's Otsu (tested), at a fraction of the
+cost. The median filter stays skimage's exact rank filter: Otsu's threshold needs the
+histogram of the exact medians, and a sampled one moved the threshold on real tiles.
 
 Everything here works on plain numpy arrays; reading the thumbnail is the
 caller's job. A user-painted napari Labels layer becomes a mask through
@@ -22,6 +27,7 @@ caller's job. A user-painted napari Labels layer becomes a mask through
 
 from __future__ import annotations
 
+import math
 import warnings as _warnings
 from dataclasses import dataclass, field
 
@@ -165,11 +171,10 @@ def detect_tissue(
             mask, pixel_size_um, float(mask.mean()), coarse.warnings, coarse.threshold
         )
 
-    channels = image.astype(np.int16)
-    high = channels.max(axis=2)
-    low = channels.min(axis=2)
-    saturation = np.where(high > 0, (255 * (high - low) + high // 2) // np.maximum(high, 1), 0)
-    saturation = saturation.astype(np.uint8)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    high = np.maximum(np.maximum(r, g), b)
+    low = np.minimum(np.minimum(r, g), b)
+    saturation = _SATURATION[high, low]
 
     excluded = (low >= _NEAR_WHITE) | (high < _NEAR_BLACK)
     if remove_pen:
@@ -313,12 +318,20 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of each ``factor`` x ``factor`` block (edge blocks padded by repetition)."""
+    """Mean of each ``factor`` x ``factor`` block, rounded half to even (edge blocks
+    padded by repetition). Integer sums: a float mean of a whole level costs 5-10x more."""
     h, w = image.shape[:2]
     pad_h, pad_w = -h % factor, -w % factor
-    padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor, 3)
-    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    rows = image.reshape(image.shape[0] // factor, factor, image.shape[1], 3).sum(
+        axis=1, dtype=np.uint32
+    )
+    sums = rows.reshape(rows.shape[0], rows.shape[1] // factor, factor, 3).sum(axis=2)
+    area = factor * factor
+    quotient, remainder = np.divmod(sums, area)
+    round_up = (2 * remainder > area) | ((2 * remainder == area) & (quotient % 2 == 1))
+    return (quotient + round_up).astype(np.uint8)
 
 
 def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -369,19 +382,49 @@ def _close_then_open(mask: np.ndarray, radius: int) -> np.ndarray:
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation by the disk ``x*x + y*y <= radius*radius``, outside the image False.
 
-    The same result as ``ndi.binary_dilation`` with that footprint, in time independent of
-    the radius: a pixel is set when a set pixel lies within Euclidean distance ``radius``.
+    The same result as ``ndi.binary_dilation`` with that footprint: the disk is a stack of
+    horizontal runs, so the dilation is the union of the rows dilated by 1-D maximum
+    filters (one per run length) and shifted by the run's row offset.
     """
-    if not mask.any():
+    if radius <= 0 or not mask.any():
         return mask.copy()
-    return ndi.distance_transform_edt(~mask) <= radius
+    h, w = mask.shape
+    source = mask.view(np.uint8)
+    out = np.zeros((h, w), dtype=bool)
+    by_half_width: dict[int, np.ndarray] = {}
+    for dy in range(-radius, radius + 1):
+        half = math.isqrt(radius * radius - dy * dy)
+        if half not in by_half_width:
+            by_half_width[half] = ndi.maximum_filter1d(
+                source, 2 * half + 1, axis=1, mode="constant"
+            ).view(bool)
+        rows = by_half_width[half]
+        # out[y] |= rows[y + dy]
+        if dy >= 0:
+            out[: h - dy] |= rows[dy:]
+        else:
+            out[-dy:] |= rows[: h + dy]
+    return out
 
 
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary erosion by the disk of ``radius``, outside the image False (scipy's default
     ``border_value=0``): a pixel stays set when no unset pixel lies within ``radius``."""
-    ringed = np.pad(mask, 1, constant_values=False)
-    return (ndi.distance_transform_edt(ringed) > radius)[1:-1, 1:-1]
+    if radius <= 0:
+        return mask.copy()
+    ringed = np.pad(~mask, radius, constant_values=True)
+    return ~_dilate(ringed, radius)[radius:-radius, radius:-radius]
+
+
+def _saturation_table() -> np.ndarray:
+    """HSV saturation in 0..255 of every (max, min) channel pair, rounded half up."""
+    high = np.arange(256, dtype=np.int32)[:, None]
+    low = np.arange(256, dtype=np.int32)[None, :]
+    table = (255 * np.maximum(high - low, 0) + high // 2) // np.maximum(high, 1)
+    return table.astype(np.uint8)
+
+
+_SATURATION = _saturation_table()
 
 
 def _median(image: np.ndarray, size: int) -> np.ndarray:
@@ -392,23 +435,38 @@ def _median(image: np.ndarray, size: int) -> np.ndarray:
     return median(image, footprint=np.ones((size, size), dtype=bool))
 
 
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of integer ``values``: the value (of ``min..max``) that maximises
+    the between-class variance of ``values <= t`` and ``values > t``."""
+    low = int(values.min())
+    counts = np.bincount(values.ravel() - low).astype(np.float64)
+    centers = np.arange(low, low + len(counts), dtype=np.float64)
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    mean1 = np.cumsum(counts * centers) / weight1
+    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1])[::-1]
+    variance = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centers[int(np.argmax(variance))])
+
+
 def _clipped_otsu(values: np.ndarray) -> float:
     if values.size == 0 or values.min() == values.max():
         return SATURATION_FLOOR
-    from skimage.filters import threshold_otsu
-
-    otsu = float(threshold_otsu(values)) / 255.0
+    otsu = _otsu(values.astype(np.int64)) / 255.0
     return float(np.clip(otsu, SATURATION_FLOOR, SATURATION_CEILING))
 
 
 def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
-    holes = ndi.binary_fill_holes(mask) & ~mask
-    if not holes.any():
+    """Fill the holes (background pieces, 4-connected as in ``ndi.binary_fill_holes``,
+    that do not touch the border) smaller than ``max_area_px``."""
+    labels, count = ndi.label(~mask)
+    if count == 0:
         return mask
-    labels, count = ndi.label(holes)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     small = sizes < max_area_px
     small[0] = False
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        small[edge] = False
     return mask | small[labels]
 
 
