@@ -363,10 +363,11 @@ def _reference_images(shared_data):
         yield "sample", slide.read_region(slide.level_count - 1, 0, 0, w, h), slide.level_mpp(-1)
 
 
-def test_masks_equal_the_reference_method(shared_data, monkeypatch):
-    """Row-wise disk morphology, hole filling by background labels, integer block means
-    and the numpy Otsu give the masks of the scipy/skimage originals (Dice >= 0.98 is
-    the requirement; they agree pixel for pixel on these images)."""
+def test_masks_agree_with_the_reference_method(shared_data, monkeypatch):
+    """Row-wise disk morphology, hole filling by background labels, Pillow's block means
+    and the numpy Otsu give the masks of the scipy/skimage/float-mean originals: Dice >=
+    0.98 (rounding ties up in the block means moves a few pixels; without them, the
+    masks agree pixel for pixel), and the same threshold up to one grey level."""
     images = list(_reference_images(shared_data))
     assert len(images) > 2
     for name, rgb, px in images:
@@ -374,7 +375,7 @@ def test_masks_equal_the_reference_method(shared_data, monkeypatch):
         reference = _reference_detect(monkeypatch, rgb, px)
         both_empty = not fast.mask.any() and not reference.mask.any()
         assert both_empty or _dice(fast.mask, reference.mask) >= 0.98, (name, px)
-        assert fast.threshold == reference.threshold, (name, px)
+        assert abs(fast.threshold - reference.threshold) <= 1 / 255 + 1e-9, (name, px)
 
 
 def test_saturation_table_is_the_hsv_saturation():
@@ -385,3 +386,25 @@ def test_saturation_table_is_the_hsv_saturation():
     expected = np.where(high > 0, (255 * (high - low) + high // 2) // np.maximum(high, 1), 0)
     valid = low <= high  # min <= max for every real pixel
     assert np.array_equal(_SATURATION[np.broadcast_to(valid, (256, 256))], expected[valid])
+
+
+def test_tiling_a_slide_without_a_pyramid_keeps_the_mask(shared_data, monkeypatch):
+    """CMU has only level 0: tiling detects on block means of it instead of reading the
+    synthesized tissue level (2x2 means twice); the mask agrees with the reference method
+    on that level and has its shape."""
+    from napari_wsi_mil.slide import open_slide
+    from napari_wsi_mil.slide.tiling import TilingParams, tile_slide, tissue_level
+
+    path = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+    with open_slide(path) as slide:
+        level = tissue_level(slide, slide.mpp)
+        assert level >= slide.native_level_count  # synthesized
+        w, h = slide.level_dimensions[level]
+        reference = _reference_detect(
+            monkeypatch, slide.read_region(level, 0, 0, w, h), slide.level_mpp(level)
+        )
+        tiled = tile_slide(slide, TilingParams())
+    assert tiled.tissue_mask.shape == (h, w)
+    assert _dice(tiled.tissue_mask, reference.mask) >= 0.98

@@ -14,11 +14,11 @@ it safe on real cohorts:
 
 Images finer than :data:`WORKING_PIXEL_SIZE_UM` are detected on block means and the
 mask is upsampled (Dice >= 0.98 against full resolution). Disk morphology is done row
-by row with 1-D maximum filters, holes are found by labelling the background, block
-means and Otsu's threshold use integer sums: the same masks as scipy's footprints,
-``binary_fill_holes``, float means and skimage's Otsu (tested), at a fraction of the
-cost. The median filter stays skimage's exact rank filter: Otsu's threshold needs the
-histogram of the exact medians, and a sampled one moved the threshold on real tiles.
+by row with 1-D maximum filters, holes are found by labelling the background, Otsu's
+threshold is computed in numpy: the same masks as scipy's footprints,
+``binary_fill_holes`` and skimage's Otsu (tested), at a fraction of the cost. The
+median filter stays skimage's exact rank filter: Otsu's threshold needs the histogram
+of the exact medians, and one of a sample of pixels moved the threshold on real tiles.
 
 Everything here works on plain numpy arrays; reading the thumbnail is the
 caller's job. A user-painted napari Labels layer becomes a mask through
@@ -76,9 +76,10 @@ class TissueMask:
     Attributes
     ----------
     mask : numpy.ndarray
-        Boolean (H, W) array, True on tissue, same shape as the input image.
+        Boolean (H, W) array, True on tissue, the shape of the input image (or the
+        ``mask_shape`` asked for).
     pixel_size_um : float or None
-        Pixel size of the mask in micrometres, as passed by the caller.
+        Pixel size of the input image in micrometres, as passed by the caller.
     tissue_fraction : float
         Fraction of mask pixels that are tissue, in [0, 1].
     warnings : list of str
@@ -103,6 +104,7 @@ def detect_tissue(
     median_size_um: float = 50.0,
     remove_pen: bool = True,
     saturation_threshold: float | None = None,
+    mask_shape: tuple[int, int] | None = None,
 ) -> TissueMask:
     """Find tissue in a low-resolution RGB image of a slide.
 
@@ -127,6 +129,10 @@ def detect_tissue(
         isolated red cells inside tissue come back with the hole filling.
     saturation_threshold : float, optional
         Fixed saturation threshold in [0, 1] instead of the clipped Otsu one.
+    mask_shape : tuple of int, optional
+        ``(height, width)`` of the returned mask when it should cover the image at
+        another resolution (nearest-neighbour, :func:`resize_mask`); default: the
+        image's.
 
     Returns
     -------
@@ -151,8 +157,9 @@ def detect_tissue(
     if saturation_threshold is not None and not 0.0 <= saturation_threshold <= 1.0:
         raise ValueError(f"saturation_threshold must be in [0, 1], got {saturation_threshold!r}")
 
+    shape = tuple(mask_shape) if mask_shape is not None else image.shape[:2]
     if image.shape[0] == 0 or image.shape[1] == 0:
-        empty = np.zeros(image.shape[:2], dtype=bool)
+        empty = np.zeros(shape, dtype=bool)
         return TissueMask(empty, pixel_size_um, 0.0, ["empty image"], SATURATION_FLOOR)
 
     factor = int(WORKING_PIXEL_SIZE_UM // px)
@@ -165,11 +172,10 @@ def detect_tissue(
             median_size_um=median_size_um,
             remove_pen=remove_pen,
             saturation_threshold=saturation_threshold,
+            mask_shape=shape,
         )
-        mask = resize_mask(coarse.mask, image.shape[:2])
-        return TissueMask(
-            mask, pixel_size_um, float(mask.mean()), coarse.warnings, coarse.threshold
-        )
+        coarse.pixel_size_um = pixel_size_um
+        return coarse
 
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
     high = np.maximum(np.maximum(r, g), b)
@@ -191,6 +197,8 @@ def detect_tissue(
     mask = _close_then_open(mask, _radius_px(_MORPH_RADIUS_UM, px))
     mask = _fill_small_holes(mask, min_hole_area_um2 / px**2)
     mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2)
+    if mask.shape != shape:
+        mask = resize_mask(mask, shape)
 
     fraction = float(mask.mean())
     notes = [] if mask.any() else ["no tissue found"]
@@ -318,20 +326,11 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of each ``factor`` x ``factor`` block, rounded half to even (edge blocks
-    padded by repetition). Integer sums: a float mean of a whole level costs 5-10x more."""
-    h, w = image.shape[:2]
-    pad_h, pad_w = -h % factor, -w % factor
-    if pad_h or pad_w:
-        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    rows = image.reshape(image.shape[0] // factor, factor, image.shape[1], 3).sum(
-        axis=1, dtype=np.uint32
-    )
-    sums = rows.reshape(rows.shape[0], rows.shape[1] // factor, factor, 3).sum(axis=2)
-    area = factor * factor
-    quotient, remainder = np.divmod(sums, area)
-    round_up = (2 * remainder > area) | ((2 * remainder == area) & (quotient % 2 == 1))
-    return (quotient + round_up).astype(np.uint8)
+    """Mean of each ``factor`` x ``factor`` block (edge blocks of the pixels they have),
+    rounded half up: Pillow's ``reduce``, 3-20x faster than a numpy mean."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).reduce(factor))
 
 
 def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray:
