@@ -191,3 +191,56 @@ def test_import_does_not_pull_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+TIFF_LAYOUTS = {
+    "tiled-zlib": dict(tile=(128, 256), photometric="rgb", compression="zlib"),
+    "tiled-jpeg": dict(tile=(256, 256), photometric="rgb", compression="jpeg"),
+    "striped": dict(rowsperstrip=16, photometric="rgb"),
+    "grey-tiled": dict(tile=(128, 128)),
+    "rgba-tiled": dict(tile=(128, 128), photometric="rgb", extrasamples=[2]),
+    "planar-tiled": dict(tile=(128, 128), photometric="rgb", planarconfig="separate"),
+}
+
+
+@pytest.mark.parametrize("layout", TIFF_LAYOUTS)
+def test_tiff_segments_read_like_zarr(tmp_path, layout):
+    """Levels are read by decoding their tiles or strips; every region equals what
+    tifffile's zarr store gives (the reader of layouts not decoded directly)."""
+    from napari_wsi_mil.slide.tiff_backend import TiffBackend
+
+    data = _noise_rgb(700, 900, seed=4)
+    if layout == "grey-tiled":
+        data = data[..., 0]
+    elif layout == "rgba-tiled":
+        data = np.concatenate([data, data[..., :1]], axis=-1)
+    elif layout == "planar-tiled":
+        data = np.moveaxis(data, -1, 0)
+    path = tmp_path / f"{layout}.tif"
+    tifffile.imwrite(path, data, **TIFF_LAYOUTS[layout])
+    backend = TiffBackend(str(path))
+    assert (backend._pages[0] is None) == (layout == "planar-tiled")
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        w, h = (int(v) for v in rng.integers(1, 700, 2))
+        x, y = int(rng.integers(-50, 900)), int(rng.integers(-50, 700))
+        direct = backend.read_level(0, x, y, w, h)
+        page, backend._pages[0] = backend._pages[0], None  # force the zarr path
+        through_zarr = backend.read_level(0, x, y, w, h)
+        backend._pages[0] = page
+        np.testing.assert_array_equal(direct, through_zarr)
+    backend.close()
+
+
+def test_opening_and_reading_a_tiled_tiff_does_not_import_zarr(tmp_path):
+    """Importing zarr costs more than opening a slide; tiled and striped TIFFs need none."""
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, _noise_rgb(600, 600), tile=(256, 256), photometric="rgb")
+    code = (
+        "import sys; from napari_wsi_mil.slide import open_slide;"
+        f"s = open_slide({str(path)!r}); s.read_region(0, 100, 100, 300, 300);"
+        "s.pyramid()[0][:50, :50].compute(scheduler='sync');"
+        "print('zarr' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
