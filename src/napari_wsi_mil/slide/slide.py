@@ -267,7 +267,7 @@ def open_slide(path: str | os.PathLike) -> Slide:
     """Open a whole-slide image with the backend that fits it.
 
     Vendor formats go to OpenSlide; generic and OME-TIFF to tifffile. The file
-    is checked by reading a little of its coarsest level, so a file that opens but
+    is checked by decoding one tile of its coarsest level, so a file that opens but
     cannot be decoded fails here, with a :class:`SlideError` naming the reason.
     """
     path = Path(path)
@@ -295,10 +295,10 @@ def open_slide(path: str | os.PathLike) -> Slide:
     else:
         raise SlideError(path, f"not a supported slide format ({_describe_header(head)})")
     slide = Slide(path, backend)
-    try:
-        last = slide.native_level_count - 1
-        w, h = slide.level_dimensions[last]
-        backend.read_level(last, 0, 0, min(w, 256), min(h, 256))
+    try:  # one native tile of the coarsest level: the first screenful's own decoder
+        last = backend.info.levels[-1]
+        tile_w, tile_h = min(last.width, last.tile_width), min(last.height, last.tile_height)
+        backend.read_level(len(backend.info.levels) - 1, 0, 0, tile_w, tile_h)
     except SlideError as exc:
         slide.close()
         raise SlideError(
