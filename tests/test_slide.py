@@ -244,3 +244,49 @@ def test_opening_and_reading_a_tiled_tiff_does_not_import_zarr(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cached_facts_open_without_parsing_and_read_the_same(tmp_path):
+    """With a project store as cache, the second open of an unchanged file takes its facts
+    from the store and opens the file only at the first read; a changed file is parsed."""
+    from napari_wsi_mil.store.project import SLIDE_INFO_CACHE, ProjectStore
+
+    store = ProjectStore(tmp_path / "project", create=True)
+    data = _noise_rgb(1024, 1536, seed=5)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, data, tile=(256, 256), photometric="rgb", compression="zlib")
+    with open_slide(path) as plain, open_slide(path, cache=store) as first:
+        facts = plain.describe()
+        assert first.describe() == facts
+    assert len(list((store.root / SLIDE_INFO_CACHE).glob("*.json"))) == 1
+    with open_slide(path, cache=store) as cached:
+        assert cached.describe() == facts
+        assert cached._backend._backend is None  # not opened yet
+        region = cached.read_region(0, 100, 200, 300, 50)
+        np.testing.assert_array_equal(region, data[200:250, 100:400])
+        level1 = downsample_2x(data)  # synthesized
+        np.testing.assert_array_equal(cached.read_region(1, 0, 0, 768, 512), level1)
+    tifffile.imwrite(path, data[:512], tile=(256, 256), photometric="rgb")
+    with open_slide(path, cache=store) as changed:
+        assert changed.dimensions == (1536, 512)
+    assert len(list((store.root / SLIDE_INFO_CACHE).glob("*.json"))) == 2
+
+
+def test_a_file_damaged_after_caching_fails_cleanly_at_the_first_read(tmp_path):
+    """Deferred opening must not let a broken file through: the first read raises
+    SlideError (one line for the CLI), never another exception."""
+    import os
+
+    from napari_wsi_mil.store.project import ProjectStore
+
+    store = ProjectStore(tmp_path / "project", create=True)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, _noise_rgb(512, 512), tile=(256, 256), photometric="rgb")
+    open_slide(path, cache=store).close()
+    stat = path.stat()
+    path.write_bytes(b"\x00" * stat.st_size)  # same size, same mtime: the cache still hits
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with open_slide(path, cache=store) as slide:
+        assert slide.dimensions == (512, 512)
+        with pytest.raises(SlideError, match="not a supported slide format"):
+            slide.read_region(0, 0, 0, 64, 64)

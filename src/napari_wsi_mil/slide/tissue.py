@@ -249,22 +249,24 @@ def pen_mask(rgb: np.ndarray, pixel_size_um: float | None = None) -> np.ndarray:
     chroma = high - np.minimum(np.minimum(r, g), b)
 
     green_core = (g > r + 30) & (g >= b - 15)
-    green_fringe = (g > r + 10) & (g >= b - 10) & (chroma >= 10)
     blue_core = (b > r + 40) & (b > g + 40) & (g >= r - 10)
-    blue_fringe = (b > r + 25) & (b > g + 25) & (g >= r - 10)
     reddish = (r == high) & (6 * (g - b) < (r - b))
     red_core = reddish & (100 * (b - g) < 16 * (r - g)) & (chroma >= 80)
-    red_fringe = reddish & (chroma >= 15) & (100 * (b - g) < 25 * (r - g))
-    dark_fringe = reddish & (high < 130) & (chroma >= 20) & (10 * (b - g) < 8 * (r - g))
 
     # A stroke is where strong ink colour is dense, even with nuclei showing
     # through; scattered red blood cells and bright eosin fibres are not.
-    core = (green_core | blue_core | red_core).astype(np.float32)
+    core = green_core | blue_core | red_core
+    if not core.any():  # (the common case: the fringe and the labels are not needed)
+        return core
     window = max(3, _odd_size_px(_PEN_WINDOW_UM, px))
-    core = ndi.uniform_filter(core, size=window) > 0.4
+    core = ndi.uniform_filter(core.astype(np.float32), size=window) > 0.4
     core = _remove_small_objects(core, _PEN_MIN_CORE_UM2 / px**2)
     if not core.any():
         return core
+    green_fringe = (g > r + 10) & (g >= b - 10) & (chroma >= 10)
+    blue_fringe = (b > r + 25) & (b > g + 25) & (g >= r - 10)
+    red_fringe = reddish & (chroma >= 15) & (100 * (b - g) < 25 * (r - g))
+    dark_fringe = reddish & (high < 130) & (chroma >= 20) & (10 * (b - g) < 8 * (r - g))
     fringe = core | green_fringe | blue_fringe | red_fringe | dark_fringe
     labels, count = ndi.label(fringe, structure=np.ones((3, 3), dtype=bool))
     touched = np.zeros(count + 1, dtype=bool)

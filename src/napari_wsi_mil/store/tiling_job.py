@@ -103,7 +103,7 @@ def tile_slides_job(
                 report.skipped.append(slide_id)
                 continue
             try:
-                with open_slide(path) as slide:
+                with open_slide(path, cache=project) as slide:
                     tiled = tile_slide(slide, params, masks.get(slide_id))
                     facts = slide.describe()
                 removed = project.write_tiles(
