@@ -13,8 +13,9 @@ call in the process, includes importing scipy.ndimage for the tissue detection);
 then peak RSS is taken (``VmHWM``, not ``ru_maxrss``: see
 ``_common.peak_rss_mib``); then ``tile_slide`` runs ``REPEATS`` more times ("warm"),
 and so do the three pieces of ``tile_slide``, called the way it calls them: reading
-the tissue level (``slide.read_region`` of the whole level nearest 8 um/px),
-``detect_tissue`` and ``grid_from_mask``. RSS is reported raw and as the increment
+the tissue image (``slide.read_region`` of the whole level nearest 8 um/px, or of the
+coarsest stored level when that one is synthesized), ``detect_tissue`` and
+``grid_from_mask``. RSS is reported raw and as the increment
 over a child that only imports ``napari_wsi_mil.slide`` and
 ``napari_wsi_mil.slide.tiling``.
 """
@@ -25,6 +26,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,12 +70,14 @@ def child(args: list[str]) -> None:
     geometry = PatchGeometry.for_slide(slide, params)
     level = tissue_level(slide, geometry.source_mpp)
     w, h = slide.level_dimensions[level]
-    pixel_size = geometry.source_mpp * slide.level_downsamples[level]
+    read = min(level, slide.native_level_count - 1)  # as tile_slide: native, not synthesized
+    rw, rh = slide.level_dimensions[read]
+    pixel_size = geometry.source_mpp * slide.level_downsamples[read]
     read_t, detect_t, grid_t = [], [], []
     for _ in range(REPEATS):
-        rgb, t = _timed(slide.read_region, level, 0, 0, w, h)
+        rgb, t = _timed(slide.read_region, read, 0, 0, rw, rh)
         read_t.append(t)
-        detected, t = _timed(detect_tissue, rgb, pixel_size)
+        detected, t = _timed(partial(detect_tissue, mask_shape=(h, w)), rgb, pixel_size)
         detect_t.append(t)
         w0, h0 = slide.dimensions
         mask = detected.mask
