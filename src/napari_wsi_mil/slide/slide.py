@@ -15,7 +15,6 @@ import os
 import threading
 import warnings
 from dataclasses import asdict
-from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -71,6 +70,7 @@ class Slide:
         self.level_dimensions: list[tuple[int, int]] = dims
         self.level_downsamples: list[float] = [float(np.mean((w0 / w, h0 / h))) for w, h in dims]
         self._corrupt_warned = threading.Event()
+        self._token = file_token(self.path)  # the file version opened
 
     # -- facts ---------------------------------------------------------------
     @property
@@ -172,9 +172,12 @@ class Slide:
         image.thumbnail((max_size, max_size), Image.Resampling.BOX)
         return np.asarray(image)
 
-    @cached_property
-    def _token(self) -> str:
-        return file_token(self.path)
+    def cache_facts(self, cache: SlideInfoCache) -> None:
+        """Keep the facts parsed at open in ``cache`` under the file version opened, for
+        later ``open_slide(path, cache=cache)`` (callers do this once their work on the
+        slide succeeded: a failed command leaves the project as it was)."""
+        if not isinstance(self._backend, _DeferredBackend):
+            cache.cache_slide_info(self._token, asdict(self._backend.info))
 
     def pyramid(self) -> list:
         """One lazy dask array per level, ``(H, W, 3)`` uint8, chunked by native tiles."""
@@ -286,10 +289,10 @@ def open_slide(path: str | os.PathLike, cache: SlideInfoCache | None = None) -> 
     is checked by decoding one tile of its coarsest level, so a file that opens but
     cannot be decoded fails here, with a :class:`SlideError` naming the reason.
 
-    With a ``cache`` (a project store), the facts of a file that was opened and checked
-    before, unchanged since (same path, size and mtime), come from the cache and the
-    file itself is opened at the first read (a file damaged in between then fails
-    there, with a :class:`SlideError`).
+    With a ``cache`` (a project store), the facts of a file kept there by
+    :meth:`Slide.cache_facts`, unchanged since (same path, size and mtime), come from
+    the cache and the file itself is opened at the first read (a file damaged in
+    between then fails there, with a :class:`SlideError`). Opening writes nothing.
     """
     path = Path(path)
     if not path.exists():
@@ -298,15 +301,10 @@ def open_slide(path: str | os.PathLike, cache: SlideInfoCache | None = None) -> 
         raise SlideError(path, "is a directory, not a slide file")
     if path.stat().st_size == 0:
         raise SlideError(path, "file is empty")
-    if cache is None:
-        return Slide(path, _open_checked_backend(path))
-    token = file_token(path)
-    info = _info_from_json(cache.cached_slide_info(token))
+    info = None if cache is None else _info_from_json(cache.cached_slide_info(file_token(path)))
     if info is not None:
         return Slide(path, _DeferredBackend(path, info))
-    backend = _open_checked_backend(path)
-    cache.cache_slide_info(token, asdict(backend.info))
-    return Slide(path, backend)
+    return Slide(path, _open_checked_backend(path))
 
 
 def _open_checked_backend(path: Path) -> SlideBackend:

@@ -109,6 +109,7 @@ def tile_slides_job(
                 removed = project.write_tiles(
                     slide_id, tiled, facts, asdict(params), overwrite=overwrite
                 )
+                slide.cache_facts(project)
             except WsiMilError as exc:
                 if not skip_errors:
                     raise
