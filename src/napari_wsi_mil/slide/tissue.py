@@ -186,7 +186,7 @@ def detect_tissue(
     if remove_pen:
         excluded |= pen_mask(image, px)
     saturation[excluded] = 0
-    saturation = _median(saturation, _odd_size_px(median_size_um, px))
+    saturation = _median(saturation, _odd_size_px(median_size_um, px), ~excluded)
 
     if saturation_threshold is None:
         threshold = _clipped_otsu(saturation[~excluded])
@@ -396,15 +396,25 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     for dy in range(-radius, radius + 1):
         half = math.isqrt(radius * radius - dy * dy)
         if half not in by_half_width:
-            by_half_width[half] = ndi.maximum_filter1d(
-                source, 2 * half + 1, axis=1, mode="constant"
-            ).view(bool)
+            by_half_width[half] = _dilate_rows(mask, source, half)
         rows = by_half_width[half]
         # out[y] |= rows[y + dy]
         if dy >= 0:
             out[: h - dy] |= rows[dy:]
         else:
             out[-dy:] |= rows[: h + dy]
+    return out
+
+
+def _dilate_rows(mask: np.ndarray, as_uint8: np.ndarray, half: int) -> np.ndarray:
+    """Each row dilated by ``2 * half + 1`` pixels: shifted ORs for short runs (the
+    common radii of 2-4 px), a 1-D maximum filter for long ones."""
+    if half > 3:
+        return ndi.maximum_filter1d(as_uint8, 2 * half + 1, axis=1, mode="constant").view(bool)
+    out = mask.copy()
+    for shift in range(1, half + 1):
+        out[:, shift:] |= mask[:, :-shift]
+        out[:, :-shift] |= mask[:, shift:]
     return out
 
 
@@ -428,12 +438,21 @@ def _saturation_table() -> np.ndarray:
 _SATURATION = _saturation_table()
 
 
-def _median(image: np.ndarray, size: int) -> np.ndarray:
-    if size <= 1:
-        return image
+def _median(image: np.ndarray, size: int, needed: np.ndarray) -> np.ndarray:
+    """Median over ``size`` x ``size`` windows (pixels inside the image), computed on the
+    bounding box of the ``needed`` pixels grown by the window (their windows lie in it,
+    so their medians are exact); 0 elsewhere."""
+    rows, cols = np.flatnonzero(needed.any(axis=1)), np.flatnonzero(needed.any(axis=0))
+    if size <= 1 or rows.size == 0:
+        return image if size <= 1 else np.zeros_like(image)
     from skimage.filters.rank import median
 
-    return median(image, footprint=np.ones((size, size), dtype=bool))
+    half = size // 2
+    r0, r1 = max(rows[0] - half, 0), rows[-1] + half + 1
+    c0, c1 = max(cols[0] - half, 0), cols[-1] + half + 1
+    out = np.zeros_like(image)
+    out[r0:r1, c0:c1] = median(image[r0:r1, c0:c1], footprint=np.ones((size, size), dtype=bool))
+    return out
 
 
 def _otsu(values: np.ndarray) -> float:
