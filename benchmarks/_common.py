@@ -101,6 +101,28 @@ def slides(names=("cmu", "synthetic-15k", "synthetic-60k")) -> dict[str, Path]:
     return out
 
 
+def add_slide_arguments(parser, processes: int) -> None:
+    """``--slide PATH`` (repeatable: these slides instead of the script's default set) and
+    ``--processes N`` (fresh processes per measurement)."""
+    parser.add_argument(
+        "--slide",
+        action="append",
+        type=Path,
+        help="a slide file to measure instead of the default slides (repeatable); "
+        "results then go to results/<benchmark>-<file stems>.json",
+    )
+    parser.add_argument("--processes", type=int, default=processes)
+
+
+def chosen_slides(args, default: tuple[str, ...]) -> tuple[dict[str, Path], str]:
+    """The slides of ``--slide`` (named by file stem) or the default ones, and the suffix
+    of the results file name (empty for the default slides)."""
+    if not args.slide:
+        return slides(default), ""
+    chosen = {path.stem: path for path in args.slide}
+    return chosen, "-" + "-".join(chosen)
+
+
 def run_child(script: str | os.PathLike, *args: str) -> dict:
     """Run ``python <script> --child <args>`` in a fresh interpreter and parse its result.
 

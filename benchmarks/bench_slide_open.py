@@ -57,7 +57,7 @@ VIEWPORT = (1920, 1080)  # width, height
 MODES = ("open", "topleft", "fit", "center0")
 #: What the child imports before timing: nothing more, or also ``distributed``.
 PRE = ("none", "distributed")
-PROCESSES = 3
+PROCESSES = 3  # default of --processes
 WARM_REPEATS = 5
 TARGET_S = 0.5
 TARGET_MIB = 150.0
@@ -164,13 +164,13 @@ def child(args: list[str]) -> None:
     )
 
 
-def main() -> None:
+def main(args: argparse.Namespace) -> None:
     print("# bench_slide_open\n")
-    slides = _common.slides(("cmu", "synthetic-60k"))
+    slides, suffix = _common.chosen_slides(args, ("cmu", "synthetic-60k"))
     script = Path(__file__).resolve()
     baselines = {
         pre: statistics.median(
-            _common.run_child(script, "baseline", pre)["rss_mib"] for _ in range(PROCESSES)
+            _common.run_child(script, "baseline", pre)["rss_mib"] for _ in range(args.processes)
         )
         for pre in PRE
     }
@@ -182,7 +182,9 @@ def main() -> None:
     for name, path in slides.items():
         for mode, pre in ((m, p) for m in MODES for p in PRE):
             baseline = baselines[pre]
-            runs = [_common.run_child(script, "run", pre, path, mode) for _ in range(PROCESSES)]
+            runs = [
+                _common.run_child(script, "run", pre, path, mode) for _ in range(args.processes)
+            ]
             cold = [r["cold"] for r in runs]
             rss = statistics.median(r["rss_mib"] for r in runs)
             row = {
@@ -193,6 +195,7 @@ def main() -> None:
                 "chunks": cold[0].get("chunks", ""),
                 "mpix": cold[0].get("mpix", ""),
                 "open_cold_s": statistics.median(c["open_s"] for c in cold),
+                "open_cold_min_s": min(c["open_s"] for c in cold),
                 "total_cold_s": statistics.median(c["total_s"] for c in cold),
                 "total_cold_min_s": min(c["total_s"] for c in cold),
                 "open_warm_s": statistics.median(r["warm_open_s"] for r in runs),
@@ -217,6 +220,7 @@ def main() -> None:
         "chunks",
         "mpix",
         "open_cold_s",
+        "open_cold_min_s",
         "total_cold_s",
         "total_cold_min_s",
         "open_warm_s",
@@ -230,17 +234,17 @@ def main() -> None:
     print()
     print(_common.markdown_table(rows, cols))
     print(
-        f"\ntimes: median of {PROCESSES} fresh processes (cold) / of {WARM_REPEATS} repeats "
+        f"\ntimes: median of {args.processes} fresh processes (cold) / of {WARM_REPEATS} repeats "
         f"per process (warm); RSS: median peak over the processes; targets: "
         f"< {TARGET_S} s (cold total), < {TARGET_MIB:.0f} MiB"
     )
     _common.save(
-        "bench_slide_open",
+        "bench_slide_open" + suffix,
         {
             "viewport": list(VIEWPORT),
             "targets": {"seconds": TARGET_S, "rss_mib": TARGET_MIB},
             "baseline_rss_mib": baselines,
-            "processes": PROCESSES,
+            "processes": args.processes,
             "warm_repeats": WARM_REPEATS,
             "slides": _common.describe_slides(slides),
             "rows": rows,
@@ -252,5 +256,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
     else:
-        argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-        main()
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        _common.add_slide_arguments(parser, PROCESSES)
+        main(parser.parse_args())

@@ -191,3 +191,104 @@ def test_import_does_not_pull_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+TIFF_LAYOUTS = {
+    "tiled-zlib": dict(tile=(128, 256), photometric="rgb", compression="zlib"),
+    "tiled-jpeg": dict(tile=(256, 256), photometric="rgb", compression="jpeg"),
+    "striped": dict(rowsperstrip=16, photometric="rgb"),
+    "grey-tiled": dict(tile=(128, 128)),
+    "rgba-tiled": dict(tile=(128, 128), photometric="rgb", extrasamples=[2]),
+    "planar-tiled": dict(tile=(128, 128), photometric="rgb", planarconfig="separate"),
+}
+
+
+@pytest.mark.parametrize("layout", TIFF_LAYOUTS)
+def test_tiff_segments_read_like_zarr(tmp_path, layout):
+    """Levels are read by decoding their tiles or strips; every region equals what
+    tifffile's zarr store gives (the reader of layouts not decoded directly)."""
+    from napari_wsi_mil.slide.tiff_backend import TiffBackend
+
+    data = _noise_rgb(700, 900, seed=4)
+    if layout == "grey-tiled":
+        data = data[..., 0]
+    elif layout == "rgba-tiled":
+        data = np.concatenate([data, data[..., :1]], axis=-1)
+    elif layout == "planar-tiled":
+        data = np.moveaxis(data, -1, 0)
+    path = tmp_path / f"{layout}.tif"
+    tifffile.imwrite(path, data, **TIFF_LAYOUTS[layout])
+    backend = TiffBackend(str(path))
+    assert (backend._pages[0] is None) == (layout == "planar-tiled")
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        w, h = (int(v) for v in rng.integers(1, 700, 2))
+        x, y = int(rng.integers(-50, 900)), int(rng.integers(-50, 700))
+        direct = backend.read_level(0, x, y, w, h)
+        page, backend._pages[0] = backend._pages[0], None  # force the zarr path
+        through_zarr = backend.read_level(0, x, y, w, h)
+        backend._pages[0] = page
+        np.testing.assert_array_equal(direct, through_zarr)
+    backend.close()
+
+
+def test_opening_and_reading_a_tiled_tiff_does_not_import_zarr(tmp_path):
+    """Importing zarr costs more than opening a slide; tiled and striped TIFFs need none."""
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, _noise_rgb(600, 600), tile=(256, 256), photometric="rgb")
+    code = (
+        "import sys; from napari_wsi_mil.slide import open_slide;"
+        f"s = open_slide({str(path)!r}); s.read_region(0, 100, 100, 300, 300);"
+        "s.pyramid()[0][:50, :50].compute(scheduler='sync');"
+        "print('zarr' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cached_facts_open_without_parsing_and_read_the_same(tmp_path):
+    """Facts kept in a project store: the next open of the unchanged file takes them from
+    the store and opens the file only at the first read; a changed file is parsed."""
+    from napari_wsi_mil.store.project import SLIDE_INFO_CACHE, ProjectStore
+
+    store = ProjectStore(tmp_path / "project", create=True)
+    data = _noise_rgb(1024, 1536, seed=5)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, data, tile=(256, 256), photometric="rgb", compression="zlib")
+    with open_slide(path, cache=store) as first:  # nothing cached yet: parsed
+        facts = first.describe()
+    assert not (store.root / SLIDE_INFO_CACHE).exists()  # opening writes nothing
+    first.cache_facts(store)
+    assert len(list((store.root / SLIDE_INFO_CACHE).glob("*.json"))) == 1
+    with open_slide(path, cache=store) as cached:
+        assert cached.describe() == facts
+        assert cached._backend._backend is None  # not opened yet
+        region = cached.read_region(0, 100, 200, 300, 50)
+        np.testing.assert_array_equal(region, data[200:250, 100:400])
+        level1 = downsample_2x(data)  # synthesized
+        np.testing.assert_array_equal(cached.read_region(1, 0, 0, 768, 512), level1)
+    tifffile.imwrite(path, data[:512], tile=(256, 256), photometric="rgb")
+    with open_slide(path, cache=store) as changed:  # another version: parsed
+        assert changed.dimensions == (1536, 512)
+        assert not isinstance(changed._backend, type(cached._backend))
+
+
+def test_a_file_damaged_after_caching_fails_cleanly_at_the_first_read(tmp_path):
+    """Deferred opening must not let a broken file through: the first read raises
+    SlideError (one line for the CLI), never another exception."""
+    import os
+
+    from napari_wsi_mil.store.project import ProjectStore
+
+    store = ProjectStore(tmp_path / "project", create=True)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, _noise_rgb(512, 512), tile=(256, 256), photometric="rgb")
+    with open_slide(path) as slide:
+        slide.cache_facts(store)
+    stat = path.stat()
+    path.write_bytes(b"\x00" * stat.st_size)  # same size, same mtime: the cache still hits
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with open_slide(path, cache=store) as slide:
+        assert slide.dimensions == (512, 512)
+        with pytest.raises(SlideError, match="not a supported slide format"):
+            slide.read_region(0, 0, 0, 64, 64)

@@ -262,3 +262,18 @@ def test_a_tiling_remembers_its_slide_file(tmp_path):
     store = ProjectStore(tmp_path / "proj", create=True)
     run_job(tile_slides_job(store, [("s", path)], TilingParams(target_mpp=1.0, patch_size=64)))
     assert tiled_slide_path(store, "s") == path
+
+
+def test_a_tiling_keeps_the_slide_facts_and_a_failed_one_does_not(tmp_path):
+    from napari_wsi_mil.slide.slide import file_token
+
+    path = _write_slide(tmp_path / "s.tiff", levels=2)
+    store = ProjectStore(tmp_path / "proj", create=True)
+    with pytest.raises(SlideError, match="finer than"):
+        run_job(tile_slides_job(store, [("s", path)], TilingParams(target_mpp=1e-6)))
+    assert store.cached_slide_info(file_token(path)) is None
+    run_job(tile_slides_job(store, [("s", path)], TilingParams(target_mpp=1.0, patch_size=64)))
+    cached = store.cached_slide_info(file_token(path))
+    with open_slide(path) as slide:
+        assert cached["levels"][1]["width"] == slide.level_dimensions[1][0] == 1536
+        assert cached["mpp"] == pytest.approx([0.25, 0.25])

@@ -14,13 +14,14 @@ import math
 import os
 import threading
 import warnings
-from functools import cached_property
+from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from napari_wsi_mil.errors import SlideError
-from napari_wsi_mil.slide.backend import SlideBackend
+from napari_wsi_mil.slide.backend import NativeLevel, SlideBackend, SlideInfo
 
 #: File extensions the plugin's reader claims.
 SLIDE_EXTENSIONS = (
@@ -69,6 +70,7 @@ class Slide:
         self.level_dimensions: list[tuple[int, int]] = dims
         self.level_downsamples: list[float] = [float(np.mean((w0 / w, h0 / h))) for w, h in dims]
         self._corrupt_warned = threading.Event()
+        self._token = file_token(self.path)  # the file version opened
 
     # -- facts ---------------------------------------------------------------
     @property
@@ -170,12 +172,12 @@ class Slide:
         image.thumbnail((max_size, max_size), Image.Resampling.BOX)
         return np.asarray(image)
 
-    @cached_property
-    def _token(self) -> str:
-        stat = self.path.stat()
-        return hashlib.sha1(
-            f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-        ).hexdigest()[:16]
+    def cache_facts(self, cache: SlideInfoCache) -> None:
+        """Keep the facts parsed at open in ``cache`` under the file version opened, for
+        later ``open_slide(path, cache=cache)`` (callers do this once their work on the
+        slide succeeded: a failed command leaves the project as it was)."""
+        if not isinstance(self._backend, _DeferredBackend):
+            cache.cache_slide_info(self._token, asdict(self._backend.info))
 
     def pyramid(self) -> list:
         """One lazy dask array per level, ``(H, W, 3)`` uint8, chunked by native tiles."""
@@ -263,12 +265,34 @@ def _sniff(path: Path) -> bytes:
         return fh.read(8)
 
 
-def open_slide(path: str | os.PathLike) -> Slide:
+def file_token(path: Path) -> str:
+    """Names one version of a file: a hash of its resolved path, size and mtime."""
+    stat = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
+
+
+class SlideInfoCache(Protocol):
+    """Where :func:`open_slide` keeps the parsed facts of files it has checked
+    (:class:`~napari_wsi_mil.store.project.ProjectStore` is one)."""
+
+    def cached_slide_info(self, token: str) -> dict | None: ...
+
+    def cache_slide_info(self, token: str, info: dict) -> None: ...
+
+
+def open_slide(path: str | os.PathLike, cache: SlideInfoCache | None = None) -> Slide:
     """Open a whole-slide image with the backend that fits it.
 
     Vendor formats go to OpenSlide; generic and OME-TIFF to tifffile. The file
-    is checked by reading a little of its coarsest level, so a file that opens but
+    is checked by decoding one tile of its coarsest level, so a file that opens but
     cannot be decoded fails here, with a :class:`SlideError` naming the reason.
+
+    With a ``cache`` (a project store), the facts of a file kept there by
+    :meth:`Slide.cache_facts`, unchanged since (same path, size and mtime), come from
+    the cache and the file itself is opened at the first read (a file damaged in
+    between then fails there, with a :class:`SlideError`). Opening writes nothing.
     """
     path = Path(path)
     if not path.exists():
@@ -277,6 +301,13 @@ def open_slide(path: str | os.PathLike) -> Slide:
         raise SlideError(path, "is a directory, not a slide file")
     if path.stat().st_size == 0:
         raise SlideError(path, "file is empty")
+    info = None if cache is None else _info_from_json(cache.cached_slide_info(file_token(path)))
+    if info is not None:
+        return Slide(path, _DeferredBackend(path, info))
+    return Slide(path, _open_checked_backend(path))
+
+
+def _open_checked_backend(path: Path) -> SlideBackend:
     try:
         import openslide
 
@@ -294,20 +325,68 @@ def open_slide(path: str | os.PathLike) -> Slide:
         backend = TiffBackend(str(path))
     else:
         raise SlideError(path, f"not a supported slide format ({_describe_header(head)})")
-    slide = Slide(path, backend)
-    try:
-        last = slide.native_level_count - 1
-        w, h = slide.level_dimensions[last]
-        backend.read_level(last, 0, 0, min(w, 256), min(h, 256))
+    try:  # one native tile of the coarsest level: the first screenful's own decoder
+        last = backend.info.levels[-1]
+        tile_w, tile_h = min(last.width, last.tile_width), min(last.height, last.tile_height)
+        backend.read_level(len(backend.info.levels) - 1, 0, 0, tile_w, tile_h)
     except SlideError as exc:
-        slide.close()
+        backend.close()
         raise SlideError(
             path, f"file is damaged or uses an unsupported encoding: {exc.reason}"
         ) from exc
     except Exception as exc:
-        slide.close()
+        backend.close()
         raise SlideError(path, f"file is damaged or uses an unsupported encoding: {exc}") from exc
-    return slide
+    return backend
+
+
+def _info_from_json(data: dict | None) -> SlideInfo | None:
+    """A cached :class:`SlideInfo`, or None when there is none or it does not parse."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        mpp = data["mpp"]
+        return SlideInfo(
+            backend=str(data["backend"]),
+            vendor=data["vendor"],
+            levels=[NativeLevel(**level) for level in data["levels"]],
+            mpp=None if mpp is None else (float(mpp[0]), float(mpp[1])),
+            objective_power=data["objective_power"],
+            properties={str(k): str(v) for k, v in data["properties"].items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
+
+
+class _DeferredBackend(SlideBackend):
+    """Cached facts now, the file at the first read (checked as :func:`open_slide` does)."""
+
+    def __init__(self, path: Path, info: SlideInfo):
+        self.path, self.info = path, info
+        self._backend: SlideBackend | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _opened(self) -> SlideBackend:
+        with self._lock:
+            if self._closed:
+                raise SlideError(self.path, "the slide is closed")
+            if self._backend is None:
+                backend = _open_checked_backend(self.path)
+                if backend.info.levels != self.info.levels:
+                    backend.close()
+                    raise SlideError(self.path, "the file changed since it was opened")
+                self._backend = backend
+            return self._backend
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        return self._opened().read_level(level, x, y, width, height)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._backend is not None:
+                self._backend.close()
 
 
 def _describe_header(head: bytes) -> str:

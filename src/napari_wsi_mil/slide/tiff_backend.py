@@ -1,4 +1,4 @@
-"""tifffile/zarr backend for generic TIFF: tiled or striped, pyramidal (SubIFDs or
+"""tifffile backend for generic TIFF: tiled or striped, pyramidal (SubIFDs or
 OME-TIFF) or plain, including files OpenSlide refuses."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 
 import numpy as np
 
@@ -105,7 +106,8 @@ def _tifffile_log():
 
 
 class TiffBackend(SlideBackend):
-    """Reads TIFF levels as zarr arrays through ``tifffile``'s zarr store.
+    """Reads TIFF levels by decoding their tiles (or strips) with ``tifffile``; levels
+    of other layouts (planar samples, several pages) through ``tifffile``'s zarr store.
 
     The file handle is locked so that napari and loader workers can read
     concurrently.
@@ -113,7 +115,6 @@ class TiffBackend(SlideBackend):
 
     def __init__(self, path: str):
         import tifffile
-        import zarr
 
         self.path = path
         with _tifffile_log() as logged:
@@ -129,21 +130,19 @@ class TiffBackend(SlideBackend):
                     f"({found})",
                 ) from exc
         self._tif.filehandle.set_lock(True)
+        self._series = series
         self._axes = series.axes.replace("I", "").replace("Q", "")
         if series.ndim > 3 or not set(self._axes) <= {"Y", "X", "S", "C"}:
             layout = f"axes {series.axes!r}, shape {series.shape}"
             raise SlideError(path, f"unsupported image layout ({layout})")
-        try:
-            self._arrays = [
-                zarr.open_array(series.aszarr(level=i), mode="r") for i in range(len(levels))
-            ]
-        except Exception as exc:
-            raise SlideError(path, f"cannot read the TIFF levels ({exc})") from exc
+        self._pages = [_direct_page(lvl) for lvl in levels]
+        self._arrays: dict[int, object] = {}  # zarr arrays of the levels read through zarr
+        self._zarr_lock = threading.Lock()
         page = series.keyframe
         native = []
-        for lvl, arr in zip(levels, self._arrays, strict=True):
+        for lvl in levels:
             key = lvl.keyframe
-            h, w = (arr.shape[1], arr.shape[2]) if self._axes[0] in "SC" else arr.shape[:2]
+            h, w = (lvl.shape[1], lvl.shape[2]) if self._axes[0] in "SC" else lvl.shape[:2]
             if key.is_tiled:
                 tw, th = key.tilewidth, key.tilelength
             else:  # striped: square chunks for the pyramid; reads decode whole strips
@@ -173,18 +172,82 @@ class TiffBackend(SlideBackend):
         out = np.full((height, width, 3), 255, np.uint8)
         if x1 <= x0 or y1 <= y0:
             return out
-        arr = self._arrays[level]
         try:
-            if self._axes[0] in "SC":
-                data = arr[:, y0:y1, x0:x1]
+            page = self._pages[level]
+            if page is not None:
+                data, axes = _read_segments(page, x0, y0, x1, y1), "YXS"
             else:
-                data = arr[y0:y1, x0:x1]
+                arr, axes = self._zarr_level(level), self._axes
+                data = arr[:, y0:y1, x0:x1] if axes[0] in "SC" else arr[y0:y1, x0:x1]
         except Exception as exc:
             raise SlideError(
                 self.path, f"cannot read level {level} at ({x}, {y}) size {width}x{height}: {exc}"
             ) from exc
-        out[y0 - y : y1 - y, x0 - x : x1 - x] = _to_rgb_uint8(np.asarray(data), self._axes)
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = _to_rgb_uint8(np.asarray(data), axes)
         return out
+
+    def _zarr_level(self, level: int):
+        """The level as a zarr array (layouts the direct reader does not take), opened on
+        first use: importing zarr costs more than opening the file."""
+        with self._zarr_lock:
+            if level not in self._arrays:
+                import zarr
+
+                store = self._series.aszarr(level=level)
+                self._arrays[level] = zarr.open_array(store, mode="r")
+            return self._arrays[level]
 
     def close(self) -> None:
         self._tif.close()
+
+
+def _direct_page(level):
+    """The level's page when its segments can be decoded straight into an RGB(A) or grey
+    array (one page, chunky samples, no depth), else None (zarr reads it)."""
+    if len(level.pages) != 1:
+        return None
+    page = level.pages[0]
+    if page is None or not hasattr(page, "dataoffsets") or page.imagedepth != 1:
+        return None
+    if page.samplesperpixel > 1 and page.planarconfig != 1:  # 1: CONTIG
+        return None
+    if page.is_tiled:
+        if page.tiledepth != 1:
+            return None
+    elif page.rowsperstrip <= 0:
+        return None
+    return page
+
+
+def _read_segments(page, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Decode the tiles (or strips) of ``page`` that cover ``[y0, y1) x [x0, x1)`` and
+    return that region as ``(H, W, samples)``; missing segments read as 0, as in
+    tifffile."""
+    if page.is_tiled:
+        th, tw = page.tilelength, page.tilewidth
+    else:
+        th, tw = min(page.rowsperstrip, page.imagelength), page.imagewidth
+    across = -(-page.imagewidth // tw)
+    rows = range(y0 // th, (y1 - 1) // th + 1)
+    cols = range(x0 // tw, (x1 - 1) // tw + 1)
+    indices = [r * across + c for r in rows for c in cols]
+    samples = page.samplesperpixel
+    out = np.zeros((y1 - y0, x1 - x0, samples), page.dtype)
+    decode = page.decode
+    tables = {"jpegtables": page.jpegtables} if page.jpegtables is not None else {}
+    if page.jpegheader is not None:
+        tables["jpegheader"] = page.jpegheader
+    fh = page.parent.filehandle
+    offsets = [page.dataoffsets[i] for i in indices]
+    counts = [page.databytecounts[i] for i in indices]
+    for data, index in fh.read_segments(offsets, counts, indices, lock=fh.lock, sort=True):
+        if data is None or len(data) == 0:
+            continue
+        segment, (_, _, sy, sx, _), _ = decode(data, index, **tables, _fullsize=True)
+        segment = segment.reshape(segment.shape[-3:])
+        ty0, tx0 = max(y0, sy), max(x0, sx)
+        ty1, tx1 = min(y1, sy + segment.shape[0]), min(x1, sx + segment.shape[1])
+        out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = segment[
+            ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx
+        ]
+    return out

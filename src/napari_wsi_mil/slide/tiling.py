@@ -230,10 +230,17 @@ def tile_slide(
     w, h = slide.level_dimensions[level]
     warnings: list[str] = []
     if tissue_mask is None:
-        pixel_size = (
-            geometry.source_mpp * slide.level_downsamples[level] if geometry.source_mpp else None
+        # A synthesized level is 2x2 means of the native one; with a physical pixel size,
+        # detection block-averages the native level itself to its working resolution
+        # (one pass instead of one per synthesized level).
+        mpp = geometry.source_mpp
+        read = min(level, slide.native_level_count - 1) if mpp else level
+        rw, rh = slide.level_dimensions[read]
+        detected = detect_tissue(
+            slide.read_region(read, 0, 0, rw, rh),
+            mpp * slide.level_downsamples[read] if mpp else None,
+            mask_shape=(h, w),
         )
-        detected = detect_tissue(slide.read_region(level, 0, 0, w, h), pixel_size)
         mask, warnings = detected.mask, list(detected.warnings)
     else:
         mask = np.asarray(tissue_mask) != 0

@@ -13,7 +13,12 @@ it safe on real cohorts:
   object area at any pyramid level.
 
 Images finer than :data:`WORKING_PIXEL_SIZE_UM` are detected on block means and the
-mask is upsampled (Dice >= 0.98 against full resolution, 4-16x less work).
+mask is upsampled (Dice >= 0.98 against full resolution). Disk morphology is done row
+by row with 1-D maximum filters, holes are found by labelling the background, Otsu's
+threshold is computed in numpy: the same masks as scipy's footprints,
+``binary_fill_holes`` and skimage's Otsu (tested), at a fraction of the cost. The
+median filter stays skimage's exact rank filter: Otsu's threshold needs the histogram
+of the exact medians, and one of a sample of pixels moved the threshold on real tiles.
 
 Everything here works on plain numpy arrays; reading the thumbnail is the
 caller's job. A user-painted napari Labels layer becomes a mask through
@@ -22,6 +27,7 @@ caller's job. A user-painted napari Labels layer becomes a mask through
 
 from __future__ import annotations
 
+import math
 import warnings as _warnings
 from dataclasses import dataclass, field
 
@@ -70,9 +76,10 @@ class TissueMask:
     Attributes
     ----------
     mask : numpy.ndarray
-        Boolean (H, W) array, True on tissue, same shape as the input image.
+        Boolean (H, W) array, True on tissue, the shape of the input image (or the
+        ``mask_shape`` asked for).
     pixel_size_um : float or None
-        Pixel size of the mask in micrometres, as passed by the caller.
+        Pixel size of the input image in micrometres, as passed by the caller.
     tissue_fraction : float
         Fraction of mask pixels that are tissue, in [0, 1].
     warnings : list of str
@@ -97,6 +104,7 @@ def detect_tissue(
     median_size_um: float = 50.0,
     remove_pen: bool = True,
     saturation_threshold: float | None = None,
+    mask_shape: tuple[int, int] | None = None,
 ) -> TissueMask:
     """Find tissue in a low-resolution RGB image of a slide.
 
@@ -121,6 +129,10 @@ def detect_tissue(
         isolated red cells inside tissue come back with the hole filling.
     saturation_threshold : float, optional
         Fixed saturation threshold in [0, 1] instead of the clipped Otsu one.
+    mask_shape : tuple of int, optional
+        ``(height, width)`` of the returned mask when it should cover the image at
+        another resolution (nearest-neighbour, :func:`resize_mask`); default: the
+        image's.
 
     Returns
     -------
@@ -145,8 +157,9 @@ def detect_tissue(
     if saturation_threshold is not None and not 0.0 <= saturation_threshold <= 1.0:
         raise ValueError(f"saturation_threshold must be in [0, 1], got {saturation_threshold!r}")
 
+    shape = tuple(mask_shape) if mask_shape is not None else image.shape[:2]
     if image.shape[0] == 0 or image.shape[1] == 0:
-        empty = np.zeros(image.shape[:2], dtype=bool)
+        empty = np.zeros(shape, dtype=bool)
         return TissueMask(empty, pixel_size_um, 0.0, ["empty image"], SATURATION_FLOOR)
 
     factor = int(WORKING_PIXEL_SIZE_UM // px)
@@ -159,23 +172,21 @@ def detect_tissue(
             median_size_um=median_size_um,
             remove_pen=remove_pen,
             saturation_threshold=saturation_threshold,
+            mask_shape=shape,
         )
-        mask = resize_mask(coarse.mask, image.shape[:2])
-        return TissueMask(
-            mask, pixel_size_um, float(mask.mean()), coarse.warnings, coarse.threshold
-        )
+        coarse.pixel_size_um = pixel_size_um
+        return coarse
 
-    channels = image.astype(np.int16)
-    high = channels.max(axis=2)
-    low = channels.min(axis=2)
-    saturation = np.where(high > 0, (255 * (high - low) + high // 2) // np.maximum(high, 1), 0)
-    saturation = saturation.astype(np.uint8)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    high = np.maximum(np.maximum(r, g), b)
+    low = np.minimum(np.minimum(r, g), b)
+    saturation = _SATURATION[high, low]
 
     excluded = (low >= _NEAR_WHITE) | (high < _NEAR_BLACK)
     if remove_pen:
         excluded |= pen_mask(image, px)
     saturation[excluded] = 0
-    saturation = _median(saturation, _odd_size_px(median_size_um, px))
+    saturation = _median(saturation, _odd_size_px(median_size_um, px), ~excluded)
 
     if saturation_threshold is None:
         threshold = _clipped_otsu(saturation[~excluded])
@@ -186,6 +197,8 @@ def detect_tissue(
     mask = _close_then_open(mask, _radius_px(_MORPH_RADIUS_UM, px))
     mask = _fill_small_holes(mask, min_hole_area_um2 / px**2)
     mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2)
+    if mask.shape != shape:
+        mask = resize_mask(mask, shape)
 
     fraction = float(mask.mean())
     notes = [] if mask.any() else ["no tissue found"]
@@ -236,22 +249,24 @@ def pen_mask(rgb: np.ndarray, pixel_size_um: float | None = None) -> np.ndarray:
     chroma = high - np.minimum(np.minimum(r, g), b)
 
     green_core = (g > r + 30) & (g >= b - 15)
-    green_fringe = (g > r + 10) & (g >= b - 10) & (chroma >= 10)
     blue_core = (b > r + 40) & (b > g + 40) & (g >= r - 10)
-    blue_fringe = (b > r + 25) & (b > g + 25) & (g >= r - 10)
     reddish = (r == high) & (6 * (g - b) < (r - b))
     red_core = reddish & (100 * (b - g) < 16 * (r - g)) & (chroma >= 80)
-    red_fringe = reddish & (chroma >= 15) & (100 * (b - g) < 25 * (r - g))
-    dark_fringe = reddish & (high < 130) & (chroma >= 20) & (10 * (b - g) < 8 * (r - g))
 
     # A stroke is where strong ink colour is dense, even with nuclei showing
     # through; scattered red blood cells and bright eosin fibres are not.
-    core = (green_core | blue_core | red_core).astype(np.float32)
+    core = green_core | blue_core | red_core
+    if not core.any():  # (the common case: the fringe and the labels are not needed)
+        return core
     window = max(3, _odd_size_px(_PEN_WINDOW_UM, px))
-    core = ndi.uniform_filter(core, size=window) > 0.4
+    core = ndi.uniform_filter(core.astype(np.float32), size=window) > 0.4
     core = _remove_small_objects(core, _PEN_MIN_CORE_UM2 / px**2)
     if not core.any():
         return core
+    green_fringe = (g > r + 10) & (g >= b - 10) & (chroma >= 10)
+    blue_fringe = (b > r + 25) & (b > g + 25) & (g >= r - 10)
+    red_fringe = reddish & (chroma >= 15) & (100 * (b - g) < 25 * (r - g))
+    dark_fringe = reddish & (high < 130) & (chroma >= 20) & (10 * (b - g) < 8 * (r - g))
     fringe = core | green_fringe | blue_fringe | red_fringe | dark_fringe
     labels, count = ndi.label(fringe, structure=np.ones((3, 3), dtype=bool))
     touched = np.zeros(count + 1, dtype=bool)
@@ -313,12 +328,11 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of each ``factor`` x ``factor`` block (edge blocks padded by repetition)."""
-    h, w = image.shape[:2]
-    pad_h, pad_w = -h % factor, -w % factor
-    padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor, 3)
-    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+    """Mean of each ``factor`` x ``factor`` block (edge blocks of the pixels they have),
+    rounded half up: Pillow's ``reduce``, 3-20x faster than a numpy mean."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).reduce(factor))
 
 
 def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -369,46 +383,110 @@ def _close_then_open(mask: np.ndarray, radius: int) -> np.ndarray:
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation by the disk ``x*x + y*y <= radius*radius``, outside the image False.
 
-    The same result as ``ndi.binary_dilation`` with that footprint, in time independent of
-    the radius: a pixel is set when a set pixel lies within Euclidean distance ``radius``.
+    The same result as ``ndi.binary_dilation`` with that footprint: the disk is a stack of
+    horizontal runs, so the dilation is the union of the rows dilated by 1-D maximum
+    filters (one per run length) and shifted by the run's row offset.
     """
-    if not mask.any():
+    if radius <= 0 or not mask.any():
         return mask.copy()
-    return ndi.distance_transform_edt(~mask) <= radius
+    h, w = mask.shape
+    source = mask.view(np.uint8)
+    out = np.zeros((h, w), dtype=bool)
+    by_half_width: dict[int, np.ndarray] = {}
+    for dy in range(-radius, radius + 1):
+        half = math.isqrt(radius * radius - dy * dy)
+        if half not in by_half_width:
+            by_half_width[half] = _dilate_rows(mask, source, half)
+        rows = by_half_width[half]
+        # out[y] |= rows[y + dy]
+        if dy >= 0:
+            out[: h - dy] |= rows[dy:]
+        else:
+            out[-dy:] |= rows[: h + dy]
+    return out
+
+
+def _dilate_rows(mask: np.ndarray, as_uint8: np.ndarray, half: int) -> np.ndarray:
+    """Each row dilated by ``2 * half + 1`` pixels: shifted ORs for short runs (the
+    common radii of 2-4 px), a 1-D maximum filter for long ones."""
+    if half > 3:
+        return ndi.maximum_filter1d(as_uint8, 2 * half + 1, axis=1, mode="constant").view(bool)
+    out = mask.copy()
+    for shift in range(1, half + 1):
+        out[:, shift:] |= mask[:, :-shift]
+        out[:, :-shift] |= mask[:, shift:]
+    return out
 
 
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary erosion by the disk of ``radius``, outside the image False (scipy's default
     ``border_value=0``): a pixel stays set when no unset pixel lies within ``radius``."""
-    ringed = np.pad(mask, 1, constant_values=False)
-    return (ndi.distance_transform_edt(ringed) > radius)[1:-1, 1:-1]
+    if radius <= 0:
+        return mask.copy()
+    ringed = np.pad(~mask, radius, constant_values=True)
+    return ~_dilate(ringed, radius)[radius:-radius, radius:-radius]
 
 
-def _median(image: np.ndarray, size: int) -> np.ndarray:
-    if size <= 1:
-        return image
+def _saturation_table() -> np.ndarray:
+    """HSV saturation in 0..255 of every (max, min) channel pair, rounded half up."""
+    high = np.arange(256, dtype=np.int32)[:, None]
+    low = np.arange(256, dtype=np.int32)[None, :]
+    table = (255 * np.maximum(high - low, 0) + high // 2) // np.maximum(high, 1)
+    return table.astype(np.uint8)
+
+
+_SATURATION = _saturation_table()
+
+
+def _median(image: np.ndarray, size: int, needed: np.ndarray) -> np.ndarray:
+    """Median over ``size`` x ``size`` windows (pixels inside the image), computed on the
+    bounding box of the ``needed`` pixels grown by the window (their windows lie in it,
+    so their medians are exact); 0 elsewhere."""
+    rows, cols = np.flatnonzero(needed.any(axis=1)), np.flatnonzero(needed.any(axis=0))
+    if size <= 1 or rows.size == 0:
+        return image if size <= 1 else np.zeros_like(image)
     from skimage.filters.rank import median
 
-    return median(image, footprint=np.ones((size, size), dtype=bool))
+    half = size // 2
+    r0, r1 = max(rows[0] - half, 0), rows[-1] + half + 1
+    c0, c1 = max(cols[0] - half, 0), cols[-1] + half + 1
+    out = np.zeros_like(image)
+    out[r0:r1, c0:c1] = median(image[r0:r1, c0:c1], footprint=np.ones((size, size), dtype=bool))
+    return out
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of integer ``values``: the value (of ``min..max``) that maximises
+    the between-class variance of ``values <= t`` and ``values > t``."""
+    low = int(values.min())
+    counts = np.bincount(values.ravel() - low).astype(np.float64)
+    centers = np.arange(low, low + len(counts), dtype=np.float64)
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    mean1 = np.cumsum(counts * centers) / weight1
+    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1])[::-1]
+    variance = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centers[int(np.argmax(variance))])
 
 
 def _clipped_otsu(values: np.ndarray) -> float:
     if values.size == 0 or values.min() == values.max():
         return SATURATION_FLOOR
-    from skimage.filters import threshold_otsu
-
-    otsu = float(threshold_otsu(values)) / 255.0
+    otsu = _otsu(values.astype(np.int64)) / 255.0
     return float(np.clip(otsu, SATURATION_FLOOR, SATURATION_CEILING))
 
 
 def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
-    holes = ndi.binary_fill_holes(mask) & ~mask
-    if not holes.any():
+    """Fill the holes (background pieces, 4-connected as in ``ndi.binary_fill_holes``,
+    that do not touch the border) smaller than ``max_area_px``."""
+    labels, count = ndi.label(~mask)
+    if count == 0:
         return mask
-    labels, count = ndi.label(holes)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     small = sizes < max_area_px
     small[0] = False
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        small[edge] = False
     return mask | small[labels]
 
 

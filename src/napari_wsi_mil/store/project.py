@@ -6,6 +6,7 @@ Layout (see ``docs/store-format.md``)::
       project.json                     format name and version
       slides/<slide_id>/               tiling: tissue mask, tile grid, slide facts
       <kind>/<name>/<slide_id>/        later results (features, predictions), by name
+      .cache/slide-info/<token>.json   parsed slide facts per file version (a cache)
 
 Every leaf directory is written under a temporary name and renamed into place
 (:func:`~napari_wsi_mil.jobs.atomic_dir`), so a directory that exists is complete.
@@ -38,6 +39,9 @@ from napari_wsi_mil.store.keys import GRID_RESULTS, SLIDES
 
 STORE_FORMAT = "napari-wsi-mil-store"
 STORE_VERSION = 1
+#: Parsed slide facts by file version (``open_slide(path, cache=store)``); hidden from
+#: the results, never needed: a missing cache only makes opening parse the file again.
+SLIDE_INFO_CACHE = Path(".cache") / "slide-info"
 
 
 def check_name(name: str, what: str = "slide id") -> str:
@@ -187,6 +191,28 @@ class ProjectStore:
         import zarr
 
         return dict(zarr.open_group(self.result_dir(kind, name, slide_id), mode="r").attrs)
+
+    # -- slide facts cache ----------------------------------------------------
+    def cached_slide_info(self, token: str) -> dict | None:
+        """Parsed facts (levels, pixel size, properties) of the slide file version
+        ``token`` (:func:`~napari_wsi_mil.slide.slide.file_token`) as
+        :func:`~napari_wsi_mil.slide.open_slide` cached them, or None."""
+        try:
+            return json.loads((self.root / SLIDE_INFO_CACHE / f"{token}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def cache_slide_info(self, token: str, info: dict) -> None:
+        """Keep a slide file version's facts (atomically; no writer lock needed: a
+        version's facts never change). A project that cannot be written keeps none."""
+        folder = self.root / SLIDE_INFO_CACHE
+        tmp = folder / f".tmp-{token}-{uuid.uuid4().hex[:8]}.json"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(_jsonable(info)))
+            os.replace(tmp, folder / f"{token}.json")
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
     # -- tiling --------------------------------------------------------------
     def slide_ids(self) -> list[str]:

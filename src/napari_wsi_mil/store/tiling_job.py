@@ -103,12 +103,13 @@ def tile_slides_job(
                 report.skipped.append(slide_id)
                 continue
             try:
-                with open_slide(path) as slide:
+                with open_slide(path, cache=project) as slide:
                     tiled = tile_slide(slide, params, masks.get(slide_id))
                     facts = slide.describe()
                 removed = project.write_tiles(
                     slide_id, tiled, facts, asdict(params), overwrite=overwrite
                 )
+                slide.cache_facts(project)
             except WsiMilError as exc:
                 if not skip_errors:
                     raise

@@ -275,4 +275,5 @@ def _read_tiling(store, slide_id: str, warnings: list[str]) -> tuple:
 
     grid, _ = store.read_tiles(slide_id)
     mask, downsample = store.read_tissue_mask(slide_id)
-    return open_slide(tiled_slide_path(store, slide_id)), grid, mask, downsample, warnings
+    slide = open_slide(tiled_slide_path(store, slide_id), cache=store)
+    return slide, grid, mask, downsample, warnings
