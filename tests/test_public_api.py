@@ -37,3 +37,25 @@ def test_top_level_job_is_the_jobs_module_function():
 def test_unknown_attribute_raises_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'tile_slide_job'"):
         napari_wsi_mil.tile_slide_job  # noqa: B018
+
+
+def test_relay_names_and_spans_a_sub_job():
+    from napari_wsi_mil.jobs import Progress, relay, run_job
+
+    def sub():
+        yield Progress("epoch", 1, 4, "a")
+        yield Progress("epoch", 4, 4, "b")
+        return "done"
+
+    def named():
+        return (yield from relay("3/7 train", sub()))
+
+    events = []
+    assert run_job(named(), events.append) == "done"
+    assert [(e.stage, e.done) for e in events] == [("3/7 train: epoch", 1), ("3/7 train: epoch", 4)]
+    spanned = []
+    assert run_job(relay(None, sub(), (200, 600)), spanned.append) == "done"
+    assert [(e.stage, e.done, e.total) for e in spanned] == [
+        ("epoch", 300, 1000),
+        ("epoch", 600, 1000),
+    ]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from napari_wsi_mil.features.embedding import embedding_job
 from napari_wsi_mil.features.embedding_plot import plot_embedding
-from napari_wsi_mil.jobs import Job, Progress
+from napari_wsi_mil.jobs import Job, Progress, relay
 from napari_wsi_mil.mil.infer import evaluate_predictions, infer_job
 from napari_wsi_mil.mil.predict import recorded_mask_threshold
 from napari_wsi_mil.report import findings, roc_figure, slide_figure, write_report
@@ -84,19 +84,6 @@ class DemoResult:
     findings: dict  # report.json: headline, alarms, results, ...
 
 
-def stage(name: str, job: Generator) -> Generator:
-    """Re-yield a job's events under ``name`` and return its result."""
-    result = None
-    try:
-        while True:
-            event = next(job)
-            label = name if event.stage in name else f"{name}: {event.stage}"
-            yield Progress(label, event.done, event.total, event.message, event.info)
-    except StopIteration as stop:
-        result = stop.value
-    return result
-
-
 def cohort_job(settings, out: Path) -> Job:
     """:func:`~napari_wsi_mil.slide.mosaic.make_mosaic_cohort_job` on :data:`DEMO_TILES`
     with the cohort fields of :class:`DemoSettings` (or of
@@ -141,12 +128,12 @@ def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -
     s = settings or DemoSettings()
     out = Path(out_dir)
     clock = _Clock()
-    mosaic = yield from stage("1/7 real-tile cohort", cohort_job(s, out / "cohort"))
+    mosaic = yield from relay("1/7 real-tile cohort", cohort_job(s, out / "cohort"))
     cohort = read_cohort(mosaic.csv_path)
     annotations = mosaic.root / "annotations"
     clock.lap("cohort")
     store = ProjectStore(out / "project", create=not (out / "project").exists())
-    yield from stage(
+    yield from relay(
         "2/7 tiling",
         tile_slides_job(
             store,
@@ -162,7 +149,7 @@ def demo_job(out_dir: str | os.PathLike, settings: DemoSettings | None = None) -
     specs = {"weaksupcon": str(encoder), "random": "random"}
     ids = [e.slide_id for e in cohort]
     for name, spec in specs.items():
-        yield from stage(
+        yield from relay(
             f"4/7 features ({name})", extract_features_job(store, ids, spec, name, num_workers=1)
         )
     clock.lap("feature extraction")
@@ -206,7 +193,7 @@ def _pretraining_stage(
             seed=s.seed,
             allow_collapse=True,  # the report shows the collapse warning beside the results
         )
-        yield from stage("3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder))
+        yield from relay("3/7 WeakSupCon pretraining", pretrain_job(store, cohort, config, encoder))
 
 
 def _embedding_stage(
@@ -216,7 +203,7 @@ def _embedding_stage(
 
     figures = []
     for name in specs:
-        table = yield from stage(
+        table = yield from relay(
             f"5/7 PCA ({name})", embedding_job(store, cohort, name, max_per_slide=200, seed=s.seed)
         )
         figures.append(
@@ -256,13 +243,13 @@ def _mil_stage(
                 tile_label_fraction=s.tile_label_fraction,
                 threads=1,  # small models: one thread is fastest
             )
-            result = yield from stage(
+            result = yield from relay(
                 f"6/7 {model} on {name} features",
                 train_mil_job(
                     store, cohort, name, out / "runs" / run, config, annotations=annotations
                 ),
             )
-            report = yield from stage(
+            report = yield from relay(
                 f"6/7 infer {run}",
                 infer_job(
                     store,

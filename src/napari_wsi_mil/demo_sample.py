@@ -40,9 +40,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from napari_wsi_mil.demo import cohort_job, stage
+from napari_wsi_mil.demo import cohort_job
 from napari_wsi_mil.errors import WsiMilError
-from napari_wsi_mil.jobs import Job, atomic_dir, run_job
+from napari_wsi_mil.jobs import Job, atomic_dir, relay, run_job
 from napari_wsi_mil.mil.infer import infer_job
 from napari_wsi_mil.slide.tiling import TilingParams
 from napari_wsi_mil.store.cohort import Cohort, read_cohort
@@ -168,7 +168,7 @@ def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
 
     started = time.perf_counter()
     torch.set_num_threads(s.threads)
-    mosaic = yield from stage("demo cohort", cohort_job(s, root / "cohort"))
+    mosaic = yield from relay("demo cohort", cohort_job(s, root / "cohort"))
     cohort = read_cohort(mosaic.csv_path)
     fractions = dict(zip(mosaic.slide_ids, mosaic.lesion_fractions, strict=True))
     tests = [e for e in cohort if e.split == "test" and e.label == 1]
@@ -182,9 +182,9 @@ def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
     store = ProjectStore(root / "project", create=True)
     params = TilingParams(target_mpp=s.target_mpp, patch_size=s.patch_size)
     used = [*train, test]
-    yield from stage("tiling", tile_slides_job(store, [(e.slide_id, e.path) for e in used], params))
+    yield from relay("tiling", tile_slides_job(store, [(e.slide_id, e.path) for e in used], params))
     ids = [e.slide_id for e in used]
-    yield from stage(
+    yield from relay(
         "features", extract_features_job(store, ids, "random", "random", num_workers=0)
     )
     config = MilConfig(
@@ -195,7 +195,7 @@ def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
         hparams=dict(s.hparams),
         threads=s.threads,
     )
-    result = yield from stage(
+    result = yield from relay(
         f"{s.model} training",
         train_mil_job(
             store,
@@ -207,7 +207,7 @@ def _build(root: Path, s: DemoSampleSettings) -> Job[None]:
         ),
     )
     # what the sample promises: its model calls the held-out slide tumour
-    scored = yield from stage(
+    scored = yield from relay(
         "scoring the test slide",
         infer_job(store, result.model_path, slide_ids=[test.slide_id], name="test"),
     )

@@ -55,6 +55,29 @@ class Progress:
         return min(1.0, self.done / self.total)
 
 
+def relay(stage: str | None, job: Job[T], span: tuple[int, int] | None = None) -> Job[T]:
+    """Re-yield a sub-job's events and return its result (``yield from relay(...)``).
+
+    ``stage`` names the events (``"<stage>: <the event's stage>"``, or just ``stage``
+    when it already names the event's stage); ``span = (lo, hi)`` maps each event's
+    fraction into ``lo..hi`` of one overall bar of 1000 (the event's stage kept).
+    """
+    try:
+        while True:
+            event = next(job)
+            label = event.stage
+            if stage is not None:
+                label = stage if event.stage in stage else f"{stage}: {event.stage}"
+            if span is None:
+                yield Progress(label, event.done, event.total, event.message, event.info)
+            else:
+                lo, hi = span
+                done = int(lo + (event.fraction or 0.0) * (hi - lo))
+                yield Progress(label, done, 1000, event.message)
+    except StopIteration as stop:
+        return stop.value
+
+
 def run_job(
     job: Job[T],
     on_progress: Callable[[Progress], None] | None = None,

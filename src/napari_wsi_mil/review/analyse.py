@@ -17,14 +17,14 @@ threshold and :class:`SlideAnalysis` carries it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
-from napari_wsi_mil.jobs import Job, Progress
+from napari_wsi_mil.jobs import Job, Progress, relay
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
 from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
@@ -176,19 +176,6 @@ def find_encoder(
     )
 
 
-def _staged(job: Job, stage: str) -> Iterator[Progress]:
-    """Re-yield a sub-job's events as one overall per-mille bar, returning its result."""
-    lo, hi = _STAGES[stage]
-    try:
-        event = next(job)
-        while True:
-            frac = event.fraction or 0.0
-            yield Progress(event.stage, int(lo + frac * (hi - lo)), 1000, event.message)
-            event = next(job)
-    except StopIteration as stop:
-        return stop.value
-
-
 def _check_tiles(project: ProjectStore, slide_id: str, slide_path: Path, fa: dict) -> bool:
     """Whether the slide is tiled as the model needs; raise when tiled differently."""
     if not project.has_tiles(slide_id):
@@ -278,7 +265,8 @@ def analyse_slide_job(
             project, slide_id, slide_path, loaded, fa, feature_name, batch_size, num_workers, device
         )
 
-    yield from _staged(infer_job(project, model_path, slide_ids=[slide_id], name=name), "infer")
+    infer = infer_job(project, model_path, slide_ids=[slide_id], name=name)
+    yield from relay(None, infer, _STAGES["infer"])
 
     clusters = None
     if loaded is not None and loaded.cluster_head is not None:
@@ -311,9 +299,8 @@ def _tiling_stage(project, slide_id, slide_path, model_path, fa, min_tissue, sli
             min_tissue=min_tissue,
             slide_mpp=slide_mpp,
         )
-        report = yield from _staged(
-            tile_slides_job(project, [(slide_id, slide_path)], params), "tiling"
-        )
+        tiling = tile_slides_job(project, [(slide_id, slide_path)], params)
+        report = yield from relay(None, tiling, _STAGES["tiling"])
         for message in report.warnings.get(slide_id, []):
             warnings.append(message)
     grid, _ = project.read_tiles(slide_id)
@@ -357,7 +344,8 @@ def _extract_stage(
     from napari_wsi_mil.features.extract import extract_features_job
     from napari_wsi_mil.features.stain import StainNormaliser
 
-    yield from _staged(
+    yield from relay(
+        None,
         extract_features_job(
             project,
             [slide_id],
@@ -370,7 +358,7 @@ def _extract_stage(
             slide_paths={slide_id: slide_path},
             stain=StainNormaliser.from_attrs(fa.get("stain")),  # as the model's features
         ),
-        "extract",
+        _STAGES["extract"],
     )
     if not project.has_result(FEATURES, feature_name, slide_id):
         raise WsiMilError(f"{slide_path}: feature extraction failed (damaged slide file?)")
