@@ -18,21 +18,97 @@ from napari_wsi_mil.slide import open_slide
 from napari_wsi_mil.slide.tiling import TileGrid
 from napari_wsi_mil.store.project import ProjectStore
 
+#: A batch's neighbouring patches of one slide are read as one region of at most this
+#: many pixels at the read level (48 MiB as RGB), which bounds what one read holds.
+MAX_REGION_PIXELS = 4096 * 4096
+#: ... when the patches cover at least this fraction of the region's area (overlapping
+#: patches count more than once). Decoding costs about the same per pixel for one big
+#: read as for many small ones, so a sparser region would decode pixels no patch uses.
+MIN_REGION_COVERAGE = 0.9
+
 
 def read_patch(slide, grid: TileGrid, index: int) -> np.ndarray:
     """One ``(patch_size, patch_size, 3)`` uint8 patch, read at the grid's read level."""
-    from PIL import Image
-
     geo = grid.geometry
     x, y = grid.coords[index]
-    region = slide.read_region(geo.read_level, int(x), int(y), geo.read_size, geo.read_size)
-    if geo.read_size != geo.patch_size:
-        region = np.array(  # writable, as torch.from_numpy needs
-            Image.fromarray(region).resize(
-                (geo.patch_size, geo.patch_size), Image.Resampling.BILINEAR, reducing_gap=2.0
-            )
+    size = geo.read_size
+    return _resized(slide.read_region(geo.read_level, int(x), int(y), size, size), geo)
+
+
+def _resized(region: np.ndarray, geo) -> np.ndarray:
+    from PIL import Image
+
+    if geo.read_size == geo.patch_size:
+        return region
+    return np.array(  # writable, as torch.from_numpy needs
+        Image.fromarray(np.ascontiguousarray(region)).resize(
+            (geo.patch_size, geo.patch_size), Image.Resampling.BILINEAR, reducing_gap=2.0
         )
-    return region
+    )
+
+
+def level_corners(slide, grid: TileGrid, indices: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` top-left ``x, y`` of patches ``indices`` in pixels of the read level,
+    rounded as :meth:`Slide.read_region` rounds them."""
+    ds = slide.level_downsamples[grid.geometry.read_level]
+    return np.array(
+        [(round(int(x) / ds), round(int(y) / ds)) for x, y in grid.coords[indices]], np.int64
+    ).reshape(-1, 2)
+
+
+def plan_regions(
+    corners: np.ndarray,
+    size: int,
+    max_pixels: int = MAX_REGION_PIXELS,
+    min_coverage: float = MIN_REGION_COVERAGE,
+) -> list[np.ndarray]:
+    """Split patches (top-left ``corners``, ``size`` px squares) into groups read as one
+    region each: the bounding box of a group has at most ``max_pixels`` and the group's
+    patches cover at least ``min_coverage`` of it, or the group is a single patch. A group
+    that fails is cut in two along x or y where the two bounding boxes are smallest (a
+    batch of a row-major grid loses its partial first and last rows first). Returns
+    positions into ``corners``; every position is in exactly one group.
+    """
+    groups, todo = [], [np.arange(len(corners))]
+    while todo:
+        pos = todo.pop()
+        lo, hi = corners[pos].min(axis=0), corners[pos].max(axis=0) + size
+        box = int(np.prod(hi - lo))
+        if len(pos) == 1 or (box <= max_pixels and len(pos) * size * size >= min_coverage * box):
+            groups.append(pos)
+            continue
+        best = None
+        for axis in (0, 1):
+            order = pos[np.argsort(corners[pos, axis], kind="stable")]
+            c = corners[order]
+            head = np.prod(np.maximum.accumulate(c) - np.minimum.accumulate(c) + size, axis=1)
+            tail = c[::-1]
+            tail = np.prod(np.maximum.accumulate(tail) - np.minimum.accumulate(tail) + size, 1)
+            cost = head[:-1] + tail[::-1][1:]  # cut after position k
+            k = int(np.argmin(cost))
+            if best is None or cost[k] < best[0]:
+                best = (cost[k], order[: k + 1], order[k + 1 :])
+        todo += [best[2], best[1]]
+    return groups
+
+
+def read_patches(slide, grid: TileGrid, indices: np.ndarray, corners: np.ndarray) -> list:
+    """Patches ``indices`` (at read-level ``corners``, see :func:`level_corners`) with one
+    ``read_region`` of their bounding box. The pixels are those :func:`read_patch` reads
+    wherever the read level is pixel-aligned: the tifffile backend, OpenSlide's level 0 and
+    integer downsamples, and synthesized levels; patches needing no resize are views into
+    the region."""
+    geo = grid.geometry
+    (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0) + geo.read_size
+    ds = slide.level_downsamples[geo.read_level]
+    region = slide.read_region(
+        geo.read_level, round(int(x0) * ds), round(int(y0) * ds), int(x1 - x0), int(y1 - y0)
+    )
+    size = geo.read_size
+    return [
+        _resized(region[y - y0 : y - y0 + size, x - x0 : x - x0 + size], geo)
+        for x, y in corners.tolist()
+    ]
 
 
 def collate_patches(items: list[tuple]) -> list:
@@ -60,7 +136,9 @@ class PatchDataset(Dataset):
     recently used, so a cohort of thousands of slides does not exhaust file
     descriptors. ``max_per_slide`` draws a fixed random subset of each slide's patches.
     With ``skip_errors`` a slide that cannot be read gives blank images and
-    ``ok=False`` instead of raising, so one bad slide does not stop a loader.
+    ``ok=False`` instead of raising, so one bad slide does not stop a loader. A
+    ``DataLoader`` batch reads each slide's neighbouring patches as one region
+    (:meth:`__getitems__`).
 
     Parameters
     ----------
@@ -77,6 +155,9 @@ class PatchDataset(Dataset):
     max_open_slides
         Slide handles each process (main or loader worker) keeps open at most; a slide
         read again after being closed is reopened.
+    max_region_pixels
+        The largest region (pixels at the read level) that one read of a batch's
+        neighbouring patches may cover; see :meth:`__getitems__`.
     """
 
     def __init__(
@@ -88,11 +169,13 @@ class PatchDataset(Dataset):
         seed: int = 0,
         skip_errors: bool = False,
         max_open_slides: int = 32,
+        max_region_pixels: int = MAX_REGION_PIXELS,
     ):
         if max_open_slides < 1:
             raise ValueError(f"max_open_slides must be at least 1, not {max_open_slides}")
         self.skip_errors = skip_errors
         self.max_open_slides = max_open_slides
+        self.max_region_pixels = max_region_pixels
         self.slide_ids = list(slide_ids)
         self.grids: list[TileGrid] = []
         self.paths: list[str] = []
@@ -122,9 +205,44 @@ class PatchDataset(Dataset):
         except SlideError:
             if not self.skip_errors:
                 raise
-            size = self.grids[s].geometry.patch_size
-            return torch.zeros(3, size, size, dtype=torch.uint8), s, p, False
+            return self._blank(s, p)
         return torch.from_numpy(patch).permute(2, 0, 1), s, p, True  # a view; collate copies
+
+    def __getitems__(self, items: list[int]) -> list[tuple[torch.Tensor, int, int, bool]]:
+        """A batch of items, as ``DataLoader`` asks for them. Each slide's patches in the
+        batch are grouped by :func:`plan_regions` and every group is read with one
+        ``read_region`` (a batch of neighbouring patches, as in extraction, is a few
+        reads; a random batch, as in pretraining, is mostly single-patch reads). A group
+        whose read fails is read patch by patch, so ``skip_errors`` blanks only the
+        patches that cannot be read. Nothing is kept between batches."""
+        out: list = [None] * len(items)
+        slides, patches = self.slide_index[items], self.patch_index[items]
+        for s in np.unique(slides).tolist():
+            where = np.flatnonzero(slides == s)
+            try:
+                slide = self._slide(s)
+            except SlideError:
+                if not self.skip_errors:
+                    raise
+                for i in where.tolist():
+                    out[i] = self._blank(s, int(patches[i]))
+                continue
+            grid = self.grids[s]
+            corners = level_corners(slide, grid, patches[where])
+            for group in plan_regions(corners, grid.geometry.read_size, self.max_region_pixels):
+                try:
+                    images = read_patches(slide, grid, patches[where[group]], corners[group])
+                except SlideError:  # again patch by patch: only bad patches fail
+                    for i in where[group].tolist():
+                        out[i] = self[items[i]]
+                    continue
+                for i, image in zip(where[group].tolist(), images, strict=True):
+                    out[i] = (torch.from_numpy(image).permute(2, 0, 1), s, int(patches[i]), True)
+        return out
+
+    def _blank(self, s: int, p: int) -> tuple[torch.Tensor, int, int, bool]:
+        size = self.grids[s].geometry.patch_size
+        return torch.zeros(3, size, size, dtype=torch.uint8), s, p, False
 
     def _slide(self, s: int):
         """Slide ``s``'s handle, opened if needed; before opening one, the least
