@@ -117,19 +117,22 @@ def test_open_slide_handles_are_capped(tmp_path, monkeypatch):
 
 
 class CountedReads:
-    """Records the ``(width, height)`` of every ``Slide.read_region`` call."""
+    """Records the backend class and ``(width, height)`` of every backend read."""
 
     def __init__(self, monkeypatch):
-        from napari_wsi_mil.slide.slide import Slide
+        from napari_wsi_mil.slide.openslide_backend import OpenSlideBackend
+        from napari_wsi_mil.slide.tiff_backend import TiffBackend
 
-        self.sizes: list[tuple[int, int]] = []
-        read = Slide.read_region
+        self.reads: list[tuple[str, int, int]] = []
+        for backend in (OpenSlideBackend, TiffBackend):
+            monkeypatch.setattr(backend, "read_level", self._counted(backend.read_level))
 
-        def counted(slide, level, x, y, width, height, **kwargs):
-            self.sizes.append((int(width), int(height)))
-            return read(slide, level, x, y, width, height, **kwargs)
+    def _counted(self, read):
+        def counted(backend, level, x, y, width, height):
+            self.reads.append((type(backend).__name__, int(width), int(height)))
+            return read(backend, level, x, y, width, height)
 
-        monkeypatch.setattr(Slide, "read_region", counted)
+        return counted
 
 
 def _loader_patches(store, slide_id, batch_size=64, **kwargs) -> dict[int, np.ndarray]:
@@ -163,7 +166,11 @@ def test_batch_region_reads_match_patch_reads_on_a_real_slide(
     reads = CountedReads(monkeypatch)
     got = _loader_patches(store, "cmu")
     assert len(got) == len(grid) > 20
-    assert len(reads.sizes) < len(grid) / 8  # whole batches were read as regions
+    assert len(reads.reads) < len(grid) / 8  # whole batches were read as regions
+    level0 = grid.geometry.read_level == 0  # through tifffile, straight to RGB
+    expected = "TiffBackend" if level0 else "OpenSlideBackend"
+    others = [name for name, _, _ in reads.reads if name != expected]
+    assert others in ([], ["OpenSlideBackend"])  # open_slide's check reads with OpenSlide
     with open_slide(path) as slide:
         for p, image in got.items():
             np.testing.assert_array_equal(image, read_patch(slide, grid, p))
@@ -175,9 +182,9 @@ def test_batch_region_reads_match_patch_reads_on_synthetic_slides(tmp_path, monk
     paths = {e.slide_id: e.path for e in cohort}
     for slide_id in store.slide_ids():
         grid, _ = store.read_tiles(slide_id)
-        del reads.sizes[:]
+        del reads.reads[:]
         got = _loader_patches(store, slide_id, batch_size=16)
-        assert len(got) == len(grid) and len(reads.sizes) < len(grid)
+        assert len(got) == len(grid) and len(reads.reads) < len(grid)
         with open_slide(paths[slide_id]) as slide:
             for p, image in got.items():
                 np.testing.assert_array_equal(image, read_patch(slide, grid, p))
@@ -219,7 +226,7 @@ def test_region_reads_stay_within_the_memory_bound(shared_data, tmp_path, monkey
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert reads.sizes and all(w * h <= limit for w, h in reads.sizes)
+    assert reads.reads and all(w * h <= limit for _, w, h in reads.reads)
     # a batch holds its regions, at most its patches' pixels over the coverage floor
     assert peak < 2 * len(batch) * 224 * 224 * 3 + 4 * limit * 3
     assert ds.__getstate__().keys() == ds.__dict__.keys()  # no region cache to pickle

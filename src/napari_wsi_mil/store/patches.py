@@ -92,23 +92,54 @@ def plan_regions(
     return groups
 
 
-def read_patches(slide, grid: TileGrid, indices: np.ndarray, corners: np.ndarray) -> list:
+def read_patches(
+    slide, grid: TileGrid, indices: np.ndarray, corners: np.ndarray, level0_rgb=None
+) -> list:
     """Patches ``indices`` (at read-level ``corners``, see :func:`level_corners`) with one
-    ``read_region`` of their bounding box. The pixels are those :func:`read_patch` reads
-    wherever the read level is pixel-aligned: the tifffile backend, OpenSlide's level 0 and
-    integer downsamples, and synthesized levels; patches needing no resize are views into
-    the region."""
+    read of their bounding box: ``level0_rgb.read_level`` when given and the grid reads
+    level 0 (see :func:`level0_rgb_reader`), else ``slide.read_region``. The pixels are
+    those :func:`read_patch` reads wherever the read level is pixel-aligned: the tifffile
+    backend, OpenSlide's level 0 and integer downsamples, and synthesized levels; patches
+    needing no resize are views into the region."""
     geo = grid.geometry
     (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0) + geo.read_size
-    ds = slide.level_downsamples[geo.read_level]
-    region = slide.read_region(
-        geo.read_level, round(int(x0) * ds), round(int(y0) * ds), int(x1 - x0), int(y1 - y0)
-    )
+    x0, y0, width, height = int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+    if level0_rgb is not None and geo.read_level == 0:
+        region = level0_rgb.read_level(0, x0, y0, width, height)
+    else:
+        ds = slide.level_downsamples[geo.read_level]
+        region = slide.read_region(geo.read_level, round(x0 * ds), round(y0 * ds), width, height)
     size = geo.read_size
     return [
         _resized(region[y - y0 : y - y0 + size, x - x0 : x - x0 + size], geo)
         for x, y in corners.tolist()
     ]
+
+
+def level0_rgb_reader(slide):
+    """For an Aperio SVS with JPEG tiles opened through OpenSlide: a tifffile reader of the
+    same file (:class:`TiffBackend`), whose level-0 reads decode the tiles straight to RGB.
+    A region costs about a quarter of OpenSlide's CPU per pixel that way (OpenSlide paints
+    premultiplied ARGB, converted to RGBA and then to RGB), with the same pixels on
+    CMU-1 (``benchmarks/README.md``, section 27). None for any other slide."""
+    if slide.backend_name != "openslide" or slide.vendor != "aperio":
+        return None
+    import tifffile
+
+    from napari_wsi_mil.slide.tiff_backend import TiffBackend
+
+    try:
+        with tifffile.TiffFile(slide.path) as tif:
+            if tif.pages.first.compression != tifffile.COMPRESSION.JPEG:
+                return None
+        reader = TiffBackend(str(slide.path))
+    except (SlideError, OSError, tifffile.TiffFileError):
+        return None
+    level = reader.info.levels[0]
+    if (level.width, level.height) != tuple(slide.dimensions):
+        reader.close()
+        return None
+    return reader
 
 
 def collate_patches(items: list[tuple]) -> list:
@@ -134,7 +165,8 @@ class PatchDataset(Dataset):
     uint8 tensor. Every loader worker opens its own slide handles (handles are not
     pickled) and keeps at most ``max_open_slides`` of them open, closing the least
     recently used, so a cohort of thousands of slides does not exhaust file
-    descriptors. ``max_per_slide`` draws a fixed random subset of each slide's patches.
+    descriptors (an Aperio SVS holds two: OpenSlide's and :func:`level0_rgb_reader`'s).
+    ``max_per_slide`` draws a fixed random subset of each slide's patches.
     With ``skip_errors`` a slide that cannot be read gives blank images and
     ``ok=False`` instead of raising, so one bad slide does not stop a loader. A
     ``DataLoader`` batch reads each slide's neighbouring patches as one region
@@ -194,6 +226,7 @@ class PatchDataset(Dataset):
         self.slide_index = np.concatenate(slide_index) if slide_index else np.zeros(0, np.int64)
         self.patch_index = np.concatenate(patch_index) if patch_index else np.zeros(0, np.int64)
         self._slides: OrderedDict[int, object] = OrderedDict()  # least recently used first
+        self._level0_rgb: dict[int, object] = {}  # of open slides: level0_rgb_reader's
 
     def __len__(self) -> int:
         return len(self.slide_index)
@@ -231,7 +264,9 @@ class PatchDataset(Dataset):
             corners = level_corners(slide, grid, patches[where])
             for group in plan_regions(corners, grid.geometry.read_size, self.max_region_pixels):
                 try:
-                    images = read_patches(slide, grid, patches[where[group]], corners[group])
+                    images = read_patches(
+                        slide, grid, patches[where[group]], corners[group], self._level0_rgb[s]
+                    )
                 except SlideError:  # again patch by patch: only bad patches fail
                     for i in where[group].tolist():
                         out[i] = self[items[i]]
@@ -252,19 +287,25 @@ class PatchDataset(Dataset):
             self._slides.move_to_end(s)
             return slide
         while len(self._slides) >= self.max_open_slides:
-            self._slides.popitem(last=False)[1].close()
+            self._close(next(iter(self._slides)))
         slide = self._slides[s] = open_slide(self.paths[s])
+        self._level0_rgb[s] = level0_rgb_reader(slide)
         return slide
+
+    def _close(self, s: int) -> None:
+        self._slides.pop(s).close()
+        reader = self._level0_rgb.pop(s, None)
+        if reader is not None:
+            reader.close()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_slides"] = OrderedDict()
+        state["_slides"], state["_level0_rgb"] = OrderedDict(), {}
         return state
 
     def close(self) -> None:
-        for slide in self._slides.values():
-            slide.close()
-        self._slides.clear()
+        while self._slides:
+            self._close(next(iter(self._slides)))
 
 
 class _EpochBatchSampler(Sampler[list[int]]):
