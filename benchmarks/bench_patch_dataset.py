@@ -20,8 +20,9 @@ times, over all patches in grid order:
     persistent_workers=False)`` iterated to the end, N = 0, 1, 2; a new dataset and
     loader each repeat (so worker start-up and slide opening are included, as in
     (a)). The loader asks for whole batches (``PatchDataset.__getitems__``), which read
-    each batch's neighbouring patches as a few regions. N = 0 runs twice: with torch's default intra-op threads (one per core) and
-    with ``torch.set_num_threads(1)`` (what loader workers use), because
+    each batch's neighbouring patches as a few regions. N = 0 runs twice: with torch's
+    default intra-op threads (one per core) and with ``torch.set_num_threads(1)`` (what
+    loader workers use), because
     ``default_collate``'s ``torch.stack`` is multi-threaded and its threads compete
     with the reading on a busy machine.
 

@@ -92,11 +92,9 @@ def plan_regions(
     return groups
 
 
-def read_patches(
-    slide, grid: TileGrid, indices: np.ndarray, corners: np.ndarray, level0_rgb=None
-) -> list:
-    """Patches ``indices`` (at read-level ``corners``, see :func:`level_corners`) with one
-    read of their bounding box: ``level0_rgb.read_level`` when given and the grid reads
+def read_patches(slide, grid: TileGrid, corners: np.ndarray, level0_rgb=None) -> list:
+    """The patches at read-level ``corners`` (see :func:`level_corners`) with one read of
+    their bounding box: ``level0_rgb.read_level`` when given and the grid reads
     level 0 (see :func:`level0_rgb_reader`), else ``slide.read_region``. The pixels are
     those :func:`read_patch` reads wherever the read level is pixel-aligned: the tifffile
     backend, OpenSlide's level 0 and integer downsamples, and synthesized levels; patches
@@ -119,7 +117,7 @@ def read_patches(
 def level0_rgb_reader(slide):
     """For an Aperio SVS with JPEG tiles opened through OpenSlide: a tifffile reader of the
     same file (:class:`TiffBackend`), whose level-0 reads decode the tiles straight to RGB.
-    A region costs about a quarter of OpenSlide's CPU per pixel that way (OpenSlide paints
+    A region costs half or less of OpenSlide's CPU per pixel that way (OpenSlide paints
     premultiplied ARGB, converted to RGBA and then to RGB), with the same pixels on
     CMU-1 (``benchmarks/README.md``, section 27). None for any other slide."""
     if slide.backend_name != "openslide" or slide.vendor != "aperio":
@@ -243,8 +241,8 @@ class PatchDataset(Dataset):
 
     def __getitems__(self, items: list[int]) -> list[tuple[torch.Tensor, int, int, bool]]:
         """A batch of items, as ``DataLoader`` asks for them. Each slide's patches in the
-        batch are grouped by :func:`plan_regions` and every group is read with one
-        ``read_region`` (a batch of neighbouring patches, as in extraction, is a few
+        batch are grouped by :func:`plan_regions` and every group is read with one read
+        (:func:`read_patches`; a batch of neighbouring patches, as in extraction, is a few
         reads; a random batch, as in pretraining, is mostly single-patch reads). A group
         whose read fails is read patch by patch, so ``skip_errors`` blanks only the
         patches that cannot be read. Nothing is kept between batches."""
@@ -264,9 +262,7 @@ class PatchDataset(Dataset):
             corners = level_corners(slide, grid, patches[where])
             for group in plan_regions(corners, grid.geometry.read_size, self.max_region_pixels):
                 try:
-                    images = read_patches(
-                        slide, grid, patches[where[group]], corners[group], self._level0_rgb[s]
-                    )
+                    images = read_patches(slide, grid, corners[group], self._level0_rgb[s])
                 except SlideError:  # again patch by patch: only bad patches fail
                     for i in where[group].tolist():
                         out[i] = self[items[i]]
