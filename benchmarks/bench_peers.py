@@ -28,6 +28,12 @@ ours / theirs (below 1: we are faster).
   0.05, overlap 0), segmentation=SegmentationConfig(method="hsv"))``; LazySlide
   ``open_wsi`` + ``pp.find_tissues`` + ``pp.tile_tissues(wsi, 224, mpp=0.5)``. Each tool
   keeps its own tissue rules, so the patch counts differ; they are shown.
+- features (CMU-1 only; hs2p has no extraction): seconds per patch of a seeded random
+  ResNet-18 trunk (``load_encoder_spec("random")``, batch 64, CPU, no loader workers) over
+  the tool's own tiling, the tiling not timed: ours ``extract_features_job`` (features
+  written to a project store), LazySlide ``tl.feature_extraction(wsi, model=the same
+  module, transform=the same normalisation)``. Children run with ``OMP_NUM_THREADS=1``
+  unless it is set.
 """
 
 from __future__ import annotations
@@ -44,7 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 TOOLS = ("ours", "hs2p", "lazyslide")
-TASKS = ("open", "tiling")
+TASKS = ("open", "tiling", "features")
+#: tasks a tool cannot do (hs2p tiles; it does not extract features)
+MISSING = {("hs2p", "features")}
+#: slides the features task runs on (the TIFF would take minutes per run on a CPU)
+FEATURE_SLIDES = ("CMU-1-Small-Region (OpenSlide)",)
 PEER_VERSIONS = {"hs2p": "6.1", "lazyslide": "0.13"}
 #: the cached pyramidal TIFF: level-0 size, tile side, pixel size, period of the copies
 TIFF_SIZE, TIFF_TILE, TIFF_MPP, CELL = (24000, 18000), 512, 0.5, 3072
@@ -110,7 +120,25 @@ def _ours():
         with open_slide(path) as slide:
             return len(tile_slide(slide, TilingParams()).grid)
 
-    return open_slide, tiling
+    def features(path):
+        import tempfile
+
+        from napari_wsi_mil.features.extract import extract_features_job
+        from napari_wsi_mil.jobs import run_job
+        from napari_wsi_mil.store.project import ProjectStore
+        from napari_wsi_mil.store.tiling_job import tile_slides_job
+
+        with tempfile.TemporaryDirectory() as tmp:
+            store = ProjectStore(Path(tmp) / "project", create=True)
+            run_job(tile_slides_job(store, [("s", path)], TilingParams()))
+            n = len(store.read_tiles("s")[0])
+            t0 = time.perf_counter()
+            run_job(
+                extract_features_job(store, ["s"], "random", "random", num_workers=0, device="cpu")
+            )
+            return time.perf_counter() - t0, n
+
+    return open_slide, tiling, features
 
 
 def _hs2p():
@@ -128,7 +156,7 @@ def _hs2p():
         )
         return len(result.tiles.x)
 
-    return open_slide, tiling
+    return open_slide, tiling, None
 
 
 def _lazyslide():
@@ -141,14 +169,48 @@ def _lazyslide():
         zs.pp.tile_tissues(wsi, 224, mpp=0.5)
         return len(wsi["tiles"])
 
-    return (lambda path: open_wsi(path, store=None)), tiling
+    def features(path):
+        import numpy as np
+        import torch
+
+        from napari_wsi_mil.features.encoders import load_encoder_spec
+
+        encoder = load_encoder_spec("random")
+        mean = torch.tensor(encoder.mean)[:, None, None]
+        std = torch.tensor(encoder.std)[:, None, None]
+
+        def transform(image):
+            chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            return (chw.float().div(255) - mean) / std
+
+        wsi = open_wsi(path, store=None)
+        zs.pp.find_tissues(wsi)
+        zs.pp.tile_tissues(wsi, 224, mpp=0.5)
+        t0 = time.perf_counter()
+        zs.tl.feature_extraction(
+            wsi,
+            model=encoder.model.eval(),
+            model_name="random",
+            transform=transform,
+            batch_size=64,
+            num_workers=0,
+            device="cpu",
+            pbar=False,
+        )
+        return time.perf_counter() - t0, len(wsi["tiles"])
+
+    return (lambda path: open_wsi(path, store=None)), tiling, features
 
 
 def child(tool: str, task: str, path: str) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    opener, tiling = {"ours": _ours, "hs2p": _hs2p, "lazyslide": _lazyslide}[tool]()
+    opener, tiling, features = {"ours": _ours, "hs2p": _hs2p, "lazyslide": _lazyslide}[tool]()
+    if task == "features":
+        seconds, n = features(path)
+        _common.child_result({"first_s": seconds / n, "tiles": n})
+        return
     if task == "open":
         t0 = time.perf_counter()
         opener(path)
@@ -195,7 +257,11 @@ def main() -> None:
         order = TOOLS[r % 3 :] + TOOLS[: r % 3]
         for slide, path in slides.items():
             for task in TASKS:
+                if task == "features" and slide not in FEATURE_SLIDES:
+                    continue
                 for tool in order:
+                    if (tool, task) in MISSING:
+                        continue
                     key = (slide, task, tool)
                     if any("error" in run for run in runs.get(key, [])):
                         continue  # a tool that failed once is not retried
@@ -205,9 +271,14 @@ def main() -> None:
     rows = []
     for slide in slides:
         for task in TASKS:
+            if task == "features" and slide not in FEATURE_SLIDES:
+                continue
             best = {}
             for tool in TOOLS:
-                results = runs[slide, task, tool]
+                results = runs.get((slide, task, tool))
+                if results is None:  # a task the tool does not have
+                    best[tool] = {"error": "-"}
+                    continue
                 errors = [run["error"] for run in results if "error" in run]
                 best[tool] = (
                     {"error": errors[0]}
@@ -219,8 +290,9 @@ def main() -> None:
                     }
                 )
             for call in ("first_s", "second_s") if task == "tiling" else ("first_s",):
+                label = "features, s per patch" if task == "features" else task
                 row = {
-                    "test": f"{task}, {slide}" + (", second call" if call == "second_s" else ""),
+                    "test": f"{label}, {slide}" + (", second call" if call == "second_s" else ""),
                     "ours_s": best["ours"].get(call),
                 }
                 for peer in PEER_VERSIONS:
@@ -229,7 +301,7 @@ def main() -> None:
                     row[f"ours/{peer}"] = (
                         row["ours_s"] / theirs if theirs and row["ours_s"] is not None else None
                     )
-                if task == "tiling":
+                if task != "open":
                     row["tiles ours/hs2p/lazyslide"] = "/".join(
                         str(best[t].get("tiles", "-")) for t in TOOLS
                     )
@@ -245,7 +317,7 @@ def main() -> None:
     targets = [
         (r["test"], r["ours/hs2p"], 1.5 if r["test"].startswith("open") else 1.0)
         for r in rows
-        if "second call" not in r["test"]
+        if r["test"].startswith(("open", "tiling")) and "second call" not in r["test"]
     ]
     print("\ntargets against hs2p (first call): opening <= 1.5, tiling <= 1.0")
     for test, ratio, limit in targets:
