@@ -1,4 +1,4 @@
-"""Opening and tiling against the peers hs2p 6.1 and LazySlide 0.13, in one run.
+"""Opening, tiling and feature extraction against the peers hs2p 6.1 and LazySlide 0.13.
 
 Run: ``python benchmarks/bench_peers.py [--rounds 5] [--peers-python PATH]`` or, to
 write the section of ``REPORT.md``, ``python benchmarks/run_all.py --only bench_peers``.
