@@ -19,8 +19,10 @@ times, over all patches in grid order:
 (b) ``DataLoader(PatchDataset(store, ["cmu"]), batch_size=64, num_workers=N,
     persistent_workers=False)`` iterated to the end, N = 0, 1, 2; a new dataset and
     loader each repeat (so worker start-up and slide opening are included, as in
-    (a)). N = 0 runs twice: with torch's default intra-op threads (one per core) and
-    with ``torch.set_num_threads(1)`` (what loader workers use), because
+    (a)). The loader asks for whole batches (``PatchDataset.__getitems__``), which read
+    each batch's neighbouring patches as a few regions. N = 0 runs twice: with torch's
+    default intra-op threads (one per core) and with ``torch.set_num_threads(1)`` (what
+    loader workers use), because
     ``default_collate``'s ``torch.stack`` is multi-threaded and its threads compete
     with the reading on a busy machine.
 
@@ -146,7 +148,8 @@ def profile(fn, *args, top: int = 18) -> tuple[str, list[dict]]:
 
 
 def getitem_steps(path: Path, grid, repeats: int = 3) -> dict:
-    """Mean microseconds per patch of each step of ``PatchDataset.__getitem__``."""
+    """Mean microseconds per patch of each step of ``PatchDataset.__getitem__`` (one
+    item; batches from a ``DataLoader`` read regions instead)."""
     import numpy as np
     import torch
 

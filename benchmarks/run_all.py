@@ -37,6 +37,12 @@ BENCHMARKS = [
     ),
     ("bench_tiling", "bench_tiling.py", [], "tissue detection and tiling"),
     (
+        "bench_peers",
+        "bench_peers.py",
+        [],
+        "opening and tiling against hs2p and LazySlide",
+    ),
+    (
         "bench_patch_dataset",
         "bench_patch_dataset.py",
         [],

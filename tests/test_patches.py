@@ -6,7 +6,13 @@ from torch.utils.data import DataLoader
 from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.slide import open_slide
 from napari_wsi_mil.slide.tiling import TilingParams
-from napari_wsi_mil.store.patches import BagBalancedBatchSampler, PatchDataset, read_patch
+from napari_wsi_mil.store.patches import (
+    BagBalancedBatchSampler,
+    PatchDataset,
+    collate_patches,
+    plan_regions,
+    read_patch,
+)
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tiling_job import tile_slides_job
 from pretrain_fixtures import tiny_cohort
@@ -73,6 +79,9 @@ def test_open_slide_handles_are_capped(tmp_path, monkeypatch):
             assert self in live, "read from a closed handle"
             return self.slide.read_region(*args, **kwargs)
 
+        def __getattr__(self, name):  # facts such as level_downsamples
+            return getattr(self.slide, name)
+
         def close(self):
             live.discard(self)
             self.slide.close()
@@ -105,6 +114,123 @@ def test_open_slide_handles_are_capped(tmp_path, monkeypatch):
         with open_slide(paths[slide_id]) as slide:
             for p in ds.patch_index[by_slide[s]]:
                 np.testing.assert_array_equal(got[s, int(p)], read_patch(slide, grid, int(p)))
+
+
+class CountedReads:
+    """Records the backend class and ``(width, height)`` of every backend read."""
+
+    def __init__(self, monkeypatch):
+        from napari_wsi_mil.slide.openslide_backend import OpenSlideBackend
+        from napari_wsi_mil.slide.tiff_backend import TiffBackend
+
+        self.reads: list[tuple[str, int, int]] = []
+        for backend in (OpenSlideBackend, TiffBackend):
+            monkeypatch.setattr(backend, "read_level", self._counted(backend.read_level))
+
+    def _counted(self, read):
+        def counted(backend, level, x, y, width, height):
+            self.reads.append((type(backend).__name__, int(width), int(height)))
+            return read(backend, level, x, y, width, height)
+
+        return counted
+
+
+def _loader_patches(store, slide_id, batch_size=64, **kwargs) -> dict[int, np.ndarray]:
+    ds = PatchDataset(store, [slide_id], **kwargs)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=collate_patches)
+    got = {}
+    for images, _, patches, ok in loader:
+        assert ok.all()
+        for img, p in zip(images, patches, strict=True):
+            got[int(p)] = img.permute(1, 2, 0).numpy()
+    ds.close()
+    return got
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        TilingParams(min_tissue=0.0, stride=112),  # level 0, overlapping patches
+        TilingParams(target_mpp=1.0, min_tissue=0.0),  # a synthesized level, no resize
+        TilingParams(target_mpp=1.5, patch_size=64, min_tissue=0.0),  # resized from level 1
+    ],
+    ids=["level0-overlap", "synthesized", "resized"],
+)
+def test_batch_region_reads_match_patch_reads_on_a_real_slide(
+    shared_data, tmp_path, monkeypatch, params
+):
+    path = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    store = ProjectStore(tmp_path / "p", create=True)
+    run_job(tile_slides_job(store, [("cmu", path)], params))
+    grid, _ = store.read_tiles("cmu")
+    reads = CountedReads(monkeypatch)
+    got = _loader_patches(store, "cmu")
+    assert len(got) == len(grid) > 20
+    assert len(reads.reads) < len(grid) / 8  # whole batches were read as regions
+    level0 = grid.geometry.read_level == 0  # through tifffile, straight to RGB
+    expected = "TiffBackend" if level0 else "OpenSlideBackend"
+    others = [name for name, _, _ in reads.reads if name != expected]
+    assert others in ([], ["OpenSlideBackend"])  # open_slide's check reads with OpenSlide
+    with open_slide(path) as slide:
+        for p, image in got.items():
+            np.testing.assert_array_equal(image, read_patch(slide, grid, p))
+
+
+def test_batch_region_reads_match_patch_reads_on_synthetic_slides(tmp_path, monkeypatch):
+    store, cohort = tiny_cohort(tmp_path, n_slides=2)
+    reads = CountedReads(monkeypatch)
+    paths = {e.slide_id: e.path for e in cohort}
+    for slide_id in store.slide_ids():
+        grid, _ = store.read_tiles(slide_id)
+        del reads.reads[:]
+        got = _loader_patches(store, slide_id, batch_size=16)
+        assert len(got) == len(grid) and len(reads.reads) < len(grid)
+        with open_slide(paths[slide_id]) as slide:
+            for p, image in got.items():
+                np.testing.assert_array_equal(image, read_patch(slide, grid, p))
+
+
+def test_region_plan_groups_neighbours_within_bounds():
+    rows, cols = np.mgrid[0:4, 0:10]
+    block = np.stack([cols.ravel(), rows.ravel()], axis=1) * 32
+    far = block + [100_000, 0]
+    corners = np.concatenate([block, far])
+    groups = plan_regions(corners, 32, max_pixels=10**9)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(corners)))
+    assert sorted(len(g) for g in groups) == [40, 40]  # two dense blocks, not the gap
+    small = plan_regions(corners, 32, max_pixels=64 * 64 * 4)
+    for group in small:
+        extent = corners[group].max(axis=0) + 32 - corners[group].min(axis=0)
+        assert np.prod(extent) <= 64 * 64 * 4
+    scattered = np.array([[0, 0], [5000, 0], [0, 5000], [5000, 5000]])
+    assert [len(g) for g in plan_regions(scattered, 32)] == [1, 1, 1, 1]
+    assert [len(g) for g in plan_regions(np.array([[0, 0]]), 10_000, max_pixels=1)] == [1]
+
+
+def test_region_reads_stay_within_the_memory_bound(shared_data, tmp_path, monkeypatch):
+    import tracemalloc
+
+    path = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    store = ProjectStore(tmp_path / "p", create=True)
+    run_job(tile_slides_job(store, [("cmu", path)], TilingParams(min_tissue=0.0, stride=112)))
+    grid, _ = store.read_tiles("cmu")
+    limit = 600 * 600
+    reads = CountedReads(monkeypatch)
+    ds = PatchDataset(store, ["cmu"], max_region_pixels=limit)
+    batch = list(range(64))
+    tracemalloc.start()
+    try:
+        for start in range(0, len(ds), 64):
+            items = ds.__getitems__(list(range(start, min(start + 64, len(ds)))))
+            del items
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reads.reads and all(w * h <= limit for _, w, h in reads.reads)
+    # a batch holds its regions, at most its patches' pixels over the coverage floor
+    assert peak < 2 * len(batch) * 224 * 224 * 3 + 4 * limit * 3
+    assert ds.__getstate__().keys() == ds.__dict__.keys()  # no region cache to pickle
+    ds.close()
 
 
 def test_bag_balanced_sampler_halves_and_replacement():

@@ -18,21 +18,126 @@ from napari_wsi_mil.slide import open_slide
 from napari_wsi_mil.slide.tiling import TileGrid
 from napari_wsi_mil.store.project import ProjectStore
 
+#: A batch's neighbouring patches of one slide are read as one region of at most this
+#: many pixels at the read level (48 MiB as RGB), which bounds what one read holds.
+MAX_REGION_PIXELS = 4096 * 4096
+#: ... when the patches cover at least this fraction of the region's area (overlapping
+#: patches count more than once). Decoding costs about the same per pixel for one big
+#: read as for many small ones, so a sparser region would decode pixels no patch uses.
+MIN_REGION_COVERAGE = 0.9
+
 
 def read_patch(slide, grid: TileGrid, index: int) -> np.ndarray:
     """One ``(patch_size, patch_size, 3)`` uint8 patch, read at the grid's read level."""
-    from PIL import Image
-
     geo = grid.geometry
     x, y = grid.coords[index]
-    region = slide.read_region(geo.read_level, int(x), int(y), geo.read_size, geo.read_size)
-    if geo.read_size != geo.patch_size:
-        region = np.array(  # writable, as torch.from_numpy needs
-            Image.fromarray(region).resize(
-                (geo.patch_size, geo.patch_size), Image.Resampling.BILINEAR, reducing_gap=2.0
-            )
+    size = geo.read_size
+    return _resized(slide.read_region(geo.read_level, int(x), int(y), size, size), geo)
+
+
+def _resized(region: np.ndarray, geo) -> np.ndarray:
+    from PIL import Image
+
+    if geo.read_size == geo.patch_size:
+        return region
+    return np.array(  # writable, as torch.from_numpy needs
+        Image.fromarray(np.ascontiguousarray(region)).resize(
+            (geo.patch_size, geo.patch_size), Image.Resampling.BILINEAR, reducing_gap=2.0
         )
-    return region
+    )
+
+
+def level_corners(slide, grid: TileGrid, indices: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` top-left ``x, y`` of patches ``indices`` in pixels of the read level,
+    rounded as :meth:`Slide.read_region` rounds them."""
+    ds = slide.level_downsamples[grid.geometry.read_level]
+    return np.array(
+        [(round(int(x) / ds), round(int(y) / ds)) for x, y in grid.coords[indices]], np.int64
+    ).reshape(-1, 2)
+
+
+def plan_regions(
+    corners: np.ndarray,
+    size: int,
+    max_pixels: int = MAX_REGION_PIXELS,
+    min_coverage: float = MIN_REGION_COVERAGE,
+) -> list[np.ndarray]:
+    """Split patches (top-left ``corners``, ``size`` px squares) into groups read as one
+    region each: the bounding box of a group has at most ``max_pixels`` and the group's
+    patches cover at least ``min_coverage`` of it, or the group is a single patch. A group
+    that fails is cut in two along x or y where the two bounding boxes are smallest (a
+    batch of a row-major grid loses its partial first and last rows first). Returns
+    positions into ``corners``; every position is in exactly one group.
+    """
+    groups, todo = [], [np.arange(len(corners))]
+    while todo:
+        pos = todo.pop()
+        lo, hi = corners[pos].min(axis=0), corners[pos].max(axis=0) + size
+        box = int(np.prod(hi - lo))
+        if len(pos) == 1 or (box <= max_pixels and len(pos) * size * size >= min_coverage * box):
+            groups.append(pos)
+            continue
+        best = None
+        for axis in (0, 1):
+            order = pos[np.argsort(corners[pos, axis], kind="stable")]
+            c = corners[order]
+            head = np.prod(np.maximum.accumulate(c) - np.minimum.accumulate(c) + size, axis=1)
+            tail = c[::-1]
+            tail = np.prod(np.maximum.accumulate(tail) - np.minimum.accumulate(tail) + size, 1)
+            cost = head[:-1] + tail[::-1][1:]  # cut after position k
+            k = int(np.argmin(cost))
+            if best is None or cost[k] < best[0]:
+                best = (cost[k], order[: k + 1], order[k + 1 :])
+        todo += [best[2], best[1]]
+    return groups
+
+
+def read_patches(slide, grid: TileGrid, corners: np.ndarray, level0_rgb=None) -> list:
+    """The patches at read-level ``corners`` (see :func:`level_corners`) with one read of
+    their bounding box: ``level0_rgb.read_level`` when given and the grid reads
+    level 0 (see :func:`level0_rgb_reader`), else ``slide.read_region``. The pixels are
+    those :func:`read_patch` reads wherever the read level is pixel-aligned: the tifffile
+    backend, OpenSlide's level 0 and integer downsamples, and synthesized levels; patches
+    needing no resize are views into the region."""
+    geo = grid.geometry
+    (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0) + geo.read_size
+    x0, y0, width, height = int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+    if level0_rgb is not None and geo.read_level == 0:
+        region = level0_rgb.read_level(0, x0, y0, width, height)
+    else:
+        ds = slide.level_downsamples[geo.read_level]
+        region = slide.read_region(geo.read_level, round(x0 * ds), round(y0 * ds), width, height)
+    size = geo.read_size
+    return [
+        _resized(region[y - y0 : y - y0 + size, x - x0 : x - x0 + size], geo)
+        for x, y in corners.tolist()
+    ]
+
+
+def level0_rgb_reader(slide):
+    """For an Aperio SVS with JPEG tiles opened through OpenSlide: a tifffile reader of the
+    same file (:class:`TiffBackend`), whose level-0 reads decode the tiles straight to RGB.
+    A region costs half or less of OpenSlide's CPU per pixel that way (OpenSlide paints
+    premultiplied ARGB, converted to RGBA and then to RGB), with the same pixels on
+    CMU-1 (``benchmarks/README.md``, section 29). None for any other slide."""
+    if slide.backend_name != "openslide" or slide.vendor != "aperio":
+        return None
+    import tifffile
+
+    from napari_wsi_mil.slide.tiff_backend import TiffBackend
+
+    try:
+        with tifffile.TiffFile(slide.path) as tif:
+            if tif.pages.first.compression != tifffile.COMPRESSION.JPEG:
+                return None
+        reader = TiffBackend(str(slide.path))
+    except (SlideError, OSError, tifffile.TiffFileError):
+        return None
+    level = reader.info.levels[0]
+    if (level.width, level.height) != tuple(slide.dimensions):
+        reader.close()
+        return None
+    return reader
 
 
 def collate_patches(items: list[tuple]) -> list:
@@ -58,9 +163,12 @@ class PatchDataset(Dataset):
     uint8 tensor. Every loader worker opens its own slide handles (handles are not
     pickled) and keeps at most ``max_open_slides`` of them open, closing the least
     recently used, so a cohort of thousands of slides does not exhaust file
-    descriptors. ``max_per_slide`` draws a fixed random subset of each slide's patches.
+    descriptors (an Aperio SVS holds two: OpenSlide's and :func:`level0_rgb_reader`'s).
+    ``max_per_slide`` draws a fixed random subset of each slide's patches.
     With ``skip_errors`` a slide that cannot be read gives blank images and
-    ``ok=False`` instead of raising, so one bad slide does not stop a loader.
+    ``ok=False`` instead of raising, so one bad slide does not stop a loader. A
+    ``DataLoader`` batch reads each slide's neighbouring patches as one region
+    (:meth:`__getitems__`).
 
     Parameters
     ----------
@@ -77,6 +185,9 @@ class PatchDataset(Dataset):
     max_open_slides
         Slide handles each process (main or loader worker) keeps open at most; a slide
         read again after being closed is reopened.
+    max_region_pixels
+        The largest region (pixels at the read level) that one read of a batch's
+        neighbouring patches may cover; see :meth:`__getitems__`.
     """
 
     def __init__(
@@ -88,11 +199,13 @@ class PatchDataset(Dataset):
         seed: int = 0,
         skip_errors: bool = False,
         max_open_slides: int = 32,
+        max_region_pixels: int = MAX_REGION_PIXELS,
     ):
         if max_open_slides < 1:
             raise ValueError(f"max_open_slides must be at least 1, not {max_open_slides}")
         self.skip_errors = skip_errors
         self.max_open_slides = max_open_slides
+        self.max_region_pixels = max_region_pixels
         self.slide_ids = list(slide_ids)
         self.grids: list[TileGrid] = []
         self.paths: list[str] = []
@@ -111,6 +224,7 @@ class PatchDataset(Dataset):
         self.slide_index = np.concatenate(slide_index) if slide_index else np.zeros(0, np.int64)
         self.patch_index = np.concatenate(patch_index) if patch_index else np.zeros(0, np.int64)
         self._slides: OrderedDict[int, object] = OrderedDict()  # least recently used first
+        self._level0_rgb: dict[int, object] = {}  # of open slides: level0_rgb_reader's
 
     def __len__(self) -> int:
         return len(self.slide_index)
@@ -122,9 +236,44 @@ class PatchDataset(Dataset):
         except SlideError:
             if not self.skip_errors:
                 raise
-            size = self.grids[s].geometry.patch_size
-            return torch.zeros(3, size, size, dtype=torch.uint8), s, p, False
+            return self._blank(s, p)
         return torch.from_numpy(patch).permute(2, 0, 1), s, p, True  # a view; collate copies
+
+    def __getitems__(self, items: list[int]) -> list[tuple[torch.Tensor, int, int, bool]]:
+        """A batch of items, as ``DataLoader`` asks for them. Each slide's patches in the
+        batch are grouped by :func:`plan_regions` and every group is read with one read
+        (:func:`read_patches`; a batch of neighbouring patches, as in extraction, is a few
+        reads; a random batch, as in pretraining, is mostly single-patch reads). A group
+        whose read fails is read patch by patch, so ``skip_errors`` blanks only the
+        patches that cannot be read. Nothing is kept between batches."""
+        out: list = [None] * len(items)
+        slides, patches = self.slide_index[items], self.patch_index[items]
+        for s in np.unique(slides).tolist():
+            where = np.flatnonzero(slides == s)
+            try:
+                slide = self._slide(s)
+            except SlideError:
+                if not self.skip_errors:
+                    raise
+                for i in where.tolist():
+                    out[i] = self._blank(s, int(patches[i]))
+                continue
+            grid = self.grids[s]
+            corners = level_corners(slide, grid, patches[where])
+            for group in plan_regions(corners, grid.geometry.read_size, self.max_region_pixels):
+                try:
+                    images = read_patches(slide, grid, corners[group], self._level0_rgb[s])
+                except SlideError:  # again patch by patch: only bad patches fail
+                    for i in where[group].tolist():
+                        out[i] = self[items[i]]
+                    continue
+                for i, image in zip(where[group].tolist(), images, strict=True):
+                    out[i] = (torch.from_numpy(image).permute(2, 0, 1), s, int(patches[i]), True)
+        return out
+
+    def _blank(self, s: int, p: int) -> tuple[torch.Tensor, int, int, bool]:
+        size = self.grids[s].geometry.patch_size
+        return torch.zeros(3, size, size, dtype=torch.uint8), s, p, False
 
     def _slide(self, s: int):
         """Slide ``s``'s handle, opened if needed; before opening one, the least
@@ -134,19 +283,25 @@ class PatchDataset(Dataset):
             self._slides.move_to_end(s)
             return slide
         while len(self._slides) >= self.max_open_slides:
-            self._slides.popitem(last=False)[1].close()
+            self._close(next(iter(self._slides)))
         slide = self._slides[s] = open_slide(self.paths[s])
+        self._level0_rgb[s] = level0_rgb_reader(slide)
         return slide
+
+    def _close(self, s: int) -> None:
+        self._slides.pop(s).close()
+        reader = self._level0_rgb.pop(s, None)
+        if reader is not None:
+            reader.close()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_slides"] = OrderedDict()
+        state["_slides"], state["_level0_rgb"] = OrderedDict(), {}
         return state
 
     def close(self) -> None:
-        for slide in self._slides.values():
-            slide.close()
-        self._slides.clear()
+        while self._slides:
+            self._close(next(iter(self._slides)))
 
 
 class _EpochBatchSampler(Sampler[list[int]]):
