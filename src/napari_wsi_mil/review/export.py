@@ -31,15 +31,25 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_wsi_mil.jobs import Job, Progress, atomic_file
 from napari_wsi_mil.mil.predict import recorded_classes, recorded_mask_threshold
-from napari_wsi_mil.review.heatmap import heatmap_raster, normalise, tumour_mask
+from napari_wsi_mil.review.heatmap import (
+    class_colour,
+    evidence_class,
+    heatmap_raster,
+    normalise,
+    tumour_mask,
+)
 from napari_wsi_mil.review.polygons import raster_polygons, signed_area
 from napari_wsi_mil.store.keys import PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.slide.tiling import TileGrid
 
 #: QuPath class names and colours used in exports (QuPath's own "Tumor" spelling).
 TUMOUR_CLASS = ("Tumor", (200, 0, 0))
@@ -54,7 +64,6 @@ def tile_classes(classes: Sequence[str], class_probability) -> tuple[QuPathClass
     """The QuPath classes ``(outside, inside the mask)`` of a model's ``classes``
     (negative first) for a slide of ``class_probability``: Normal and Tumor for two
     classes, else the negative class and the evidence class, by name and colour."""
-    from napari_wsi_mil.review.heatmap import class_colour, evidence_class
 
     if len(classes) <= 2 or class_probability is None:
         return NORMAL_CLASS, TUMOUR_CLASS
@@ -84,7 +93,7 @@ def _number(value: float) -> float:
 
 
 def _tile_features(
-    grid,
+    grid: TileGrid,
     attention: np.ndarray,
     instance_probability: np.ndarray,
     threshold: float,
@@ -116,7 +125,7 @@ def _tile_features(
 
 def write_tiles_geojson(
     path: str | os.PathLike,
-    grid,
+    grid: TileGrid,
     attention: np.ndarray,
     instance_probability: np.ndarray,
     threshold: float,
@@ -138,7 +147,7 @@ def write_tiles_geojson(
 
 
 def tiles_geojson(
-    grid,
+    grid: TileGrid,
     attention: np.ndarray,
     instance_probability: np.ndarray,
     threshold: float,
@@ -156,7 +165,7 @@ def tiles_geojson(
     return {"type": "FeatureCollection", "features": [json.loads(f) for f in features]}
 
 
-def mask_polygons(grid, mask: np.ndarray) -> list[list[np.ndarray]]:
+def mask_polygons(grid: TileGrid, mask: np.ndarray) -> list[list[np.ndarray]]:
     """Outlines of the positive tiles (``mask`` per patch, nonzero = positive) in level-0
     ``(x, y)``: ``[[exterior, *holes], ...]``, rings open, exterior counter-clockwise.
 
@@ -174,7 +183,7 @@ def _closed(ring: np.ndarray) -> list[list[float]]:
 
 
 def mask_geojson(
-    grid,
+    grid: TileGrid,
     mask: np.ndarray,
     probability: np.ndarray | None = None,
     cls: QuPathClass = TUMOUR_CLASS,
@@ -224,7 +233,7 @@ def write_json(path: str | os.PathLike, data: dict) -> Path:
 
 def write_heatmap_ome_tiff(
     path: str | os.PathLike,
-    grid,
+    grid: TileGrid,
     channels: dict[str, np.ndarray],
     *,
     upsample: int = 1,
@@ -298,7 +307,7 @@ def _reduce(data: np.ndarray) -> np.ndarray:
 
 
 def export_slide_predictions(
-    grid,
+    grid: TileGrid,
     attention: np.ndarray,
     instance_probability: np.ndarray,
     threshold: float,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_wsi_mil.review.heatmap import top_patches
+from napari_wsi_mil.slide import open_slide
 
 if TYPE_CHECKING:
     from napari_wsi_mil.slide.slide import Slide
@@ -50,7 +51,6 @@ def build_gallery(
     slide_path: str | os.PathLike, grid: TileGrid, scores: np.ndarray, k: int = 8, size: int = 96
 ) -> Gallery:
     """Rank ``scores`` (e.g. attention), read the ``k`` highest and lowest patches."""
-    from napari_wsi_mil.slide import open_slide
 
     top, bottom = top_patches(scores, k)
     with open_slide(slide_path) as slide:

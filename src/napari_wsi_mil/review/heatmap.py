@@ -17,7 +17,12 @@ negative keeps its mask tiles labelled with the class they most likely are.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.slide.tiling import TileGrid
 
 #: Normalisations of attention for display: raw softmax weights, min-max to [0, 1],
 #: percentile rank in (0, 1].
@@ -70,7 +75,7 @@ def tumour_mask(instance_probability: np.ndarray, threshold: float) -> np.ndarra
     return (p >= threshold).astype(np.uint8)
 
 
-def heatmap_raster(grid, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
+def heatmap_raster(grid: TileGrid, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
     """Per-patch ``values`` as a float32 patch-grid raster, ``fill`` (NaN) off-tissue."""
     return grid.grid_raster(np.asarray(values, np.float32), fill=np.float32(fill))
 

@@ -50,6 +50,8 @@ from napari_wsi_mil.review.export import (
 )
 from napari_wsi_mil.review.gallery import Gallery, build_gallery
 from napari_wsi_mil.review.heatmap import NORMALISATIONS, class_colour, tumour_mask
+from napari_wsi_mil.review.snapshot import write_snapshot_png
+from napari_wsi_mil.slide import open_slide
 from napari_wsi_mil.store.project import ProjectStore
 
 #: Classes of drawn annotation shapes; any other class counts as tumour.
@@ -118,8 +120,6 @@ def export_analysis_job(
     at ``threshold`` (class names of a multi-class model), the heatmaps as OME-TIFF
     (attention, and each class's when the model has them, normalised with ``mode``) and
     a PNG snapshot with a legend. Returns the written paths."""
-    from napari_wsi_mil.review.snapshot import write_snapshot_png
-    from napari_wsi_mil.slide import open_slide
 
     a, folder = analysis, Path(folder)
     yield Progress("export", 0, 2, message="GeoJSON, OME-TIFF")

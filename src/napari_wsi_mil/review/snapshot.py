@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_wsi_mil.jobs import atomic_file
+from napari_wsi_mil.review.export import mask_polygons
 from napari_wsi_mil.review.heatmap import contrast_limits, heatmap_raster, normalise
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ def render_snapshot(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-
-    from napari_wsi_mil.review.export import mask_polygons
 
     width, height = slide_size
     shown = normalise(values, mode)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,8 +16,12 @@ from torch.utils.data import Dataset, Sampler
 
 from napari_wsi_mil.errors import SlideError
 from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.slide.tiff_backend import TiffBackend
 from napari_wsi_mil.slide.tiling import TileGrid
 from napari_wsi_mil.store.project import ProjectStore
+
+if TYPE_CHECKING:
+    from napari_wsi_mil.slide.slide import Slide
 
 #: A batch's neighbouring patches of one slide are read as one region of at most this
 #: many pixels at the read level (48 MiB as RGB), which bounds what one read holds.
@@ -27,7 +32,7 @@ MAX_REGION_PIXELS = 4096 * 4096
 MIN_REGION_COVERAGE = 0.9
 
 
-def read_patch(slide, grid: TileGrid, index: int) -> np.ndarray:
+def read_patch(slide: Slide, grid: TileGrid, index: int) -> np.ndarray:
     """One ``(patch_size, patch_size, 3)`` uint8 patch, read at the grid's read level."""
     geo = grid.geometry
     x, y = grid.coords[index]
@@ -47,7 +52,7 @@ def _resized(region: np.ndarray, geo) -> np.ndarray:
     )
 
 
-def level_corners(slide, grid: TileGrid, indices: np.ndarray) -> np.ndarray:
+def level_corners(slide: Slide, grid: TileGrid, indices: np.ndarray) -> np.ndarray:
     """``(N, 2)`` top-left ``x, y`` of patches ``indices`` in pixels of the read level,
     rounded as :meth:`Slide.read_region` rounds them."""
     ds = slide.level_downsamples[grid.geometry.read_level]
@@ -92,7 +97,7 @@ def plan_regions(
     return groups
 
 
-def read_patches(slide, grid: TileGrid, corners: np.ndarray, level0_rgb=None) -> list:
+def read_patches(slide: Slide, grid: TileGrid, corners: np.ndarray, level0_rgb=None) -> list:
     """The patches at read-level ``corners`` (see :func:`level_corners`) with one read of
     their bounding box: ``level0_rgb.read_level`` when given and the grid reads
     level 0 (see :func:`level0_rgb_reader`), else ``slide.read_region``. The pixels are
@@ -114,7 +119,7 @@ def read_patches(slide, grid: TileGrid, corners: np.ndarray, level0_rgb=None) ->
     ]
 
 
-def level0_rgb_reader(slide):
+def level0_rgb_reader(slide: Slide):
     """For an Aperio SVS with JPEG tiles opened through OpenSlide: a tifffile reader of the
     same file (:class:`TiffBackend`), whose level-0 reads decode the tiles straight to RGB.
     A region costs half or less of OpenSlide's CPU per pixel that way (OpenSlide paints
@@ -123,8 +128,6 @@ def level0_rgb_reader(slide):
     if slide.backend_name != "openslide" or slide.vendor != "aperio":
         return None
     import tifffile
-
-    from napari_wsi_mil.slide.tiff_backend import TiffBackend
 
     try:
         with tifffile.TiffFile(slide.path) as tif:
