@@ -190,6 +190,29 @@ def test_batch_region_reads_match_patch_reads_on_synthetic_slides(tmp_path, monk
                 np.testing.assert_array_equal(image, read_patch(slide, grid, p))
 
 
+def test_forked_workers_do_not_share_the_parents_open_slides(tmp_path):
+    """The main process reads first (as stain fitting does), then forked loader workers
+    read: a worker must open its own handles (shared file offsets interleave reads)."""
+    store, cohort = tiny_cohort(tmp_path, n_slides=2)
+    ds = PatchDataset(store, store.slide_ids())
+    first = ds[0][0]  # opens slide 0 in this process
+    loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="fork")
+    seen = [
+        (int(s), int(p), img)
+        for imgs, ss, ps, _ in loader
+        for img, s, p in zip(imgs, ss, ps, strict=True)
+    ]
+    paths = {e.slide_id: e.path for e in cohort}
+    for s, p, image in seen:
+        slide_id = store.slide_ids()[s]
+        grid, _ = store.read_tiles(slide_id)
+        with open_slide(paths[slide_id]) as slide:
+            np.testing.assert_array_equal(
+                image.permute(1, 2, 0).numpy(), read_patch(slide, grid, p)
+            )
+    assert torch.equal(first, seen[0][2])
+
+
 def test_region_plan_groups_neighbours_within_bounds():
     rows, cols = np.mgrid[0:4, 0:10]
     block = np.stack([cols.ravel(), rows.ravel()], axis=1) * 32

@@ -226,8 +226,13 @@ class PatchDataset(Dataset):
             patch_index.append(idx)
         self.slide_index = np.concatenate(slide_index) if slide_index else np.zeros(0, np.int64)
         self.patch_index = np.concatenate(patch_index) if patch_index else np.zeros(0, np.int64)
+        self._forget_handles()
+
+    def _forget_handles(self) -> None:
+        """Start with no open slide handles, owned by this process."""
         self._slides: OrderedDict[int, object] = OrderedDict()  # least recently used first
         self._level0_rgb: dict[int, object] = {}  # of open slides: level0_rgb_reader's
+        self._owner = os.getpid()
 
     def __len__(self) -> int:
         return len(self.slide_index)
@@ -280,7 +285,11 @@ class PatchDataset(Dataset):
 
     def _slide(self, s: int):
         """Slide ``s``'s handle, opened if needed; before opening one, the least
-        recently used handles are closed so that at most ``max_open_slides`` are open."""
+        recently used handles are closed so that at most ``max_open_slides`` are open.
+        A forked loader worker does not use the handles it inherited: their file offsets
+        are shared with the parent's, so reads of both would interleave."""
+        if self._owner != os.getpid():
+            self._forget_handles()  # the parent's to close, not this process's
         slide = self._slides.get(s)
         if slide is not None:
             self._slides.move_to_end(s)
@@ -299,7 +308,7 @@ class PatchDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_slides"], state["_level0_rgb"] = OrderedDict(), {}
+        state["_slides"], state["_level0_rgb"], state["_owner"] = OrderedDict(), {}, None
         return state
 
     def close(self) -> None:
