@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from napari_wsi_mil.demo_sample import DemoSampleSettings
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+#: The "Demo cohort" sample small enough for a test (a few seconds); the defaults are
+#: what users get.
+SMALL_DEMO_SAMPLE = DemoSampleSettings(
+    slides=4, rows=3, cols=4, lesion_fractions=(0.3,), test_fraction=0.5, epochs=5
+)
 
 
 @pytest.fixture(scope="session")

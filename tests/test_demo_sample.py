@@ -5,20 +5,16 @@ from dataclasses import asdict
 
 import pytest
 
+from conftest import SMALL_DEMO_SAMPLE
 from napari_wsi_mil import demo_sample as ds
 from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.store.cohort import read_cohort
-
-#: Small enough for a test (a few seconds); the defaults are what users get.
-SMALL = ds.DemoSampleSettings(
-    slides=4, rows=3, cols=4, lesion_fractions=(0.3,), test_fraction=0.5, epochs=5
-)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     cache = tmp_path_factory.mktemp("demo-cache")
-    return cache, ds.demo_sample(cache, SMALL)
+    return cache, ds.demo_sample(cache, SMALL_DEMO_SAMPLE)
 
 
 def _check(sample):
@@ -40,8 +36,8 @@ def test_small_build_is_a_positive_test_slide_with_a_model(small):
     assert sample.root.parent == cache and sample.root.name.startswith(ds.VERSION + "-")
     assert [p.name for p in cache.iterdir()] == [sample.root.name]  # no temporary left
     _, meta = load_tensors(sample.model_path, MODEL_FORMAT)
-    assert meta["model"] == SMALL.model and meta["feature_attrs"]["encoder"] == "random"
-    assert meta["feature_attrs"]["patch_size"] == SMALL.patch_size
+    assert meta["model"] == SMALL_DEMO_SAMPLE.model and meta["feature_attrs"]["encoder"] == "random"
+    assert meta["feature_attrs"]["patch_size"] == SMALL_DEMO_SAMPLE.patch_size
     manifest = json.loads((sample.root / ds.MANIFEST).read_text())
     assert 0 <= manifest["test_probability"] <= 1 and 0 <= manifest["threshold"] <= 1
 
@@ -53,14 +49,14 @@ def test_second_call_uses_the_cache(small, monkeypatch):
         raise AssertionError("rebuilt")
 
     monkeypatch.setattr(ds, "_build", no_build)
-    assert ds.demo_sample(cache, SMALL) == sample
+    assert ds.demo_sample(cache, SMALL_DEMO_SAMPLE) == sample
 
 
 def test_cache_key_and_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_WSI_MIL_CACHE", str(tmp_path))
     assert ds.sample_dir() == tmp_path / ds.VERSION
     assert ds.sample_dir(settings=ds.DemoSampleSettings()) == tmp_path / ds.VERSION
-    other = ds.sample_dir(settings=SMALL)
+    other = ds.sample_dir(settings=SMALL_DEMO_SAMPLE)
     assert other != ds.sample_dir(settings=ds.DemoSampleSettings(epochs=6))
     assert other.parent == tmp_path and other.name.startswith(f"{ds.VERSION}-")
 
@@ -69,17 +65,17 @@ def test_cancelled_build_leaves_nothing_and_broken_cache_is_rebuilt(small, tmp_p
     import shutil
 
     _, built = small
-    job = ds.demo_sample_job(tmp_path, SMALL)
+    job = ds.demo_sample_job(tmp_path, SMALL_DEMO_SAMPLE)
     next(job)
     next(job)
     job.close()  # cancel during cohort generation
     assert list(tmp_path.iterdir()) == []
     # a build whose model went missing is not used: it is rebuilt in place
-    root = ds.sample_dir(tmp_path, SMALL)
+    root = ds.sample_dir(tmp_path, SMALL_DEMO_SAMPLE)
     shutil.copytree(built.root, root)
     root.joinpath("run", "model.safetensors").unlink()
     assert ds.load_demo_sample(root) is None
-    sample = run_job(ds.demo_sample_job(tmp_path, SMALL))
+    sample = run_job(ds.demo_sample_job(tmp_path, SMALL_DEMO_SAMPLE))
     assert sample.model_path.is_file() and json.loads((root / ds.MANIFEST).read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]
 

@@ -66,7 +66,8 @@ def roc_figure(curves: dict[str, dict[str, tuple[list[int], list[float]]]], path
             xlim=(0, 1),
             ylim=(0, 1.02),
         )
-        ax.legend(loc="lower right", fontsize="small")
+        if ax.get_legend_handles_labels()[0]:  # no curve when every result has one class
+            ax.legend(loc="lower right", fontsize="small")
     return _save(figure, path)
 
 

@@ -197,7 +197,7 @@ def test_export_writes_qupath_geojson_tiff_and_png(
     import tifffile
     from matplotlib.image import imread
 
-    from test_review_core import check_qupath_geojson
+    from review_fixtures import check_qupath_geojson
 
     viewer = make_napari_viewer_proxy()
     widget, _ = _analysed(viewer, qtbot, tmp_path / "proj", model, lesion)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMALL_DEMO_SAMPLE
 from napari_wsi_mil._napari.widgets.analyse_widget import AnalyseWidget
-from test_demo_sample import SMALL
 
 
 def test_demo_cohort_sample_opens_and_prefills_analyse(
@@ -17,9 +17,9 @@ def test_demo_cohort_sample_opens_and_prefills_analyse(
     viewer = make_napari_viewer_proxy()
     before = AnalyseWidget(viewer)  # docked before the sample is opened
     assert before.model.value is None
-    layers = viewer.open_sample("napari-wsi-mil", "demo_cohort", settings=SMALL)
+    layers = viewer.open_sample("napari-wsi-mil", "demo_cohort", settings=SMALL_DEMO_SAMPLE)
     slide, outline = layers
-    root = sample_dir(tmp_path, SMALL)
+    root = sample_dir(tmp_path, SMALL_DEMO_SAMPLE)
     model, project = root / "run" / "model.safetensors", root / "analysis"
     assert slide.multiscale and slide.rgb and slide.metadata["mpp"] == pytest.approx(0.5)
     assert Path(slide.metadata["slide_path"]).parent == root / "cohort" / "slides"

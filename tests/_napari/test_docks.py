@@ -35,10 +35,10 @@ def test_status_line_spans_the_dock(make_napari_viewer, qtbot):
     viewer.window._qt_window.resize(1400, 900)
     qtbot.wait(200)
     inner = widget.native.widget()
-    widget._set_status("done")  # short: still at the dock's width
+    widget.status.value = "done"  # short: still at the dock's width
     qtbot.wait(100)
     assert widget.status.native.width() >= 0.9 * inner.contentsRect().width()
-    widget._set_status("a long status line " * 20)
+    widget.status.value = "a long status line " * 20
     qtbot.wait(100)
     # the status line is as wide as the dock's controls (not the value column) and wraps
     assert widget.status.native.width() >= 0.9 * inner.contentsRect().width()

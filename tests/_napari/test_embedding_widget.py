@@ -53,8 +53,8 @@ def test_embedding_widget_links_plot_and_slide(
     widget = _compute(viewer, qtbot, store, cohort)
     table = widget.table
     assert len(table) == 4 * 30
-    assert widget._plot.splits == ["train", "test"]
-    assert widget._plot.modes == ["scatter", "scatter"]
+    assert widget.plot.splits == ["train", "test"]
+    assert widget.plot.modes == ["scatter", "scatter"]
     assert widget.current_slide_id() == entry.slide_id
     layer = widget.selection_layer()
     assert layer is not None and layer.name == f"{entry.slide_id} embedding selection"
@@ -67,7 +67,7 @@ def test_embedding_widget_links_plot_and_slide(
     chosen = np.concatenate([rows[::3], other_rows[:5]])  # points of two slides
     widget.select_points(chosen)
     np.testing.assert_array_equal(widget.highlighted, np.sort(chosen))
-    offsets = np.concatenate([np.asarray(a.get_offsets()) for a in widget._plot.highlight_artists])
+    offsets = np.concatenate([np.asarray(a.get_offsets()) for a in widget.plot.highlight_artists])
     assert len(offsets) == len(chosen)
 
     # the Labels layer shows exactly the chosen patches of this slide
@@ -94,7 +94,7 @@ def test_embedding_widget_links_plot_and_slide(
     layer.data_setitem((np.array([er]), np.array([ec])), 0)
     expected_sel = np.union1d(np.setdiff1d(chosen, [erased_row]), painted_rows)
     _wait_highlighted(qtbot, widget, expected_sel)
-    offsets = np.concatenate([np.asarray(a.get_offsets()) for a in widget._plot.highlight_artists])
+    offsets = np.concatenate([np.asarray(a.get_offsets()) for a in widget.plot.highlight_artists])
     assert len(offsets) == len(expected_sel)
     assert layer.features["selected"].sum() == len(np.intersect1d(expected_sel, rows))
 
@@ -121,7 +121,7 @@ def test_embedding_widget_lasso_selects_points_inside(
     # a box around the right half of the train panel
     x_mid = float(np.median(xy[:, 0]))
     verts = [(x_mid, -1e3), (1e3, -1e3), (1e3, 1e3), (x_mid, 1e3)]
-    widget._on_lasso(0, verts)
+    widget.lasso_select(0, verts)
     expected = np.flatnonzero((table.split == "train") & (xy[:, 0] > x_mid))
     np.testing.assert_array_equal(widget.highlighted, expected)
     assert (

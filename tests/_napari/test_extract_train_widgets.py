@@ -64,7 +64,7 @@ def test_train_status_puts_the_aucs_first_and_wraps(make_napari_viewer_proxy, tm
         "test": {"auc": 0.8, "auc_interval": [0.6, 0.95], **counts},
         "warnings": ["the val split has 3 tumour ..."],
     }
-    widget._finished(SimpleNamespace(model_path=path, metrics=metrics))
+    widget.show_result(SimpleNamespace(model_path=path, metrics=metrics))
     assert widget.status.value == (
         "val: AUC 0.90, n = 12 tumour / 10 normal; "
         "test: AUC 0.80 [0.60-0.95], n = 12 tumour / 10 normal; "

@@ -57,7 +57,7 @@ def test_added_layers_share_the_slide_units(
     from napari_wsi_mil.slide import open_slide
 
     clusters = np.arange(len(grid)) % 3
-    PretrainWidget(viewer)._show_clusters((open_slide(synthetic_slide.path), grid, clusters))
+    PretrainWidget(viewer).show_cluster_layer((open_slide(synthetic_slide.path), grid, clusters))
 
     # Analyse slide: result layers, paint and shapes layers
     n = len(grid)

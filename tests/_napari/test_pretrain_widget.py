@@ -100,7 +100,7 @@ def test_run_warnings_reach_the_user(make_napari_viewer_proxy, tmp_path):
     result = PretrainResult(tmp_path / "enc.safetensors", tmp_path / "ckpt", warnings=[warning])
     widget = PretrainWidget(make_napari_viewer_proxy())
     notification_manager.records.clear()
-    widget._finished(result)
+    widget.show_result(result)
     shown = [n for n in notification_manager.records if str(n.message) == warning]
     assert len(shown) == 1 and shown[0].severity == NotificationSeverity.WARNING
     assert warning in widget.status.value and "encoder written" in widget.status.value
@@ -108,20 +108,25 @@ def test_run_warnings_reach_the_user(make_napari_viewer_proxy, tmp_path):
     assert widget.status.native.wordWrap()
     # no warning, no notification
     notification_manager.records.clear()
-    widget._finished(PretrainResult(tmp_path / "enc.safetensors", tmp_path / "ckpt"))
+    widget.show_result(PretrainResult(tmp_path / "enc.safetensors", tmp_path / "ckpt"))
     assert notification_manager.records == []
     assert widget.status.value.startswith("encoder written")
 
 
-def test_preset_fills_fields_and_collapse_advice_names_them(make_napari_viewer_proxy):
-    """Choosing cpu-quick fills the fields; a collapse error names the widget's fields
-    (not CLI flags) and "Apply advice" sets them."""
+def test_preset_fills_fields_and_collapse_advice_names_them(make_napari_viewer_proxy, qtbot):
+    """Choosing cpu-quick fills the fields; a collapse error of the running job names the
+    widget's fields (not CLI flags) and "Apply advice" sets them."""
     from napari_wsi_mil.pretrain.collapse import CollapseError
     from napari_wsi_mil.pretrain.presets import CPU_QUICK, PRESETS
 
     widget = PretrainWidget(make_napari_viewer_proxy())
-    error = CollapseError("the projections collapsed.", {"preset": CPU_QUICK, "lr": 0.001})
-    widget._on_error(error)
+
+    def collapsing_job():
+        yield from ()
+        raise CollapseError("the projections collapsed.", {"preset": CPU_QUICK, "lr": 0.001})
+
+    widget.start(collapsing_job, widget.show_result)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
     assert '"preset" cpu-quick' in widget.status.value
     assert '"learning rate (0 = default)" 0.001' in widget.status.value
     assert '"allow collapse"' in widget.status.value and "--" not in widget.status.value

@@ -130,8 +130,8 @@ def test_tiling_widget_tiles_a_cohort_and_shows_any_slide(
     widget = _cohort_widget(viewer, tmp_path, three_slides.csv_path)
     assert not widget.cohort.native.isHidden() and widget.slide.native.isHidden()
     progress = []
-    show_progress = widget._on_progress
-    widget._on_progress = lambda p: (progress.append(p), show_progress(p))  # seen by start
+    show_progress = widget.show_progress
+    widget.show_progress = lambda p: (progress.append(p), show_progress(p))  # seen by start
     widget.run_button.clicked.emit()
     _wait(qtbot, widget)
     # one progress step per slide, named, over the whole cohort
@@ -187,14 +187,14 @@ def test_tiling_widget_tiles_a_folder_and_reports_bad_slides(
 def test_tiling_a_cohort_can_be_cancelled(make_napari_viewer_proxy, qtbot, tmp_path, three_slides):
     viewer = make_napari_viewer_proxy()
     widget = _cohort_widget(viewer, tmp_path, three_slides.csv_path)
-    show_progress = widget._on_progress
+    show_progress = widget.show_progress
 
     def cancel_after_first_slide(progress):
         show_progress(progress)
         if progress.done == 1:
             widget.cancel_button.clicked.emit()
 
-    widget._on_progress = cancel_after_first_slide  # seen by start
+    widget.show_progress = cancel_after_first_slide  # seen by start
     widget.run_button.clicked.emit()
     _wait(qtbot, widget)
     assert "cancelled" in widget.status.value, widget.status.value

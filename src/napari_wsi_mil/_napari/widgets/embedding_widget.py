@@ -168,12 +168,20 @@ class EmbeddingWidget(JobWidget):
                 self.figure, self.table, background=bg, foreground=fg, highlight=self._selected
             )
             self._lassos = [
-                LassoSelector(ax, onselect=partial(self._on_lasso, k), props={"color": fg})
+                LassoSelector(ax, onselect=partial(self.lasso_select, k), props={"color": fg})
                 for k, ax in enumerate(self._plot.axes)
             ]
         self.canvas.draw_idle()
 
-    def _on_lasso(self, panel: int, vertices) -> None:
+    @property
+    def plot(self):
+        """The embedding drawn (an ``EmbeddingPlot``: panels, their rows, highlight
+        artists), None before Compute."""
+        return self._plot
+
+    def lasso_select(self, panel: int, vertices) -> None:
+        """Select the points of plot panel ``panel`` inside a lasso's ``vertices`` (data
+        coordinates); what the lasso tool calls."""
         from matplotlib.path import Path as MplPath
 
         if self._plot is None or len(vertices) < 3:

@@ -98,9 +98,9 @@ class ExtractWidget(JobWidget):
             ids = only or store.slide_ids()
             return (yield from extract_features_job(store, ids, encoder, name, **options))
 
-        self.start(job, self._finished)
+        self.start(job, self.show_result)
 
-    def _finished(self, report) -> None:
+    def show_result(self, report) -> None:
         note = (
             f"{len(report.extracted)} slides extracted, {len(report.skipped)} already "
             f"done, {report.patches_per_second:.0f} patches/s"

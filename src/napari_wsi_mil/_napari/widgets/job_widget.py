@@ -51,9 +51,11 @@ class JobWidget(Container):
     and wraps, so a dock of normal width shows all of it.
 
     Subclasses build their parameter widgets, then call :meth:`start` with a
-    generator function (the job) and a handler for its return value. The handler
-    runs on the main thread, where layers may be changed; errors become napari
-    notifications and napari keeps running. Connect buttons through :meth:`guard` so
+    generator function (the job) and a handler for its return value (by convention
+    ``show_result``, public so that a result can be shown without running the job). The
+    handler runs on the main thread, where layers may be changed; each progress event
+    goes to :meth:`show_progress`; errors become napari notifications and napari keeps
+    running. Connect buttons through :meth:`guard` so
     that settings refused before the job starts are notifications too.
     """
 
@@ -156,7 +158,7 @@ class JobWidget(Container):
 
         # errored in _connect: otherwise napari also re-raises the error on the main thread
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
-        worker.yielded.connect(self._on_progress)
+        worker.yielded.connect(self.show_progress)
         worker.returned.connect(on_returned)
         worker.aborted.connect(lambda: self._set_status("cancelled; finished results are kept"))
         worker.finished.connect(self._on_finished)
@@ -171,7 +173,8 @@ class JobWidget(Container):
             self._set_status("cancelling")
             self.worker.quit()
 
-    def _on_progress(self, event: Progress) -> None:
+    def show_progress(self, event: Progress) -> None:
+        """One progress event of the running job: the bar and the status line."""
         total = event.total or 0
         self.progress.max = max(total, 1)
         self.progress.value = min(event.done, self.progress.max) if total else 0

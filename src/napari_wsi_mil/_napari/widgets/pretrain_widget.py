@@ -196,7 +196,7 @@ class PretrainWidget(JobWidget):
         self._advice = {}
         self.advice_button.enabled = False
         self._started = time.perf_counter()
-        self.start(job, self._finished)
+        self.start(job, self.show_result)
         self.pause_button.enabled = self.busy
 
     def estimate(self) -> None:
@@ -227,8 +227,8 @@ class PretrainWidget(JobWidget):
             self.pause_button.text = "Resume" if self._paused else "Pause"
             self._set_status("paused" if self._paused else "running")
 
-    def _on_progress(self, event) -> None:
-        super()._on_progress(event)
+    def show_progress(self, event) -> None:
+        super().show_progress(event)
         info = event.info or {}
         if "loss" not in info:
             return
@@ -272,7 +272,7 @@ class PretrainWidget(JobWidget):
         self.pause_button.text = "Pause"
         self._paused = False
 
-    def _finished(self, result) -> None:
+    def show_result(self, result) -> None:
         """Report the encoder file and every warning of the run (e.g. collapse)."""
         from napari.utils.notifications import show_warning
 
@@ -303,9 +303,11 @@ class PretrainWidget(JobWidget):
             grid, _ = store.read_tiles(slide_id)
             return open_slide(path), grid, clusters
 
-        self.start(job, self._show_clusters)
+        self.start(job, self.show_cluster_layer)
 
-    def _show_clusters(self, result) -> None:
+    def show_cluster_layer(self, result) -> None:
+        """The clusters of :meth:`show_clusters`' job (``(slide, grid, clusters)``) as a
+        Labels layer over the slide."""
         from napari_wsi_mil._napari.layers import patch_grid_layer_data
 
         slide, grid, clusters = result

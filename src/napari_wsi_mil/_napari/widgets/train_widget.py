@@ -126,10 +126,10 @@ class TrainMilWidget(JobWidget):
             )
 
         self.canvas.clear()
-        self.start(job, self._finished)
+        self.start(job, self.show_result)
 
-    def _on_progress(self, event) -> None:
-        super()._on_progress(event)
+    def show_progress(self, event) -> None:
+        super().show_progress(event)
         info = event.info or {}
         if "loss" in info and event.stage == "train":
             self.canvas.add_point("loss", info["epoch"], info["loss"])
@@ -137,7 +137,7 @@ class TrainMilWidget(JobWidget):
                 self.canvas.add_point("val AUC", info["epoch"], info["val_auc"])
             self.canvas.redraw()
 
-    def _finished(self, result) -> None:
+    def show_result(self, result) -> None:
         from napari.utils.notifications import show_warning
 
         from napari_wsi_mil.mil.metrics import describe_bag_metrics

@@ -23,7 +23,7 @@ from napari_wsi_mil.pretrain.presets import CPU_QUICK, PRESETS
 from napari_wsi_mil.pretrain.trainer import PretrainConfig, pretrain_job
 
 TILES = (
-    Path(os.environ.get("WSI_MIL_SHARED", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    Path(os.environ.get("WSI_MIL_SHARED", Path(__file__).resolve().parents[3] / "shared" / "data"))
     / "tiles-labelled"
 )
 if not TILES.is_dir():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from napari_wsi_mil.cli import main
+from napari_wsi_mil.demo import DEMO_TILES
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.features.extract import extract_features_job, read_features
 from napari_wsi_mil.features.stain import StainNormaliser, fit_stain, read_reference
@@ -18,11 +19,9 @@ from napari_wsi_mil.jobs import run_job
 from napari_wsi_mil.store.project import ProjectStore
 from pretrain_fixtures import tiny_cohort
 
-TILES = Path(__file__).resolve().parents[1] / "src" / "napari_wsi_mil" / "data" / "tiles"
-
 
 def _tile(prefix: str, k: int = 0) -> Path:
-    return sorted(TILES.glob(f"{prefix}-*"))[k]
+    return sorted(DEMO_TILES.glob(f"{prefix}-*"))[k]
 
 
 def _batch(*images: np.ndarray) -> torch.Tensor:
