@@ -20,14 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_wsi_mil.errors import WsiMilError
-
-if TYPE_CHECKING:
-    from napari_wsi_mil.mil.bags import Bag
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,7 @@ class Separation:
         return asdict(self)
 
 
-def _stack(bags: list[Bag], what: str) -> np.ndarray:
+def _stack(bags, what: str) -> np.ndarray:
     return np.concatenate([getattr(b, what) for b in bags]) if bags else np.empty(0)
 
 
