@@ -26,8 +26,16 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, SpinBox
 
+from napari_wsi_mil._napari.layers import patch_grid_layer_data
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, feature_sets, slide_layers
 from napari_wsi_mil._napari.widgets.plot_canvas import theme_colors
+from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.features.embedding import embedding_job
+from napari_wsi_mil.features.embedding_plot import HIGHLIGHT_COLOR, draw_embedding, set_highlight
+from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.store.cohort import read_cohort
+from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tiling_job import slide_id_for
 
 
 class EmbeddingWidget(JobWidget):
@@ -113,9 +121,6 @@ class EmbeddingWidget(JobWidget):
     @staticmethod
     def _job(project_dir: Path, cohort_path: Path, name: str, max_per_slide: int, method: str):
         def job():
-            from napari_wsi_mil.features.embedding import embedding_job
-            from napari_wsi_mil.store.cohort import read_cohort
-            from napari_wsi_mil.store.project import ProjectStore
 
             store = ProjectStore(project_dir)
             cohort = read_cohort(cohort_path)
@@ -149,8 +154,6 @@ class EmbeddingWidget(JobWidget):
     # -- plot ----------------------------------------------------------------
     def _redraw(self, _event=None) -> None:
         from matplotlib.widgets import LassoSelector
-
-        from napari_wsi_mil.features.embedding_plot import draw_embedding
 
         bg, fg = theme_colors(self.viewer)
         for lasso in self._lassos:
@@ -207,7 +210,6 @@ class EmbeddingWidget(JobWidget):
         self._sync_layer()
 
     def _update_highlight(self) -> None:
-        from napari_wsi_mil.features.embedding_plot import set_highlight
 
         if self._plot is not None:
             set_highlight(self._plot, self.table, self._selected)
@@ -225,8 +227,6 @@ class EmbeddingWidget(JobWidget):
         resolved = str(Path(path).resolve())
         if resolved in self._path_ids:
             return self._path_ids[resolved]
-        from napari_wsi_mil.errors import WsiMilError
-        from napari_wsi_mil.store.tiling_job import slide_id_for
 
         try:
             return slide_id_for(path)
@@ -265,9 +265,6 @@ class EmbeddingWidget(JobWidget):
         """Write the selection of the chosen slide into its Labels layer (create it)."""
         from napari.utils.colormaps import DirectLabelColormap
 
-        from napari_wsi_mil._napari.layers import patch_grid_layer_data
-        from napari_wsi_mil.features.embedding_plot import HIGHLIGHT_COLOR
-
         slide_id = self.current_slide_id()
         if self.table is None or slide_id is None:
             return
@@ -288,7 +285,6 @@ class EmbeddingWidget(JobWidget):
                 layer.data = grid.grid_raster(values)
                 layer.features = features
                 return
-            from napari_wsi_mil.slide import open_slide
 
             with open_slide(self.slide.value.metadata["slide_path"]) as slide:
                 data, kwargs, _ = patch_grid_layer_data(

@@ -7,6 +7,8 @@ from pathlib import Path
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit, PushButton, SpinBox
 
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
+from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tiling_job import slide_id_for
 
 
 class ExtractWidget(JobWidget):
@@ -71,8 +73,6 @@ class ExtractWidget(JobWidget):
         # imported on the main thread (torch's import is not thread-safe under Qt)
         from napari_wsi_mil.features.encoders import default_feature_name
         from napari_wsi_mil.features.extract import extract_features_job
-        from napari_wsi_mil.store.project import ProjectStore
-        from napari_wsi_mil.store.tiling_job import slide_id_for
 
         encoder = self.encoder.value.strip()
         name = self.name.value.strip() or default_feature_name(encoder)

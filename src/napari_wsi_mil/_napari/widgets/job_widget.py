@@ -12,7 +12,7 @@ from psygnal import SignalInstance
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QSizePolicy
 
-from napari_wsi_mil.errors import StoreError
+from napari_wsi_mil.errors import StoreError, WsiMilError
 from napari_wsi_mil.jobs import Progress
 from napari_wsi_mil.store.keys import FEATURES
 from napari_wsi_mil.store.project import ProjectStore
@@ -105,7 +105,6 @@ class JobWidget(Container):
         """``callback`` for a button or field: a bad value it meets (a
         :class:`~napari_wsi_mil.errors.WsiMilError` or an unreadable file) becomes a
         notification and the status line, not a traceback in the console."""
-        from napari_wsi_mil.errors import WsiMilError
 
         def guarded(*args, **kwargs) -> None:
             try:

@@ -8,9 +8,17 @@ from pathlib import Path
 
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton, SpinBox
 
+from napari_wsi_mil._napari.layers import patch_grid_layer_data
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
 from napari_wsi_mil._napari.widgets.plot_canvas import CurveCanvas
+from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.jobs import Progress
 from napari_wsi_mil.pretrain import METHODS
+from napari_wsi_mil.pretrain.presets import PRESETS, preset_settings
+from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.store.cohort import read_cohort
+from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tiling_job import slide_id_for
 
 NO_PRESET = "none"
 
@@ -39,7 +47,6 @@ class PretrainWidget(JobWidget):
         )
         from napari_wsi_mil.pretrain.augment import RECIPES
         from napari_wsi_mil.pretrain.models import TRUNK_STAGES
-        from napari_wsi_mil.pretrain.presets import PRESETS
 
         self.preset = ComboBox(label="preset", choices=[NO_PRESET, *PRESETS], value=NO_PRESET)
         self.method = ComboBox(label="method", choices=list(METHODS), value="weaksupcon")
@@ -133,7 +140,6 @@ class PretrainWidget(JobWidget):
 
     def apply_preset(self, name: str | None = None) -> None:
         """Fill the fields a preset sets (its other settings have no field here)."""
-        from napari_wsi_mil.pretrain.presets import preset_settings
 
         name = self.preset.value
         settings = preset_settings(None if name == NO_PRESET else name)
@@ -155,7 +161,6 @@ class PretrainWidget(JobWidget):
         self.advice_button.enabled = False
 
     def config(self):
-        from napari_wsi_mil.pretrain.presets import preset_settings
         from napari_wsi_mil.pretrain.trainer import PretrainConfig
 
         preset = None if self.preset.value == NO_PRESET else self.preset.value
@@ -184,8 +189,6 @@ class PretrainWidget(JobWidget):
 
         def job():
             from napari_wsi_mil.pretrain.trainer import pretrain_job
-            from napari_wsi_mil.store.cohort import read_cohort
-            from napari_wsi_mil.store.project import ProjectStore
 
             return (
                 yield from pretrain_job(ProjectStore(project), read_cohort(cohort), config, out)
@@ -205,7 +208,6 @@ class PretrainWidget(JobWidget):
         config = self.config()
 
         def job():
-            from napari_wsi_mil.jobs import Progress
             from napari_wsi_mil.pretrain.estimate import describe_estimate
 
             yield Progress("timing a few steps", 0, None)
@@ -255,7 +257,6 @@ class PretrainWidget(JobWidget):
 
     def _on_error(self, exc: BaseException) -> None:
         """A collapse: the message names this widget's fields and "Apply advice" sets them."""
-        from napari_wsi_mil.errors import WsiMilError
         from napari_wsi_mil.pretrain.collapse import CollapseError
 
         if isinstance(exc, CollapseError):
@@ -286,14 +287,11 @@ class PretrainWidget(JobWidget):
         if not layers:
             self._on_error(ValueError("open a slide first (File > Open)"))
             return
-        from napari_wsi_mil.store.tiling_job import slide_id_for
 
         layer = layers[-1]
         path = layer.metadata["slide_path"]
         slide_id = slide_id_for(path)
         from napari_wsi_mil.features.clusters import slide_clusters_job
-        from napari_wsi_mil.slide import open_slide
-        from napari_wsi_mil.store.project import ProjectStore
 
         project, encoder = Path(self.project.value), Path(self.out.value)
 
@@ -308,7 +306,6 @@ class PretrainWidget(JobWidget):
     def show_cluster_layer(self, result) -> None:
         """The clusters of :meth:`show_clusters`' job (``(slide, grid, clusters)``) as a
         Labels layer over the slide."""
-        from napari_wsi_mil._napari.layers import patch_grid_layer_data
 
         slide, grid, clusters = result
         with slide:

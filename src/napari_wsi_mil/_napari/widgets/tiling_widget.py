@@ -13,7 +13,26 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from napari_wsi_mil._napari.layers import (
+    patch_outline_layer_data,
+    place_layer,
+    slide_layer_data,
+    tissue_mask_layer_data,
+)
 from napari_wsi_mil._napari.widgets.job_widget import JobWidget, slide_layers
+from napari_wsi_mil.errors import WsiMilError
+from napari_wsi_mil.jobs import Progress
+from napari_wsi_mil.slide import open_slide
+from napari_wsi_mil.slide.tiling import TilingParams
+from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.store.tiling_job import (
+    cohort_slides,
+    folder_slides,
+    slide_id_for,
+    tile_slides_job,
+    tiled_slide_path,
+)
+from napari_wsi_mil.wording import counted
 
 #: What "Tile" tiles: the slide layer chosen, every slide of the cohort CSV, or every
 #: slide file in a folder.
@@ -91,8 +110,6 @@ class TilingWidget(JobWidget):
         return [(layer.name, layer) for layer in slide_layers(self.viewer)]
 
     def _tiled_choices(self, _widget=None) -> list[str]:
-        from napari_wsi_mil.errors import WsiMilError
-        from napari_wsi_mil.store.project import ProjectStore
 
         project = Path(self.project.value)
         if not (project / "project.json").is_file():
@@ -110,7 +127,6 @@ class TilingWidget(JobWidget):
         self.overwrite.visible = source != "slide on screen"
 
     def params(self):
-        from napari_wsi_mil.slide.tiling import TilingParams
 
         return TilingParams(
             target_mpp=self.target_mpp.value,
@@ -143,7 +159,6 @@ class TilingWidget(JobWidget):
         self._tile_one(layer.metadata["slide_path"], mask=layer.data.copy())
 
     def _tile_one(self, path: str, mask) -> None:
-        from napari_wsi_mil.store.tiling_job import slide_id_for
 
         slide_id = slide_id_for(path)
         masks = None if mask is None else {slide_id: mask}
@@ -154,8 +169,6 @@ class TilingWidget(JobWidget):
     @staticmethod
     def _job(project_dir: Path, slide_id: str, path: str, params, masks):
         def job():
-            from napari_wsi_mil.store.project import ProjectStore
-            from napari_wsi_mil.store.tiling_job import tile_slides_job
 
             store = ProjectStore(project_dir, create=True)
             report = yield from tile_slides_job(
@@ -168,7 +181,6 @@ class TilingWidget(JobWidget):
     # -- a cohort or a folder -------------------------------------------------------
     def tile_many(self) -> None:
         """Tile every slide of the cohort CSV (or the slide folder) in the background."""
-        from napari_wsi_mil.store.tiling_job import cohort_slides, folder_slides
 
         if self.source.value == "cohort CSV":
             if self.cohort.value is None or not Path(self.cohort.value).is_file():
@@ -183,8 +195,6 @@ class TilingWidget(JobWidget):
         project, params, overwrite = Path(self.project.value), self.params(), self.overwrite.value
 
         def job():
-            from napari_wsi_mil.store.project import ProjectStore
-            from napari_wsi_mil.store.tiling_job import tile_slides_job
 
             store = ProjectStore(project, create=True)
             return (
@@ -196,7 +206,6 @@ class TilingWidget(JobWidget):
         self.start(job, self._tiled_many)
 
     def _tiled_many(self, report) -> None:
-        from napari_wsi_mil.wording import counted
 
         self.report = report
         self.tiled.reset_choices()
@@ -222,8 +231,6 @@ class TilingWidget(JobWidget):
         project = Path(self.project.value)
 
         def job():
-            from napari_wsi_mil.jobs import Progress
-            from napari_wsi_mil.store.project import ProjectStore
 
             yield Progress("reading tiling", 0, 1, message=slide_id)
             tiling = _read_tiling(ProjectStore(project), slide_id, [])
@@ -233,12 +240,6 @@ class TilingWidget(JobWidget):
         self.start(job, self._show)
 
     def _show(self, result) -> None:
-        from napari_wsi_mil._napari.layers import (
-            patch_outline_layer_data,
-            place_layer,
-            slide_layer_data,
-            tissue_mask_layer_data,
-        )
 
         slide, grid, mask, downsample, warnings = result
         with slide:
@@ -270,8 +271,6 @@ class TilingWidget(JobWidget):
 
 def _read_tiling(store, slide_id: str, warnings: list[str]) -> tuple:
     """``(slide, grid, tissue mask, mask downsample, warnings)`` of a tiled slide."""
-    from napari_wsi_mil.slide import open_slide
-    from napari_wsi_mil.store.tiling_job import tiled_slide_path
 
     grid, _ = store.read_tiles(slide_id)
     mask, downsample = store.read_tissue_mask(slide_id)

@@ -10,6 +10,10 @@ from napari_wsi_mil._napari.widgets.job_widget import JobWidget, feature_sets
 from napari_wsi_mil._napari.widgets.plot_canvas import CurveCanvas
 from napari_wsi_mil.errors import WsiMilError
 from napari_wsi_mil.mil import MODELS
+from napari_wsi_mil.mil.metrics import describe_bag_metrics
+from napari_wsi_mil.store.cohort import read_cohort
+from napari_wsi_mil.store.project import ProjectStore
+from napari_wsi_mil.validate import check_class_list
 
 
 class TrainMilWidget(JobWidget):
@@ -68,8 +72,6 @@ class TrainMilWidget(JobWidget):
 
     def read_cohort(self):
         """The chosen cohort, its classes in the "class order" when one is given."""
-        from napari_wsi_mil.store.cohort import read_cohort
-        from napari_wsi_mil.validate import check_class_list
 
         order = self.class_order.value.strip()
         classes = check_class_list("class order", order) if order else None
@@ -103,7 +105,6 @@ class TrainMilWidget(JobWidget):
 
     def run(self) -> None:
         from napari_wsi_mil.mil.train import train_mil_job
-        from napari_wsi_mil.store.project import ProjectStore
 
         if not self.features.value:
             self._on_error(ValueError("the project has no features yet: extract them first"))
@@ -139,8 +140,6 @@ class TrainMilWidget(JobWidget):
 
     def show_result(self, result) -> None:
         from napari.utils.notifications import show_warning
-
-        from napari_wsi_mil.mil.metrics import describe_bag_metrics
 
         metrics = result.metrics
         shown = [
