@@ -34,7 +34,7 @@ from napari_wsi_mil.mil.predict import (
     recorded_mask_threshold,
 )
 from napari_wsi_mil.review.heatmap import evidence_class
-from napari_wsi_mil.slide.tiling import TilingParams
+from napari_wsi_mil.slide.tiling import TileGrid, TilingParams
 from napari_wsi_mil.store.keys import FEATURES, PREDICTIONS
 from napari_wsi_mil.store.project import ProjectStore
 from napari_wsi_mil.store.tiling_job import slide_id_for, tile_slides_job
@@ -85,7 +85,7 @@ class SlideAnalysis:
 
     slide_id: str
     slide_path: Path
-    grid: object  # TileGrid
+    grid: TileGrid
     attention: np.ndarray  # (N,) softmax weights
     instance_probability: np.ndarray  # (N,)
     probability: float

@@ -269,7 +269,7 @@ class TilingWidget(JobWidget):
         self._set_status(note)
 
 
-def _read_tiling(store, slide_id: str, warnings: list[str]) -> tuple:
+def _read_tiling(store: ProjectStore, slide_id: str, warnings: list[str]) -> tuple:
     """``(slide, grid, tissue mask, mask downsample, warnings)`` of a tiled slide."""
 
     grid, _ = store.read_tiles(slide_id)
