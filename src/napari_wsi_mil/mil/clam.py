@@ -150,11 +150,6 @@ def positive_evidence(classifiers: nn.ModuleList, h: torch.Tensor) -> torch.Tens
     ).amax(0)
 
 
-def _check_inst_loss(inst_loss: str) -> None:
-    if inst_loss not in INSTANCE_LOSSES:
-        raise ValueError(f"inst_loss must be one of {INSTANCE_LOSSES}; got {inst_loss!r}")
-
-
 class CLAMSB(MilModel):
     """CLAM-SB (Lu et al. 2021): one attention branch.
 
@@ -194,14 +189,19 @@ class CLAMSB(MilModel):
         n_classes: int = N_CLASSES,
     ):
         super().__init__()
-        _check_inst_loss(inst_loss)
+        if inst_loss not in INSTANCE_LOSSES:
+            raise ValueError(f"inst_loss must be one of {INSTANCE_LOSSES}; got {inst_loss!r}")
         self.in_dim = in_dim
         self.n_classes = n_classes
-        self.bag = ABMIL(in_dim, embed_dim, attention_dim, dropout, n_classes=n_classes)
+        self.build_bag_branch(embed_dim, attention_dim, dropout)
         self.instance_classifiers = nn.ModuleList(nn.Linear(embed_dim, 2) for _ in range(n_classes))
         self.b = b
         self.inst_loss = inst_loss
         self.bag_weight = bag_weight
+
+    def build_bag_branch(self, embed_dim: int, attention_dim: int, dropout: float) -> None:
+        """The bag branch: gated AB-MIL with ``n_classes`` logits."""
+        self.bag = ABMIL(self.in_dim, embed_dim, attention_dim, dropout, n_classes=self.n_classes)
 
     def forward(
         self, features: torch.Tensor, generator: torch.Generator | None = None
@@ -257,28 +257,12 @@ class CLAMMB(CLAMSB):
     as :class:`CLAMSB`.
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        embed_dim: int = 512,
-        attention_dim: int = 256,
-        dropout: float = 0.25,
-        b: int = 8,
-        inst_loss: str = "ce",
-        bag_weight: float = 0.7,
-        n_classes: int = N_CLASSES,
-    ):
-        MilModel.__init__(self)
-        _check_inst_loss(inst_loss)
-        self.in_dim = in_dim
-        self.n_classes = n_classes
-        self.encoder = InstanceEncoder(in_dim, embed_dim, dropout)
-        self.attention = GatedAttention(embed_dim, attention_dim, dropout, branches=n_classes)
-        self.bag_classifiers = nn.ModuleList(nn.Linear(embed_dim, 1) for _ in range(n_classes))
-        self.instance_classifiers = nn.ModuleList(nn.Linear(embed_dim, 2) for _ in range(n_classes))
-        self.b = b
-        self.inst_loss = inst_loss
-        self.bag_weight = bag_weight
+    def build_bag_branch(self, embed_dim: int, attention_dim: int, dropout: float) -> None:
+        """Shared gated branches scoring one attention map per class, and one
+        ``Linear(E, 1)`` bag classifier per class."""
+        self.encoder = InstanceEncoder(self.in_dim, embed_dim, dropout)
+        self.attention = GatedAttention(embed_dim, attention_dim, dropout, branches=self.n_classes)
+        self.bag_classifiers = nn.ModuleList(nn.Linear(embed_dim, 1) for _ in range(self.n_classes))
 
     def attend(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(h [N, E], attention [N, C] summing to 1 per column, logit [C])``."""

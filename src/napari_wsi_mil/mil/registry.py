@@ -43,15 +43,6 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "bag_weight": 0.7,
         "n_classes": 2,
     },
-    "clam-mb": {
-        "embed_dim": 512,
-        "attention_dim": 256,
-        "dropout": 0.25,
-        "b": 8,
-        "inst_loss": "ce",
-        "bag_weight": 0.7,
-        "n_classes": 2,
-    },
     "dtfd": {
         "embed_dim": 512,
         "attention_dim": 128,
@@ -103,12 +94,6 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-5,  # not in the spec: CLAM's README recipe
         "epochs": 200,  # not in the spec: CLAM's max_epochs
     },
-    "clam-mb": {
-        "optimizer": "adam",
-        "lr": 2e-4,  # not in the spec: CLAM's README recipe
-        "weight_decay": 1e-5,  # not in the spec: CLAM's README recipe
-        "epochs": 200,  # not in the spec: CLAM's max_epochs
-    },
     "dtfd": {
         "optimizer": "adam",  # two optimisers: tier1_parameters(), tier2_parameters()
         "lr": 1e-4,
@@ -155,6 +140,11 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "epochs": 100,  # not in the spec
     },
 }
+
+
+# CLAM-MB: CLAM-SB's architecture settings and recipe (Lu et al. use one for both)
+MODEL_DEFAULTS["clam-mb"] = MODEL_DEFAULTS["clam"]
+TRAINING_DEFAULTS["clam-mb"] = TRAINING_DEFAULTS["clam"]
 
 
 def _check_name(name: str) -> None:
