@@ -4,8 +4,9 @@ Run: ``python benchmarks/bench_peers.py [--rounds 5] [--peers-python PATH]`` or,
 write the section of ``REPORT.md``, ``python benchmarks/run_all.py --only bench_peers``.
 The peers are the optional ``bench`` extra (``pip install -e .[bench]``); they pull in
 many packages (spatialdata, dask, numba, ...), so they may live in another environment:
-``--peers-python`` (or ``WSI_MIL_PEERS_PYTHON``) names its interpreter, which must
-also import this package (e.g. ``PYTHONPATH=src``). A peer that is not installed or
+``--peers-python`` (or ``WSI_MIL_PEERS_PYTHON``) names its interpreter; its children
+get this checkout's ``src`` on ``PYTHONPATH`` (the LazySlide features task builds our
+trunk). A peer that is not installed or
 fails is reported as such in the table; the benchmark does not fail for it.
 
 Slides: CMU-1-Small-Region (an Aperio SVS, read through OpenSlide) and a 24,000 x
@@ -225,7 +226,13 @@ def child(tool: str, task: str, path: str) -> None:
 
 def run_child(python: str, tool: str, task: str, path: Path) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--child", tool, task, str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    path_list = [src, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONPATH": os.pathsep.join(path_list),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
