@@ -234,7 +234,7 @@ def _write_prediction_files(
                 )
                 tiles.writerow(
                     ["index", "x", "y", "attention", "instance_probability"]
-                    + [f"attention_{c}" for c in classes][: len(per_class)]
+                    + ([f"attention_{c}" for c in classes] if per_class else [])
                 )
                 for j, ((x, y), a, p) in enumerate(
                     zip(grid.coords, pred.attention[sl], pred.instance_probability[sl], strict=True)
