@@ -232,18 +232,32 @@ def test_tiff_segments_read_like_zarr(tmp_path, layout):
     backend.close()
 
 
-def test_opening_and_reading_a_tiled_tiff_does_not_import_zarr(tmp_path):
-    """Importing zarr costs more than opening a slide; tiled and striped TIFFs need none."""
+def test_opening_and_reading_a_tiled_tiff_does_not_import_zarr_or_openslide(tmp_path):
+    """Importing zarr or OpenSlide costs more than opening a slide; a plain tiled TIFF
+    needs neither."""
     path = tmp_path / "tiled.tif"
     tifffile.imwrite(path, _noise_rgb(600, 600), tile=(256, 256), photometric="rgb")
     code = (
         "import sys; from napari_wsi_mil.slide import open_slide;"
         f"s = open_slide({str(path)!r}); s.read_region(0, 100, 100, 300, 300);"
         "s.pyramid()[0][:50, :50].compute(scheduler='sync');"
-        "print('zarr' in sys.modules)"
+        "print('zarr' in sys.modules, 'openslide' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
+
+
+def test_a_vendor_tiff_named_tif_goes_to_openslide(shared_data, tmp_path):
+    """An Aperio file saved as ``.tif`` is recognised (tifffile's vendor flags) and read
+    by OpenSlide, as under its own extension."""
+    svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    if not svs.is_file():
+        pytest.skip("CMU-1-Small-Region.svs not in ../shared")
+    renamed = tmp_path / "aperio.tif"
+    renamed.symlink_to(svs)
+    with open_slide(renamed) as slide, open_slide(svs) as original:
+        assert slide.describe()["backend"] == original.describe()["backend"] == "openslide"
+        assert slide.describe()["vendor"] == "aperio"
 
 
 def test_cached_facts_open_without_parsing_and_read_the_same(tmp_path):

@@ -308,23 +308,10 @@ def open_slide(path: str | os.PathLike, cache: SlideInfoCache | None = None) -> 
 
 
 def _open_checked_backend(path: Path) -> SlideBackend:
-    try:
-        import openslide
-
-        vendor = openslide.OpenSlide.detect_format(str(path))
-    except Exception:  # detect_format itself can fail on odd files
-        vendor = None
     head = _sniff(path)
-    if vendor and vendor != "generic-tiff":
-        from napari_wsi_mil.slide.openslide_backend import OpenSlideBackend
-
-        backend: SlideBackend = OpenSlideBackend(str(path))
-    elif head[:4] in _TIFF_MAGIC:
-        from napari_wsi_mil.slide.tiff_backend import TiffBackend
-
-        backend = TiffBackend(str(path))
-    else:
-        raise SlideError(path, f"not a supported slide format ({_describe_header(head)})")
+    backend = _plain_tiff_backend(path) if head[:4] in _TIFF_MAGIC else None
+    if backend is None:
+        backend = _backend_by_vendor(path, head)
     try:  # one native tile of the coarsest level: the first screenful's own decoder
         last = backend.info.levels[-1]
         tile_w, tile_h = min(last.width, last.tile_width), min(last.height, last.tile_height)
@@ -338,6 +325,41 @@ def _open_checked_backend(path: Path) -> SlideBackend:
         backend.close()
         raise SlideError(path, f"file is damaged or uses an unsupported encoding: {exc}") from exc
     return backend
+
+
+def _plain_tiff_backend(path: Path) -> SlideBackend | None:
+    """The tifffile backend for a ``.tif``/``.tiff`` that is not a vendor format, without
+    importing OpenSlide (most of opening such a file); None for the others."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    from napari_wsi_mil.slide.tiff_backend import TiffBackend
+
+    try:
+        backend = TiffBackend(str(path))
+    except SlideError:  # left to the vendor check, then to the same error
+        return None
+    if backend.vendor_format is None:
+        return backend
+    backend.close()
+    return None
+
+
+def _backend_by_vendor(path: Path, head: bytes) -> SlideBackend:
+    try:
+        import openslide
+
+        vendor = openslide.OpenSlide.detect_format(str(path))
+    except Exception:  # detect_format itself can fail on odd files
+        vendor = None
+    if vendor and vendor != "generic-tiff":
+        from napari_wsi_mil.slide.openslide_backend import OpenSlideBackend
+
+        return OpenSlideBackend(str(path))
+    if head[:4] in _TIFF_MAGIC:
+        from napari_wsi_mil.slide.tiff_backend import TiffBackend
+
+        return TiffBackend(str(path))
+    raise SlideError(path, f"not a supported slide format ({_describe_header(head)})")
 
 
 def _info_from_json(data: dict | None) -> SlideInfo | None:

@@ -105,6 +105,11 @@ def _tifffile_log():
         log.removeFilter(keep)
 
 
+#: tifffile's flags for the TIFF-based vendor formats that OpenSlide reads (Aperio,
+#: Hamamatsu, Leica, Philips, Ventana); a file with one goes to OpenSlide
+_VENDOR_FLAGS = ("svs", "ndpi", "scn", "philips", "bif")
+
+
 class TiffBackend(SlideBackend):
     """Reads TIFF levels by decoding their tiles (or strips) with ``tifffile``; levels
     of other layouts (planar samples, several pages) through ``tifffile``'s zarr store.
@@ -156,6 +161,9 @@ class TiffBackend(SlideBackend):
             if tag.name in _REPORTED_TAGS
         }
         vendor = "ome-tiff" if self._tif.is_ome else "generic-tiff"
+        first = self._tif.pages[0]
+        #: the vendor format tifffile sees (``"svs"``, ...), None for a plain or OME-TIFF
+        self.vendor_format = next((f for f in _VENDOR_FLAGS if getattr(first, f"is_{f}")), None)
         self.info = SlideInfo(
             backend="tifffile",
             vendor=vendor,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 
 from napari_wsi_mil.errors import ParamError, SlideError
@@ -174,8 +175,7 @@ def grid_from_mask(
     if rows == 0 or cols == 0:
         empty = np.zeros((0, 2), np.int64)
         return TileGrid(empty, np.zeros(0, np.float32), geometry, (max(rows, 1), max(cols, 1)))
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.float64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.float64), axis=0), axis=1)
+    integral = cv2.integral(np.ascontiguousarray(mask, dtype=np.uint8))  # zero first row, column
     xs = np.arange(cols) * step
     ys = np.arange(rows) * step
     fx, fy = mask_downsample
