@@ -438,9 +438,9 @@ _SATURATION = _saturation_table()
 
 
 def _median(image: np.ndarray, size: int, needed: np.ndarray) -> np.ndarray:
-    """Median over ``size`` x ``size`` windows (pixels inside the image), computed on the
-    bounding box of the ``needed`` pixels grown by the window (their windows lie in it,
-    so their medians are exact); 0 elsewhere."""
+    """Median over ``size`` x ``size`` windows (pixels inside the image) of the ``needed``
+    pixels, computed on their bounding box grown by the window (their windows lie in it,
+    so their medians are exact); other pixels hold any value."""
     rows, cols = np.flatnonzero(needed.any(axis=1)), np.flatnonzero(needed.any(axis=0))
     if size <= 1 or rows.size == 0:
         return image if size <= 1 else np.zeros_like(image)
@@ -448,19 +448,24 @@ def _median(image: np.ndarray, size: int, needed: np.ndarray) -> np.ndarray:
     r0, r1 = max(rows[0] - half, 0), rows[-1] + half + 1
     c0, c1 = max(cols[0] - half, 0), cols[-1] + half + 1
     out = np.zeros_like(image)
-    out[r0:r1, c0:c1] = _window_median(image[r0:r1, c0:c1], size)
+    out[r0:r1, c0:c1] = _window_median(image[r0:r1, c0:c1], size, needed[r0:r1, c0:c1])
     return out
 
 
-def _window_median(image: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+def _window_median(
+    image: np.ndarray, size: int, needed: np.ndarray | None = None, chunk: int = 4096
+) -> np.ndarray:
     """Median of each pixel's ``size`` x ``size`` window over the window's pixels inside
     the image: the value at index ``n // 2`` of the ``n`` sorted ones, as scikit-image's
     rank median. OpenCV's median (replicated edges) is exact where the whole window lies
-    inside; pixels nearer the edge are sorted in numpy, ``chunk`` windows at a time."""
+    inside; pixels nearer the edge (only the ``needed`` ones, when given) are sorted in
+    numpy, ``chunk`` windows at a time."""
     out = cv2.medianBlur(np.ascontiguousarray(image), size)
     half = size // 2
     near_edge = np.ones(image.shape, dtype=bool)
     near_edge[half:-half, half:-half] = False
+    if needed is not None:
+        near_edge &= needed
     ys, xs = np.nonzero(near_edge)
     outside = 256  # sorts after every uint8 value
     windows = np.lib.stride_tricks.sliding_window_view(
