@@ -161,6 +161,10 @@ def test_learning_rate_schedule():
     assert lr[60] == pytest.approx(0.05)
     cos = [learning_rate(s, 100, 10, 0.2, 1, "cosine", 3) for s in range(100)]
     assert cos[10] == pytest.approx(0.2) and cos[99] < 0.001
+    # a base rate at or below the reference's start still warms up, from a tenth of it
+    low = [learning_rate(s, 100, 10, 0.001, 2, "step", 3) for s in range(100)]
+    assert low[0] == pytest.approx(0.0001) and low[10] == pytest.approx(0.00055)
+    assert low[20] == pytest.approx(0.001) and low[0] < low[10] < low[19] < low[20]
 
 
 # -- DDP: the loss of one step on 2 gloo ranks equals the single-process loss ---------

@@ -69,12 +69,14 @@ def learning_rate(
     schedule: str,
     step_every_epochs: int,
 ) -> float:
-    """LR at a global step: linear warm-up from ``min(0.001, base_lr)`` (the WeakSupCon
-    reference), then ``cosine`` to 0, ``step`` (x0.5 every ``step_every_epochs``) or
-    ``constant``. A pure function of the step, so a resumed run follows the same curve."""
+    """LR at a global step: linear warm-up from ``min(0.001, base_lr / 10)`` (0.001 is the
+    WeakSupCon reference's start, for its base rate of 0.2; a tenth of a lower base rate
+    keeps the warm-up a warm-up), then ``cosine`` to 0, ``step`` (x0.5 every
+    ``step_every_epochs``) or ``constant``. A pure function of the step, so a resumed run
+    follows the same curve."""
     warm = int(round(warmup_epochs * steps_per_epoch))
     if step < warm:
-        start = min(0.001, base_lr)
+        start = min(0.001, base_lr / 10)
         return start + (base_lr - start) * step / warm
     if schedule == "cosine":
         progress = (step - warm) / max(1, total_steps - warm)

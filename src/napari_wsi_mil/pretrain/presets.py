@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "image_size": 64,
         "train_from": "layer4",
         "augment": "histology",
-        "warmup_epochs": 1.0,
+        "warmup_epochs": 0.0,  # measured so: a warm-up from 0.001 to 0.001 was flat
         "negative_weight": 0.25,
         "lr": 0.001,
         "num_workers": 1,
