@@ -264,7 +264,7 @@ def _ink(planes: list[np.ndarray], high: np.ndarray, low: np.ndarray, px: float)
     r, g, b, top, span = (a.ravel()[candidates].astype(np.int16) for a in (*planes, high, chroma))
     green_core = (g > r + 30) & (g >= b - 15)
     blue_core = (b > r + 40) & (b > g + 40) & (g >= r - 10)
-    reddish = (r == top) & (6 * (g - b) < (r - b))
+    reddish = _reddish(r, g, b, top)
     red_core = reddish & (100 * (b - g) < 16 * (r - g)) & (span >= 80)
     core.ravel()[candidates] = green_core | blue_core | red_core
 
@@ -281,7 +281,7 @@ def _ink(planes: list[np.ndarray], high: np.ndarray, low: np.ndarray, px: float)
     if not core.any():
         return core
     r, g, b, high, chroma = (a.astype(np.int16) for a in (*planes, high, chroma))
-    reddish = (r == high) & (6 * (g - b) < (r - b))
+    reddish = _reddish(r, g, b, high)
     green_fringe = (g > r + 10) & (g >= b - 10) & (chroma >= 10)
     blue_fringe = (b > r + 25) & (b > g + 25) & (g >= r - 10)
     red_fringe = reddish & (chroma >= 15) & (100 * (b - g) < 25 * (r - g))
@@ -413,6 +413,12 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return mask.copy()
     return _morph(cv2.erode, mask, radius)
+
+
+def _reddish(r: np.ndarray, g: np.ndarray, b: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Red is the largest channel and (G - B) < (R - B) / 6 (int16 channels): the reddish
+    hues that red ink, its fringe and blood share (see :func:`pen_mask`)."""
+    return (r == high) & (6 * (g - b) < (r - b))
 
 
 def _morph(operation, mask: np.ndarray, radius: int) -> np.ndarray:
