@@ -39,8 +39,9 @@ def test_cmu_facts_and_openslide_parity(shared_data):
     import openslide
 
     path = shared_data / "slides" / "CMU-1-Small-Region.svs"
-    with open_slide(path) as slide:
-        assert slide.backend_name == "openslide" and slide.vendor == "aperio"
+    with open_slide(path) as slide:  # JPEG tiles: decoded by tifffile, as by OpenSlide
+        assert slide.backend_name == "tifffile" and slide.vendor == "aperio"
+        assert slide.properties["aperio.AppMag"] == "20"
         assert slide.dimensions == (2220, 2967)
         assert slide.mpp == pytest.approx(0.499)
         assert slide.objective_power == 20
@@ -247,17 +248,61 @@ def test_opening_and_reading_a_tiled_tiff_does_not_import_zarr_or_openslide(tmp_
     assert out.stdout.strip() == "False False"
 
 
-def test_a_vendor_tiff_named_tif_goes_to_openslide(shared_data, tmp_path):
-    """An Aperio file saved as ``.tif`` is recognised (tifffile's vendor flags) and read
-    by OpenSlide, as under its own extension."""
-    svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
-    if not svs.is_file():
-        pytest.skip("CMU-1-Small-Region.svs not in ../shared")
-    renamed = tmp_path / "aperio.tif"
-    renamed.symlink_to(svs)
-    with open_slide(renamed) as slide, open_slide(svs) as original:
-        assert slide.describe()["backend"] == original.describe()["backend"] == "openslide"
-        assert slide.describe()["vendor"] == "aperio"
+def _aperio_like(path, compression="jpeg"):
+    """A three-level Aperio-style SVS (tiled JPEG levels 1x, 4x, 16x and a stripped
+    thumbnail page, as Aperio writes them) of 1400 x 1100 px."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8).repeat(30, 0).repeat(30, 1)
+    base = base[:1100, :1400]
+    head = "Aperio Image Library vTest \r\n1400x1100 [0,0 1400x1100] (256x256) JPEG/RGB"
+    fields = "|AppMag = 40|MPP = 0.25"
+    options = {"compression": compression, "photometric": "rgb", "metadata": None}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(base, tile=(256, 256), description=head + fields, **options)
+        tif.write(base[::16, ::16].copy(), description=head + " -> 88x69" + fields, **options)
+        for k in (4, 16):
+            level = base[::k, ::k].copy()
+            tif.write(level, tile=(256, 256), description=f"{head} -> {k}x{fields}", **options)
+    return path
+
+
+def test_an_aperio_svs_of_jpeg_tiles_reads_as_openslide_without_it(tmp_path):
+    """tifffile reads an Aperio SVS of JPEG tiles: OpenSlide's levels, downsamples, pixel
+    size, magnification and pixels, level by level, without importing OpenSlide."""
+    import openslide
+
+    path = _aperio_like(tmp_path / "three.svs")
+    theirs = openslide.OpenSlide(str(path))
+    with open_slide(path) as slide:
+        assert (slide.backend_name, slide.vendor) == ("tifffile", "aperio")
+        assert slide.level_dimensions == list(theirs.level_dimensions)
+        assert slide.level_downsamples == pytest.approx(theirs.level_downsamples, rel=1e-3)
+        assert slide.mpp == 0.25 and slide.objective_power == 40
+        for level, (w, h) in enumerate(theirs.level_dimensions):
+            expected = np.asarray(theirs.read_region((0, 0), level, (w, h)))[..., :3]
+            np.testing.assert_array_equal(slide.read_region(level, 0, 0, w, h), expected)
+    code = (
+        "import sys; from napari_wsi_mil.slide import open_slide;"
+        f"s = open_slide({str(path)!r}); s.read_region(0, 100, 100, 300, 300);"
+        "print('openslide' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_an_aperio_svs_of_other_tiles_and_a_renamed_one_go_where_they_belong(tmp_path):
+    """An Aperio file tifffile does not decode as OpenSlide does (here LZW tiles; in
+    practice JPEG 2000) goes to OpenSlide; an Aperio file saved as ``.tif`` is recognised
+    by its description and read as under its own extension."""
+    other = _aperio_like(tmp_path / "lzw.svs", compression="lzw")
+    with open_slide(other) as slide:
+        assert (slide.backend_name, slide.vendor) == ("openslide", "aperio")
+    renamed = _aperio_like(tmp_path / "aperio.tif")
+    with open_slide(renamed) as slide:
+        assert (slide.backend_name, slide.vendor) == ("tifffile", "aperio")
+    (tmp_path / "lzw.tif").symlink_to(other)
+    with open_slide(tmp_path / "lzw.tif") as slide:
+        assert (slide.backend_name, slide.vendor) == ("openslide", "aperio")
 
 
 def test_cached_facts_open_without_parsing_and_read_the_same(tmp_path):

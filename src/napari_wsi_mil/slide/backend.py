@@ -9,6 +9,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def positive_float(value: str | None) -> float | None:
+    """A number stated as text in a file's metadata, or None when absent, unreadable or
+    not positive."""
+    try:
+        result = float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return result if result is not None and result > 0 else None
+
+
 @dataclass(frozen=True)
 class NativeLevel:
     """One level stored in the file: its size in pixels and its native tile."""

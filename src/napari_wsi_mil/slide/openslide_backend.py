@@ -7,15 +7,7 @@ import threading
 import numpy as np
 
 from napari_wsi_mil.errors import SlideError
-from napari_wsi_mil.slide.backend import NativeLevel, SlideBackend, SlideInfo
-
-
-def _float_or_none(value: str | None) -> float | None:
-    try:
-        result = float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-    return result if result is not None and result > 0 else None
+from napari_wsi_mil.slide.backend import NativeLevel, SlideBackend, SlideInfo, positive_float
 
 
 def rgba_to_rgb(region) -> np.ndarray:
@@ -57,15 +49,15 @@ class OpenSlideBackend(SlideBackend):
             tw = int(props.get(f"openslide.level[{i}].tile-width", 0)) or 512
             th = int(props.get(f"openslide.level[{i}].tile-height", 0)) or 512
             levels.append(NativeLevel(int(w), int(hgt), tw, th))
-        mpp_x = _float_or_none(props.get("openslide.mpp-x"))
-        mpp_y = _float_or_none(props.get("openslide.mpp-y"))
+        mpp_x = positive_float(props.get("openslide.mpp-x"))
+        mpp_y = positive_float(props.get("openslide.mpp-y"))
         self.downsamples = [float(d) for d in h.level_downsamples]
         self.info = SlideInfo(
             backend="openslide",
             vendor=props.get("openslide.vendor"),
             levels=levels,
             mpp=(mpp_x, mpp_y or mpp_x) if mpp_x else None,
-            objective_power=_float_or_none(props.get("openslide.objective-power")),
+            objective_power=positive_float(props.get("openslide.objective-power")),
             properties=props,
         )
 

@@ -285,7 +285,8 @@ class SlideInfoCache(Protocol):
 def open_slide(path: str | os.PathLike, cache: SlideInfoCache | None = None) -> Slide:
     """Open a whole-slide image with the backend that fits it.
 
-    Vendor formats go to OpenSlide; generic and OME-TIFF to tifffile. The file
+    Vendor formats go to OpenSlide; generic and OME-TIFF, and Aperio SVS of JPEG tiles,
+    to tifffile. The file
     is checked by decoding one tile of its coarsest level, so a file that opens but
     cannot be decoded fails here, with a :class:`SlideError` naming the reason.
 
@@ -328,9 +329,10 @@ def _open_checked_backend(path: Path) -> SlideBackend:
 
 
 def _plain_tiff_backend(path: Path) -> SlideBackend | None:
-    """The tifffile backend for a ``.tif``/``.tiff`` that is not a vendor format, without
-    importing OpenSlide (most of opening such a file); None for the others."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    """The tifffile backend for a ``.tif``/``.tiff``/``.svs`` that it reads as OpenSlide
+    would (not a vendor format, or an Aperio SVS of JPEG tiles), without importing
+    OpenSlide (most of opening such a file); None for the others."""
+    if path.suffix.lower() not in (".tif", ".tiff", ".svs"):
         return None
     from napari_wsi_mil.slide.tiff_backend import TiffBackend
 
@@ -338,7 +340,7 @@ def _plain_tiff_backend(path: Path) -> SlideBackend | None:
         backend = TiffBackend(str(path))
     except SlideError:  # left to the vendor check, then to the same error
         return None
-    if backend.vendor_format is None:
+    if not backend.needs_openslide:
         return backend
     backend.close()
     return None

@@ -16,7 +16,6 @@ from torch.utils.data import Dataset, Sampler
 
 from napari_wsi_mil.errors import SlideError
 from napari_wsi_mil.slide import open_slide
-from napari_wsi_mil.slide.tiff_backend import TiffBackend
 from napari_wsi_mil.slide.tiling import TileGrid
 from napari_wsi_mil.store.project import ProjectStore
 
@@ -97,50 +96,22 @@ def plan_regions(
     return groups
 
 
-def read_patches(slide: Slide, grid: TileGrid, corners: np.ndarray, level0_rgb=None) -> list:
+def read_patches(slide: Slide, grid: TileGrid, corners: np.ndarray) -> list:
     """The patches at read-level ``corners`` (see :func:`level_corners`) with one read of
-    their bounding box: ``level0_rgb.read_level`` when given and the grid reads
-    level 0 (see :func:`level0_rgb_reader`), else ``slide.read_region``. The pixels are
+    their bounding box (``slide.read_region``). The pixels are
     those :func:`read_patch` reads wherever the read level is pixel-aligned: the tifffile
     backend, OpenSlide's level 0 and integer downsamples, and synthesized levels; patches
     needing no resize are views into the region."""
     geo = grid.geometry
     (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0) + geo.read_size
     x0, y0, width, height = int(x0), int(y0), int(x1 - x0), int(y1 - y0)
-    if level0_rgb is not None and geo.read_level == 0:
-        region = level0_rgb.read_level(0, x0, y0, width, height)
-    else:
-        ds = slide.level_downsamples[geo.read_level]
-        region = slide.read_region(geo.read_level, round(x0 * ds), round(y0 * ds), width, height)
+    ds = slide.level_downsamples[geo.read_level]
+    region = slide.read_region(geo.read_level, round(x0 * ds), round(y0 * ds), width, height)
     size = geo.read_size
     return [
         _resized(region[y - y0 : y - y0 + size, x - x0 : x - x0 + size], geo)
         for x, y in corners.tolist()
     ]
-
-
-def level0_rgb_reader(slide: Slide):
-    """For an Aperio SVS with JPEG tiles opened through OpenSlide: a tifffile reader of the
-    same file (:class:`TiffBackend`), whose level-0 reads decode the tiles straight to RGB.
-    A region costs half or less of OpenSlide's CPU per pixel that way (OpenSlide paints
-    premultiplied ARGB, converted to RGBA and then to RGB), with the same pixels on
-    CMU-1 (``benchmarks/README.md``, section 29). None for any other slide."""
-    if slide.backend_name != "openslide" or slide.vendor != "aperio":
-        return None
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(slide.path) as tif:
-            if tif.pages.first.compression != tifffile.COMPRESSION.JPEG:
-                return None
-        reader = TiffBackend(str(slide.path))
-    except (SlideError, OSError, tifffile.TiffFileError):
-        return None
-    level = reader.info.levels[0]
-    if (level.width, level.height) != tuple(slide.dimensions):
-        reader.close()
-        return None
-    return reader
 
 
 def collate_patches(items: list[tuple]) -> list:
@@ -166,7 +137,7 @@ class PatchDataset(Dataset):
     uint8 tensor. Every loader worker opens its own slide handles (handles are not
     pickled) and keeps at most ``max_open_slides`` of them open, closing the least
     recently used, so a cohort of thousands of slides does not exhaust file
-    descriptors (an Aperio SVS holds two: OpenSlide's and :func:`level0_rgb_reader`'s).
+    descriptors.
     ``max_per_slide`` draws a fixed random subset of each slide's patches.
     With ``skip_errors`` a slide that cannot be read gives blank images and
     ``ok=False`` instead of raising, so one bad slide does not stop a loader. A
@@ -231,7 +202,6 @@ class PatchDataset(Dataset):
     def _forget_handles(self) -> None:
         """Start with no open slide handles, owned by this process."""
         self._slides: OrderedDict[int, object] = OrderedDict()  # least recently used first
-        self._level0_rgb: dict[int, object] = {}  # of open slides: level0_rgb_reader's
         self._owner = os.getpid()
 
     def __len__(self) -> int:
@@ -270,7 +240,7 @@ class PatchDataset(Dataset):
             corners = level_corners(slide, grid, patches[where])
             for group in plan_regions(corners, grid.geometry.read_size, self.max_region_pixels):
                 try:
-                    images = read_patches(slide, grid, corners[group], self._level0_rgb[s])
+                    images = read_patches(slide, grid, corners[group])
                 except SlideError:  # again patch by patch: only bad patches fail
                     for i in where[group].tolist():
                         out[i] = self[items[i]]
@@ -297,18 +267,14 @@ class PatchDataset(Dataset):
         while len(self._slides) >= self.max_open_slides:
             self._close(next(iter(self._slides)))
         slide = self._slides[s] = open_slide(self.paths[s])
-        self._level0_rgb[s] = level0_rgb_reader(slide)
         return slide
 
     def _close(self, s: int) -> None:
         self._slides.pop(s).close()
-        reader = self._level0_rgb.pop(s, None)
-        if reader is not None:
-            reader.close()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_slides"], state["_level0_rgb"], state["_owner"] = OrderedDict(), {}, None
+        state["_slides"], state["_owner"] = OrderedDict(), None
         return state
 
     def close(self) -> None:
