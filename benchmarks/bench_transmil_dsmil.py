@@ -8,8 +8,9 @@ get 1-3 nines, negative bags none); ``--bags`` bags per split, half positive.
 
 Each model and seed is trained for ``--epochs`` epochs, one bag per optimiser step in the
 class-balanced order of ``mil.train._epoch_order`` (ours by ``fit_job``, torchmil's by
-the same loop as ``bench_mil.torchmil_fit``), with our defaults' lr and weight decay
-(``mil.registry``: Adam; TransMIL 2e-4 / 1e-5, DSMIL 2e-4 / 5e-3) for both. Ours use
+the same loop as ``bench_mil.torchmil_fit``), with our defaults' optimiser settings
+(``mil.registry``: Adam; TransMIL lr 2e-4, weight decay 1e-5; DSMIL lr 2e-4, weight decay
+1e-4, betas (0.5, 0.9), cosine annealing to 5e-6 over the epochs) for both. Ours use
 their registry defaults (TransMIL 512-d, 8 heads, 256 landmarks, dropout 0.1; DSMIL
 query 128, value ``Linear(64, 64)``, Conv1d bag head, 2 logits). torchmil 1.0.2 (installed
 for the benchmark only with ``pip install --no-deps --target benchmarks/_data/pydeps
@@ -122,9 +123,10 @@ def torchmil_factories(model: str, dim: int = IN_DIM) -> dict:
     }
 
 
-def torchmil_fit(factory, train, epochs: int, seed: int, lr: float, wd: float):
+def torchmil_fit(factory, train, epochs: int, seed: int, hp: dict):
     """``(model, epoch seconds)``: the loop of ``bench_mil.torchmil_fit``, with the sum of
-    the losses ``compute_loss`` returns."""
+    the losses ``compute_loss`` returns, and our optimiser settings ``hp`` (Adam's lr,
+    weight decay and betas; cosine annealing over ``epochs`` where ours anneal)."""
     import numpy as np
     import torch
 
@@ -133,7 +135,17 @@ def torchmil_fit(factory, train, epochs: int, seed: int, lr: float, wd: float):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = factory()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+    opt = torch.optim.Adam(
+        model.parameters(),
+        lr=hp["lr"],
+        betas=tuple(hp.get("betas", (0.9, 0.999))),
+        weight_decay=hp["weight_decay"],
+    )
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, hp.get("min_lr", 0.0))
+        if hp.get("schedule") == "cosine"
+        else None
+    )
     epoch_s = []
     for _ in range(epochs):
         model.train()
@@ -146,17 +158,19 @@ def torchmil_fit(factory, train, epochs: int, seed: int, lr: float, wd: float):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if schedule is not None:
+            schedule.step()
         epoch_s.append(time.perf_counter() - t0)
     return model, epoch_s
 
 
-def torchmil_run(factory, train, test, epochs: int, seed: int, lr: float, wd: float) -> dict:
+def torchmil_run(factory, train, test, epochs: int, seed: int, hp: dict) -> dict:
     import numpy as np
     import torch
 
     from napari_wsi_mil.mil.metrics import bag_metrics, instance_metrics
 
-    model, epoch_s = torchmil_fit(factory, train, epochs, seed, lr, wd)
+    model, epoch_s = torchmil_fit(factory, train, epochs, seed, hp)
     model.eval()
     probs, scores = [], []
     with torch.inference_mode():
@@ -237,9 +251,7 @@ def part_auc(args, out: dict) -> None:
                 if factory is None:
                     r = ours_run(model, train, test, args.epochs, seed)
                 else:
-                    r = torchmil_run(
-                        factory, train, test, args.epochs, seed, hp["lr"], hp["weight_decay"]
-                    )
+                    r = torchmil_run(factory, train, test, args.epochs, seed, hp)
                 r.update({"impl": label, "seed": seed})
                 these.append(r)
                 runs.append(r)
@@ -278,7 +290,7 @@ def part_timing(args, out: dict) -> None:
             times.setdefault(label, []).append(history[0]["seconds"])
             log(f"{label}: {times[label][-1]:.2f} s")
             for label, factory in torchmil_factories(model, bags[0].features.shape[1]).items():
-                _, epoch_s = torchmil_fit(factory, bags, 1, 0, hp["lr"], hp["weight_decay"])
+                _, epoch_s = torchmil_fit(factory, bags, 1, 0, hp)
                 times.setdefault(label, []).append(epoch_s[0])
                 log(f"{label}: {epoch_s[0]:.2f} s")
     rows = []
