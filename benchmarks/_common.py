@@ -252,6 +252,18 @@ def mosaic_cohort(fraction: float, patch: int):
     return store, cohort, root
 
 
+def mosaic_bags(fraction: float, patch: int, features: str) -> tuple[list, list]:
+    """``(train, test)`` bags of :func:`mosaic_cohort` with the cached feature set
+    ``features`` (tile labels from the lesion outlines)."""
+    from napari_wsi_mil.mil.bags import load_bags
+
+    store, cohort, root = mosaic_cohort(fraction, patch)
+    if features not in store.result_names("features"):
+        sys.exit(f"features {features!r} missing in {root}: run bench_encoders.py first")
+    bags = load_bags(store, cohort, features, annotations=root / "cohort" / "annotations")
+    return [b for b in bags if b.split == "train"], [b for b in bags if b.split == "test"]
+
+
 def extract(store, cohort, spec: str, name: str) -> None:
     """Features of every slide of ``cohort`` by encoder ``spec`` (cached by ``name``)."""
     import torch

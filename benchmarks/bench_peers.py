@@ -9,7 +9,8 @@ get this checkout's ``src`` on ``PYTHONPATH`` (the LazySlide features task build
 trunk). A peer that is not installed or
 fails is reported as such in the table; the benchmark does not fail for it.
 
-Slides: CMU-1-Small-Region (an Aperio SVS, read through OpenSlide) and a 24,000 x
+Slides: CMU-1-Small-Region (an Aperio SVS of JPEG tiles, which we read through tifffile
+since session 8 and through OpenSlide before) and a 24,000 x
 18,000 px pyramidal TIFF (JPEG tiles of 512 px, one IFD per level down to 1,500 x 1,125,
 0.5 um/px) made once from copies of CMU-1-Small-Region on white and cached in
 ``benchmarks/_data``.
@@ -58,7 +59,7 @@ TASKS = ("open", "tiling", "features")
 #: tasks a tool cannot do (hs2p tiles; it does not extract features)
 MISSING = {("hs2p", "features")}
 #: slides the features task runs on (the TIFF would take minutes per run on a CPU)
-FEATURE_SLIDES = ("CMU-1-Small-Region (OpenSlide)",)
+FEATURE_SLIDES = ("CMU-1-Small-Region (Aperio SVS)",)
 PEER_VERSIONS = {"hs2p": "6.1", "lazyslide": "0.13"}
 #: the cached pyramidal TIFF: level-0 size, tile side, pixel size, period of the copies
 TIFF_SIZE, TIFF_TILE, TIFF_MPP, CELL = (24000, 18000), 512, 0.5, 3072
@@ -264,7 +265,7 @@ def main() -> None:
     if not _common.CMU.is_file():
         print(f"{_common.CMU} not found; nothing to benchmark")
         return
-    slides = {"CMU-1-Small-Region (OpenSlide)": _common.CMU, "24k x 18k pyramidal TIFF": None}
+    slides = {"CMU-1-Small-Region (Aperio SVS)": _common.CMU, "24k x 18k pyramidal TIFF": None}
     slides["24k x 18k pyramidal TIFF"] = pyramid_tiff()
     python = {"ours": sys.executable, "hs2p": args.peers_python, "lazyslide": args.peers_python}
     load = [round(x, 2) for x in os.getloadavg()]

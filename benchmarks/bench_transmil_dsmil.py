@@ -240,11 +240,15 @@ def part_auc(args, out: dict) -> None:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     torchmil_seeds = [int(s) for s in (args.torchmil_seeds or args.seeds).split(",")]
-    train, test = digit_bags(args.bags)
+    if args.cohort == "mosaic":  # bench_encoders' random-init start at 64 px views
+        train, test = _common.mosaic_bags(0.2, 112, "start-v64-s0")
+    else:
+        train, test = digit_bags(args.bags)
     runs, rows = [], []
     for model in args.models.split(","):
         hp = training_defaults(model)
-        impls = {f"ours {model}": None, **torchmil_factories(model)}
+        dim = train[0].features.shape[1]
+        impls = {f"ours {model}": None, **torchmil_factories(model, dim)}
         for label, factory in impls.items():
             these = []
             for seed in seeds if factory is None else torchmil_seeds:
@@ -323,7 +327,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="auc,timing")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--bags", type=int, default=100)
+    parser.add_argument("--bags", type=int, default=100, help="digits bags per split")
+    parser.add_argument(
+        "--cohort",
+        choices=("digits", "mosaic"),
+        default="digits",
+        help="AUC part's bags: sklearn digits, or bench_encoders' binary mosaic cohort of "
+        "real tiles (20%% lesions, random-init ResNet-18 features at 64 px views)",
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
         "--torchmil-seeds", default=None, help="seeds of the torchmil runs (default: --seeds)"
