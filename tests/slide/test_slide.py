@@ -141,6 +141,23 @@ def test_read_outside_is_white(tmp_path):
         assert (region[:32, :32] == 0).all() and (region[32:, :] == 255).all()
 
 
+def test_a_tile_missing_from_the_file_reads_white(tmp_path):
+    """A tile the file does not store (byte count 0) is white, as OpenSlide shows it."""
+
+    def tiles():
+        for i in range(4):
+            yield None if i == 1 else np.full((256, 256, 3), 100, np.uint8)
+
+    path = tmp_path / "sparse.tif"
+    tifffile.imwrite(
+        path, tiles(), shape=(512, 512, 3), dtype=np.uint8, tile=(256, 256), photometric="rgb"
+    )
+    with open_slide(path) as slide:
+        region = slide.read_region(0, 0, 0, 512, 512)
+    assert (region[:256, 256:] == 255).all()
+    assert (region[:256, :256] == 100).all() and (region[256:] == 100).all()
+
+
 def test_corrupt_tile_blank_with_single_warning(tmp_path):
     data = np.full((1024, 1024, 3), 100, np.uint8)
     path = tmp_path / "corrupt.tif"

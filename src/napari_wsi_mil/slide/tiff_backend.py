@@ -258,8 +258,8 @@ def _direct_page(level):
 
 def _read_segments(page, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     """Decode the tiles (or strips) of ``page`` that cover ``[y0, y1) x [x0, x1)`` and
-    return that region as ``(H, W, samples)``; missing segments read as 0, as in
-    tifffile."""
+    return that region as ``(H, W, samples)``; segments missing from the file read as
+    white (the dtype's largest value), as OpenSlide shows them."""
     if page.is_tiled:
         th, tw = page.tilelength, page.tilewidth
     else:
@@ -269,7 +269,8 @@ def _read_segments(page, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     cols = range(x0 // tw, (x1 - 1) // tw + 1)
     indices = [r * across + c for r in rows for c in cols]
     samples = page.samplesperpixel
-    out = np.zeros((y1 - y0, x1 - x0, samples), page.dtype)
+    white = np.iinfo(page.dtype).max if page.dtype.kind in "ui" else 1
+    out = np.full((y1 - y0, x1 - x0, samples), white, page.dtype)
     decode = page.decode
     tables = {"jpegtables": page.jpegtables} if page.jpegtables is not None else {}
     if page.jpegheader is not None:
