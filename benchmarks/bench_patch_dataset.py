@@ -148,12 +148,13 @@ def profile(fn, *args, top: int = 18) -> tuple[str, list[dict]]:
 
 
 def getitem_steps(path: Path, grid, repeats: int = 3) -> dict:
-    """Mean microseconds per patch of each step of ``PatchDataset.__getitem__`` (one
-    item; batches from a ``DataLoader`` read regions instead)."""
+    """Mean microseconds per patch of each step of reading one patch through OpenSlide
+    into a tensor, as the plain loop does (and ``PatchDataset.__getitem__`` did for SVS
+    until session 7; an Aperio SVS of JPEG tiles now reads through tifffile)."""
     import numpy as np
+    import openslide
     import torch
 
-    from napari_wsi_mil.slide import open_slide
     from napari_wsi_mil.slide.openslide_backend import rgba_to_rgb
     from napari_wsi_mil.store.patches import collate_patches
 
@@ -171,8 +172,7 @@ def getitem_steps(path: Path, grid, repeats: int = 3) -> dict:
         )
     }
     for _ in range(repeats):
-        slide = open_slide(path)
-        handle = slide._backend._handle
+        handle = openslide.OpenSlide(str(path))
         acc = dict.fromkeys(steps, 0.0)
         tensors = []
         for x, y in coords:
@@ -199,7 +199,7 @@ def getitem_steps(path: Path, grid, repeats: int = 3) -> dict:
                 collate_patches(tensors[i : i + BATCH])
             acc[key] = time.perf_counter() - t0
         torch.set_num_threads(default_threads)
-        slide.close()
+        handle.close()
         for key in steps:
             steps[key].append(acc[key] / len(coords) * 1e6)
     return {k: round(statistics.median(v), 1) for k, v in steps.items()}
