@@ -286,9 +286,9 @@ def open_slide(path: str | os.PathLike, cache: SlideInfoCache | None = None) -> 
     """Open a whole-slide image with the backend that fits it.
 
     Vendor formats go to OpenSlide; generic and OME-TIFF, and Aperio SVS of JPEG tiles,
-    to tifffile. The file
-    is checked by decoding one tile of its coarsest level, so a file that opens but
-    cannot be decoded fails here, with a :class:`SlideError` naming the reason.
+    to tifffile. The file is checked by decoding one tile of its coarsest level, so a
+    file that opens but cannot be decoded fails here, with a :class:`SlideError` naming
+    the reason.
 
     With a ``cache`` (a project store), the facts of a file kept there by
     :meth:`Slide.cache_facts`, unchanged since (same path, size and mtime), come from
