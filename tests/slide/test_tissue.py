@@ -266,7 +266,7 @@ def test_disk_morphology_equals_scipy(radius):
 def test_window_median_equals_skimage_rank_median(size):
     """OpenCV inside, sorting near the edges: the median of the pixels inside the image,
     as scikit-image's rank filter, on images smaller and larger than the window."""
-    from napari_wsi_mil.slide.tissue import _window_median
+    from napari_wsi_mil.slide.tissue import _median, _window_median
 
     rng = np.random.default_rng(size)
     for shape in [(1, 1), (4, 9), (size, size), (37, 52)]:
@@ -274,7 +274,25 @@ def test_window_median_equals_skimage_rank_median(size):
         reference = _reference_median(image, size)
         assert np.array_equal(_window_median(image, size), reference)
         needed = rng.random(shape) < 0.3  # only these need to be right
-        assert np.array_equal(_window_median(image, size, needed)[needed], reference[needed])
+        assert np.array_equal(_median(image, size, needed)[needed], reference[needed])
+        needed = np.zeros(shape, bool)
+        needed[shape[0] // 3 : shape[0] // 2 + 1, shape[1] // 4 : shape[1] // 3 + 1] = True
+        assert np.array_equal(_median(image, size, needed)[needed], reference[needed])
+
+
+@pytest.mark.parametrize("density", [0.3, 0.55, 0.8])
+def test_holes_and_small_pieces_equal_scipy(density):
+    """Few pieces to change (edited in their bounding boxes) and hundreds (one lookup):
+    the masks of scipy's labelling and hole filling, pixel for pixel."""
+    from napari_wsi_mil.slide.tissue import _fill_small_holes, _remove_small_objects
+
+    rng = np.random.default_rng(int(density * 100))
+    for shape, area in [((40, 60), 3), ((200, 300), 6), ((200, 300), 40)]:
+        mask = rng.random(shape) < density
+        expected = _reference_fill_small_holes(mask, area)
+        assert np.array_equal(_fill_small_holes(mask.copy(), area), expected)
+        expected = _reference_remove_small_objects(mask, area)
+        assert np.array_equal(_remove_small_objects(mask.copy(), area), expected)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -348,11 +366,12 @@ def _reference_block_mean(image, factor):
     return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
 
 
-def _reference_otsu(values):
+def _reference_otsu(counts):
     from skimage.filters import threshold_otsu
 
     from napari_wsi_mil.slide.tissue import SATURATION_CEILING, SATURATION_FLOOR
 
+    values = np.repeat(np.arange(len(counts)), counts.astype(np.int64))
     if values.size == 0 or values.min() == values.max():
         return SATURATION_FLOOR
     otsu = float(threshold_otsu(values)) / 255.0

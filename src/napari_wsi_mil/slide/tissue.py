@@ -67,6 +67,7 @@ _PEN_MIN_CORE_UM2 = 6_400.0  # smaller patches of strong ink colour are blood or
 _PEN_WINDOW_UM = 72.0  # window in which 40% of pixels must have strong ink colour
 _MAX_MEDIAN_PX = 31  # caps filter cost on high-resolution input
 _MAX_RADIUS_PX = 10
+_MAX_PIECES_BY_BOX = 256  # more pieces to change than this: one lookup over the label image
 
 
 @dataclass
@@ -178,19 +179,23 @@ def detect_tissue(
         return coarse
 
     planes, high, low = _channel_range(image)
-    saturation = _SATURATION.ravel().take((high.astype(np.uint16) << 8) | low)
+    saturation = _saturation(high, low)
 
-    excluded = (low >= _NEAR_WHITE) | (high < _NEAR_BLACK)
+    excluded = low >= _NEAR_WHITE
+    excluded |= high < _NEAR_BLACK
     if remove_pen:
         excluded |= _ink(planes, high, low, px)
     saturation[excluded] = 0
-    saturation = _median(saturation, _odd_size_px(median_size_um, px), ~excluded)
+    candidates = ~excluded
+    saturation = _median(saturation, _odd_size_px(median_size_um, px), candidates)
 
     if saturation_threshold is None:
-        threshold = _clipped_otsu(saturation[~excluded])
+        counts = cv2.calcHist([saturation], [0], _uint8(candidates), [256], [0, 256])
+        threshold = _clipped_otsu(counts.ravel())
     else:
         threshold = float(saturation_threshold)
-    mask = (saturation > threshold * 255) & ~excluded
+    mask = saturation > threshold * 255
+    mask &= candidates
 
     mask = _close_then_open(mask, _radius_px(_MORPH_RADIUS_UM, px))
     mask = _fill_small_holes(mask, min_hole_area_um2 / px**2)
@@ -246,18 +251,40 @@ def pen_mask(rgb: np.ndarray, pixel_size_um: float | None = None) -> np.ndarray:
 
 def _channel_range(image: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """The (R, G, B) planes of a uint8 image and their per-pixel maximum and minimum
-    (OpenCV's: several times numpy's ``max(axis=2)``)."""
-    planes = list(cv2.split(np.ascontiguousarray(image)))
-    high = cv2.max(cv2.max(planes[0], planes[1]), planes[2])
-    low = cv2.min(cv2.min(planes[0], planes[1]), planes[2])
+    (OpenCV's: several times numpy's ``max(axis=2)``), written into one buffer: memory
+    the process has not touched yet costs more to fault in than these passes take."""
+    h, w = image.shape[:2]
+    buffer = np.empty((5, h, w), dtype=np.uint8)
+    planes, high, low = list(buffer[:3]), buffer[3], buffer[4]
+    cv2.split(np.ascontiguousarray(image), planes)
+    cv2.max(cv2.max(planes[0], planes[1], dst=high), planes[2], dst=high)
+    cv2.min(cv2.min(planes[0], planes[1], dst=low), planes[2], dst=low)
     return planes, high, low
 
 
+def _saturation(high: np.ndarray, low: np.ndarray, rows: int = 64) -> np.ndarray:
+    """HSV saturation (0..255, rounded half up) from each pixel's channel max and min, by
+    table lookup ``rows`` rows at a time (the lookup's index is 8 bytes a pixel)."""
+    out = np.empty_like(high)
+    table = _SATURATION.ravel()
+    for start in range(0, high.shape[0], rows):
+        index = high[start : start + rows].astype(np.intp)
+        index <<= 8
+        index |= low[start : start + rows]
+        table.take(index, out=out[start : start + rows])
+    return out
+
+
 def _ink(planes: list[np.ndarray], high: np.ndarray, low: np.ndarray, px: float) -> np.ndarray:
-    """:func:`pen_mask` from the channel planes and range. The core colours all have a
-    chroma above 30, so they are only tested on those pixels (most of a slide has less)."""
+    """:func:`pen_mask` from the channel planes and range. The core colours are only
+    tested on the pixels that pass a test each of them implies (G > R + 30, B > R + 40,
+    or R the largest channel with a chroma of 80 or more): few pixels of a slide do."""
     chroma = cv2.subtract(high, low)
-    candidates = np.flatnonzero(chroma > 30)
+    red, green, blue = planes
+    candidates = cv2.subtract(green, red) > 30
+    candidates |= cv2.subtract(blue, red) > 40
+    candidates |= (chroma >= 80) & (red == high)
+    candidates = np.flatnonzero(candidates)
     core = np.zeros(high.shape, dtype=bool)
     if candidates.size == 0:
         return core
@@ -453,44 +480,101 @@ def _median(image: np.ndarray, size: int, needed: np.ndarray) -> np.ndarray:
     half = size // 2
     r0, r1 = max(rows[0] - half, 0), rows[-1] + half + 1
     c0, c1 = max(cols[0] - half, 0), cols[-1] + half + 1
+    if (r0, c0) == (0, 0) and (r1, c1) >= image.shape:
+        return _window_median(image, size)
     out = np.zeros_like(image)
-    out[r0:r1, c0:c1] = _window_median(image[r0:r1, c0:c1], size, needed[r0:r1, c0:c1])
+    out[r0:r1, c0:c1] = _window_median(image[r0:r1, c0:c1], size)
     return out
 
 
-def _window_median(
-    image: np.ndarray, size: int, needed: np.ndarray | None = None, chunk: int = 4096
-) -> np.ndarray:
+def _window_median(image: np.ndarray, size: int) -> np.ndarray:
     """Median of each pixel's ``size`` x ``size`` window over the window's pixels inside
-    the image: the value at index ``n // 2`` of the ``n`` sorted ones, as scikit-image's
-    rank median. OpenCV's median (replicated edges) is exact where the whole window lies
-    inside; pixels nearer the edge (only the ``needed`` ones, when given) are sorted in
-    numpy, ``chunk`` windows at a time."""
-    out = cv2.medianBlur(np.ascontiguousarray(image), size)
+    the image (the value at index ``n // 2`` of the ``n`` sorted ones), as scikit-image's
+    rank median. OpenCV's median runs on the image framed by ``size // 2`` rows and
+    columns of 0s and 255s: frame row (or column) ``j`` out from the edge is 0 on
+    ``z_j = floor(j size / 2) - floor((j - 1) size / 2)`` pixels of every ``size``, so a
+    window missing ``m`` pixels past one edge holds ``floor(m / 2)`` 0s and the rest 255s,
+    and its median is the one of its pixels inside. Windows past two edges (the corners)
+    are sorted in numpy."""
     half = size // 2
-    near_edge = np.ones(image.shape, dtype=bool)
-    near_edge[half:-half, half:-half] = False
-    if needed is not None:
-        near_edge &= needed
-    ys, xs = np.nonzero(near_edge)
-    outside = 256  # sorts after every uint8 value
-    windows = np.lib.stride_tricks.sliding_window_view(
-        np.pad(image.astype(np.uint16), half, constant_values=outside), (size, size)
-    )
-    for start in range(0, len(ys), chunk):
-        y, x = ys[start : start + chunk], xs[start : start + chunk]
-        values = np.sort(windows[y, x].reshape(len(y), -1), axis=1)
-        inside = (values < outside).sum(axis=1)
-        out[y, x] = values[np.arange(len(y)), inside // 2]
+    h, w = image.shape
+    if h <= 2 * half or w <= 2 * half:  # every window reaches past two edges
+        return _sorted_median(image, size, (0, h, 0, w))
+    framed = np.empty((h + 2 * half, w + 2 * half), dtype=np.uint8)
+    framed[half : half + h, half : half + w] = image
+    for j in range(1, half + 1):
+        zeros = (j * size) // 2 - ((j - 1) * size) // 2
+        across = np.where(np.arange(w + 2 * half) % size < zeros, 0, 255)
+        down = np.where(np.arange(h + 2 * half) % size < zeros, 0, 255)
+        framed[half - j], framed[half + h - 1 + j] = across, across
+        framed[:, half - j], framed[:, half + w - 1 + j] = down, down
+    out = _valid_median(framed, size)
+    for r0, c0 in ((0, 0), (0, w - half), (h - half, 0), (h - half, w - half)):
+        out[r0 : r0 + half, c0 : c0 + half] = _sorted_median(
+            image, size, (r0, r0 + half, c0, c0 + half)
+        )
     return out
 
 
-def _otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of integer ``values``: the value (of ``min..max``) that maximises
-    the between-class variance of ``values <= t`` and ``values > t``."""
-    low = int(values.min())
-    counts = np.bincount(values.ravel() - low).astype(np.float64)
-    centers = np.arange(low, low + len(counts), dtype=np.float64)
+def _valid_median(framed: np.ndarray, size: int, min_rows: int = 256) -> np.ndarray:
+    """Median of each ``size`` x ``size`` window lying wholly inside ``framed`` (uint8),
+    of shape ``framed.shape - (size - 1)``: ``cv2.medianBlur`` in horizontal strips on
+    OpenCV's thread count (its median for windows over 5 px runs on one thread)."""
+    half = size // 2
+    h, w = framed.shape[0] - 2 * half, framed.shape[1] - 2 * half
+    out = np.empty((h, w), dtype=np.uint8)
+
+    def blur(r0: int, r1: int) -> None:
+        strip = cv2.medianBlur(framed[r0 : r1 + 2 * half], size)
+        out[r0:r1] = strip[half : half + r1 - r0, half : half + w]
+
+    strips = min(cv2.getNumThreads(), h // min_rows)
+    if strips <= 1:
+        blur(0, h)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    edges = np.linspace(0, h, strips + 1).astype(int)
+    with ThreadPoolExecutor(strips) as pool:
+        list(pool.map(blur, edges[:-1], edges[1:]))
+    return out
+
+
+def _sorted_median(
+    image: np.ndarray, size: int, box: tuple[int, int, int, int], chunk: int = 1 << 20
+) -> np.ndarray:
+    """:func:`_window_median` of the pixels in ``box`` (rows ``r0:r1``, columns ``c0:c1``)
+    by sorting each window: the value at index ``n // 2`` of the ``n`` inside the image;
+    about ``chunk`` values are sorted at a time."""
+    r0, r1, c0, c1 = box
+    half = size // 2
+    h, w = image.shape
+    top, bottom, left, right = max(r0 - half, 0), min(r1 + half, h), max(c0 - half, 0), min(c1 + half, w)
+    outside = 256  # sorts after every uint8 value
+    region = np.pad(
+        image[top:bottom, left:right].astype(np.uint16),
+        ((top - r0 + half, r1 + half - bottom), (left - c0 + half, c1 + half - right)),
+        constant_values=outside,
+    )
+    windows = np.lib.stride_tricks.sliding_window_view(region, (size, size))
+    out = np.empty((r1 - r0, c1 - c0), dtype=image.dtype)
+    step = max(1, chunk // (size * size * max(c1 - c0, 1)))
+    for start in range(0, r1 - r0, step):
+        values = np.sort(windows[start : start + step].reshape(-1, size * size), axis=1)
+        inside = (values < outside).sum(axis=1)
+        middle = values[np.arange(len(values)), inside // 2]
+        out[start : start + step] = middle.reshape(-1, c1 - c0)
+    return out
+
+
+def _otsu(counts: np.ndarray) -> float:
+    """Otsu's threshold from ``counts`` of the grey levels 0, 1, ...: the level (of the
+    lowest to the highest present) that maximises the between-class variance of
+    ``values <= t`` and ``values > t``."""
+    present = np.flatnonzero(counts)
+    low, high = int(present[0]), int(present[-1])
+    counts = np.asarray(counts[low : high + 1], dtype=np.float64)
+    centers = np.arange(low, high + 1, dtype=np.float64)
     weight1 = np.cumsum(counts)
     weight2 = np.cumsum(counts[::-1])[::-1]
     mean1 = np.cumsum(counts * centers) / weight1
@@ -499,38 +583,52 @@ def _otsu(values: np.ndarray) -> float:
     return float(centers[int(np.argmax(variance))])
 
 
-def _clipped_otsu(values: np.ndarray) -> float:
-    if values.size == 0 or values.min() == values.max():
+def _clipped_otsu(counts: np.ndarray) -> float:
+    """:func:`_otsu` of a saturation histogram, clipped to the floor and ceiling; the
+    floor when fewer than two levels are present."""
+    if np.count_nonzero(counts) < 2:
         return SATURATION_FLOOR
-    otsu = _otsu(values.astype(np.int64)) / 255.0
+    otsu = _otsu(counts) / 255.0
     return float(np.clip(otsu, SATURATION_FLOOR, SATURATION_CEILING))
 
 
 def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
-    """Fill the holes (background pieces, 4-connected as in ``ndi.binary_fill_holes``,
-    that do not touch the border) smaller than ``max_area_px``."""
-    labels, area, touches_border = _pieces(~mask, connectivity=4)
-    small = (area < max_area_px) & ~touches_border
-    small[0] = False
-    return mask | small[labels]
+    """Fill, in place, the holes (background pieces, 4-connected as in
+    ``ndi.binary_fill_holes``, that do not touch the border) smaller than ``max_area_px``."""
+    labels, stats = _pieces(~mask, connectivity=4)
+    h, w = mask.shape
+    left, top, width, height, area = stats.T
+    inner = (left > 0) & (top > 0) & (left + width < w) & (top + height < h)
+    return _set_pieces(mask, labels, stats, (area < max_area_px) & inner, True)
 
 
 def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
-    labels, area, _ = _pieces(mask, connectivity=8)
-    keep = area >= min_area_px
-    keep[0] = False
-    return keep[labels]
+    """Clear, in place, the pieces of ``mask`` (8-connected) smaller than ``min_area_px``."""
+    labels, stats = _pieces(mask, connectivity=8)
+    return _set_pieces(mask, labels, stats, stats[:, cv2.CC_STAT_AREA] < min_area_px, False)
 
 
-def _pieces(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Connected pieces of ``mask``: the label image (0 off the mask), each label's area
-    and whether it touches the image border (label 0 first in both)."""
+def _pieces(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Connected pieces of ``mask``: the label image (0 off the mask) and OpenCV's stats
+    of each label (left, top, width, height, area; label 0 first)."""
     _, labels, stats, _ = cv2.connectedComponentsWithStats(
         _uint8(mask), connectivity=connectivity, ltype=cv2.CV_32S
     )
-    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    right = left + stats[:, cv2.CC_STAT_WIDTH]
-    bottom = top + stats[:, cv2.CC_STAT_HEIGHT]
-    h, w = mask.shape
-    touches_border = (left == 0) | (top == 0) | (right == w) | (bottom == h)
-    return labels, stats[:, cv2.CC_STAT_AREA], touches_border
+    return labels, stats
+
+
+def _set_pieces(
+    mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, chosen: np.ndarray, value: bool
+) -> np.ndarray:
+    """Set the pixels of the ``chosen`` labels (never label 0) of ``mask`` to ``value``:
+    within each piece's bounding box when there are few, else by one lookup."""
+    chosen[0] = False
+    pieces = np.flatnonzero(chosen)
+    if len(pieces) > _MAX_PIECES_BY_BOX:
+        mask[chosen[labels]] = value
+        return mask
+    for piece in pieces:
+        left, top, width, height = stats[piece, :4]
+        box = (slice(top, top + height), slice(left, left + width))
+        mask[box][labels[box] == piece] = value
+    return mask
