@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 
@@ -18,6 +19,8 @@ from napari_wsi_mil.slide.backend import NativeLevel, SlideBackend, SlideInfo, p
 #: Physical pixel sizes outside this range (um/px) are treated as "not stated":
 #: a TIFF written at the default 72 dpi would otherwise claim 352.8 um/px.
 PLAUSIBLE_MPP = (0.05, 100.0)
+#: Reads of at least twice this many tiles (or strips) decode them on several threads.
+_SEGMENTS_PER_THREAD = 4
 
 _REPORTED_TAGS = (
     "ImageDescription",
@@ -206,9 +209,8 @@ class TiffBackend(SlideBackend):
         lvl = self.info.levels[level]
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + width, lvl.width), min(y + height, lvl.height)
-        out = np.full((height, width, 3), 255, np.uint8)
         if x1 <= x0 or y1 <= y0:
-            return out
+            return np.full((height, width, 3), 255, np.uint8)
         try:
             page = self._pages[level]
             if page is not None:
@@ -220,7 +222,11 @@ class TiffBackend(SlideBackend):
             raise SlideError(
                 self.path, f"cannot read level {level} at ({x}, {y}) size {width}x{height}: {exc}"
             ) from exc
-        out[y0 - y : y1 - y, x0 - x : x1 - x] = _to_rgb_uint8(np.asarray(data), axes)
+        rgb = _to_rgb_uint8(np.asarray(data), axes)
+        if rgb.shape[:2] == (height, width):  # the region lies inside the level
+            return rgb
+        out = np.full((height, width, 3), 255, np.uint8)
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = rgb
         return out
 
     def _zarr_level(self, level: int):
@@ -278,9 +284,11 @@ def _read_segments(page, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     fh = page.parent.filehandle
     offsets = [page.dataoffsets[i] for i in indices]
     counts = [page.databytecounts[i] for i in indices]
-    for data, index in fh.read_segments(offsets, counts, indices, lock=fh.lock, sort=True):
+    segments = list(fh.read_segments(offsets, counts, indices, lock=fh.lock, sort=True))
+
+    def paste(data: bytes | None, index: int) -> None:
         if data is None or len(data) == 0:
-            continue
+            return
         segment, (_, _, sy, sx, _), _ = decode(data, index, **tables, _fullsize=True)
         segment = segment.reshape(segment.shape[-3:])
         ty0, tx0 = max(y0, sy), max(x0, sx)
@@ -288,4 +296,14 @@ def _read_segments(page, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = segment[
             ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx
         ]
+
+    workers = min(len(segments) // _SEGMENTS_PER_THREAD, os.cpu_count() or 1)
+    if workers <= 1:
+        for data, index in segments:
+            paste(data, index)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:  # the codecs release the GIL
+        list(pool.map(lambda segment: paste(*segment), segments))
     return out
