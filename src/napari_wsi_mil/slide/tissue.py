@@ -178,13 +178,9 @@ def detect_tissue(
         coarse.pixel_size_um = pixel_size_um
         return coarse
 
-    planes, high, low = _channel_range(image)
-    saturation = _saturation(high, low)
-
-    excluded = low >= _NEAR_WHITE
-    excluded |= high < _NEAR_BLACK
-    if remove_pen:
-        excluded |= _ink(planes, high, low, px)
+    saturation, excluded, core = _pixel_colours(image, remove_pen)
+    if core is not None:
+        excluded |= _ink_strokes(core, image, px)
     saturation[excluded] = 0
     candidates = ~excluded
     saturation = _median(saturation, _odd_size_px(median_size_um, px), candidates)
@@ -198,8 +194,9 @@ def detect_tissue(
     mask &= candidates
 
     mask = _close_then_open(mask, _radius_px(_MORPH_RADIUS_UM, px))
-    mask = _fill_small_holes(mask, min_hole_area_um2 / px**2)
-    mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2)
+    labels = np.empty(mask.shape, dtype=np.int32)  # both labellings write here
+    mask = _fill_small_holes(mask, min_hole_area_um2 / px**2, labels)
+    mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2, labels)
     if mask.shape != shape:
         mask = resize_mask(mask, shape)
 
@@ -246,59 +243,85 @@ def pen_mask(rgb: np.ndarray, pixel_size_um: float | None = None) -> np.ndarray:
         Boolean (H, W) mask, True on ink.
     """
     image = _as_rgb_uint8(rgb)
-    return _ink(*_channel_range(image), _check_pixel_size(pixel_size_um))
+    _, _, core = _pixel_colours(image, remove_pen=True)
+    if core is None:
+        return np.zeros(image.shape[:2], dtype=bool)
+    return _ink_strokes(core, image, _check_pixel_size(pixel_size_um))
+
+
+def _pixel_colours(
+    image: np.ndarray, remove_pen: bool, rows: int = 128
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each pixel's HSV saturation, whether it is near-white or near-black, and (with
+    ``remove_pen``) whether it has strong ink colour (None when no pixel has), computed
+    ``rows`` rows at a time: the intermediate planes stay small and are reused, which
+    matters where memory the process has not touched yet is slow to fault in."""
+    h, w = image.shape[:2]
+    saturation = np.empty((h, w), dtype=np.uint8)
+    excluded = np.empty((h, w), dtype=bool)
+    core = None
+    for start in range(0, h, rows):
+        part = slice(start, start + rows)
+        planes, high, low = _channel_range(image[part])
+        _saturation(high, low, out=saturation[part])
+        np.greater_equal(low, _NEAR_WHITE, out=excluded[part])
+        excluded[part] |= high < _NEAR_BLACK
+        part_core = _ink_core(planes, high, low) if remove_pen else None
+        if part_core is not None:
+            core = np.zeros((h, w), dtype=bool) if core is None else core
+            core[part] = part_core
+    return saturation, excluded, core
 
 
 def _channel_range(image: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """The (R, G, B) planes of a uint8 image and their per-pixel maximum and minimum
-    (OpenCV's: several times numpy's ``max(axis=2)``), written into one buffer: memory
-    the process has not touched yet costs more to fault in than these passes take."""
-    h, w = image.shape[:2]
-    buffer = np.empty((5, h, w), dtype=np.uint8)
-    planes, high, low = list(buffer[:3]), buffer[3], buffer[4]
-    cv2.split(np.ascontiguousarray(image), planes)
-    cv2.max(cv2.max(planes[0], planes[1], dst=high), planes[2], dst=high)
-    cv2.min(cv2.min(planes[0], planes[1], dst=low), planes[2], dst=low)
+    (OpenCV's: several times numpy's ``max(axis=2)``)."""
+    planes = list(cv2.split(np.ascontiguousarray(image)))
+    high = cv2.max(cv2.max(planes[0], planes[1]), planes[2])
+    low = cv2.min(cv2.min(planes[0], planes[1]), planes[2])
     return planes, high, low
 
 
-def _saturation(high: np.ndarray, low: np.ndarray, rows: int = 64) -> np.ndarray:
-    """HSV saturation (0..255, rounded half up) from each pixel's channel max and min, by
-    table lookup ``rows`` rows at a time (the lookup's index is 8 bytes a pixel)."""
-    out = np.empty_like(high)
-    table = _SATURATION.ravel()
-    for start in range(0, high.shape[0], rows):
-        index = high[start : start + rows].astype(np.intp)
-        index <<= 8
-        index |= low[start : start + rows]
-        table.take(index, out=out[start : start + rows])
-    return out
+def _saturation(high: np.ndarray, low: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """HSV saturation (0..255, rounded half up) from each pixel's channel max and min,
+    by table lookup, into ``out``."""
+    index = high.astype(np.intp)
+    index <<= 8
+    index |= low
+    return _SATURATION.ravel().take(index, out=out)
 
 
-def _ink(planes: list[np.ndarray], high: np.ndarray, low: np.ndarray, px: float) -> np.ndarray:
-    """:func:`pen_mask` from the channel planes and range. The core colours are only
-    tested on the pixels that pass a test each of them implies (G > R + 30, B > R + 40,
-    or R the largest channel with a chroma of 80 or more): few pixels of a slide do."""
+def _ink_core(planes: list[np.ndarray], high: np.ndarray, low: np.ndarray) -> np.ndarray | None:
+    """Pixels of strong ink colour (see :func:`pen_mask`), None when there are none. The
+    colours are only tested on the pixels that pass a test each of them implies (G > R +
+    30, B > R + 40, or R the largest channel with a chroma of 80 or more): few pixels of
+    a slide do."""
     chroma = cv2.subtract(high, low)
     red, green, blue = planes
     candidates = cv2.subtract(green, red) > 30
     candidates |= cv2.subtract(blue, red) > 40
     candidates |= (chroma >= 80) & (red == high)
     candidates = np.flatnonzero(candidates)
-    core = np.zeros(high.shape, dtype=bool)
     if candidates.size == 0:
-        return core
+        return None
     r, g, b, top, span = (a.ravel()[candidates].astype(np.int16) for a in (*planes, high, chroma))
     green_core = (g > r + 30) & (g >= b - 15)
     blue_core = (b > r + 40) & (b > g + 40) & (g >= r - 10)
     reddish = _reddish(r, g, b, top)
     red_core = reddish & (100 * (b - g) < 16 * (r - g)) & (span >= 80)
-    core.ravel()[candidates] = green_core | blue_core | red_core
+    strong = green_core | blue_core | red_core
+    if not strong.any():
+        return None
+    core = np.zeros(high.shape, dtype=bool)
+    core.ravel()[candidates] = strong
+    return core
 
+
+def _ink_strokes(core: np.ndarray, image: np.ndarray, px: float) -> np.ndarray:
+    """:func:`pen_mask` from the pixels of strong ink colour: where they are dense, grown
+    over the weaker fringe of the same hues and by the margin."""
     # A stroke is where strong ink colour is dense, even with nuclei showing
     # through; scattered red blood cells and bright eosin fibres are not.
-    if not core.any():  # (the common case: the fringe and the labels are not needed)
-        return core
     window = max(3, _odd_size_px(_PEN_WINDOW_UM, px))
     in_window = cv2.boxFilter(  # strong-ink pixels per window (mirrored at the edges)
         _uint8(core), cv2.CV_32F, (window, window), normalize=False, borderType=cv2.BORDER_REFLECT
@@ -307,6 +330,8 @@ def _ink(planes: list[np.ndarray], high: np.ndarray, low: np.ndarray, px: float)
     core = _remove_small_objects(core, _PEN_MIN_CORE_UM2 / px**2)
     if not core.any():
         return core
+    planes, high, low = _channel_range(image)
+    chroma = cv2.subtract(high, low)
     r, g, b, high, chroma = (a.astype(np.int16) for a in (*planes, high, chroma))
     reddish = _reddish(r, g, b, high)
     green_fringe = (g > r + 10) & (g >= b - 10) & (chroma >= 10)
@@ -419,11 +444,18 @@ def _radius_px(radius_um: float, px: float) -> int:
 
 
 def _close_then_open(mask: np.ndarray, radius: int) -> np.ndarray:
-    # Edge padding keeps tissue that touches the image border from being eroded.
-    padded = np.pad(mask, radius, mode="edge")
-    padded = _erode(_dilate(padded, radius), radius)
-    padded = _dilate(_erode(padded, radius), radius)
-    return padded[radius:-radius, radius:-radius]
+    """Closing, then opening, by the disk of ``radius``, of the mask padded by its edge
+    pixels (tissue that touches the image border is not eroded); two buffers in turn."""
+    if radius <= 0:
+        return mask.copy()
+    disk, border = _disk(radius), {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
+    padded = cv2.copyMakeBorder(_uint8(mask), *(radius,) * 4, cv2.BORDER_REPLICATE)
+    other = np.empty_like(padded)
+    cv2.dilate(padded, disk, dst=other, **border)
+    cv2.erode(other, disk, dst=padded, **border)
+    cv2.erode(padded, disk, dst=other, **border)
+    cv2.dilate(other, disk, dst=padded, **border)
+    return np.ascontiguousarray(padded[radius:-radius, radius:-radius]).view(bool)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -449,9 +481,14 @@ def _reddish(r: np.ndarray, g: np.ndarray, b: np.ndarray, high: np.ndarray) -> n
 
 
 def _morph(operation, mask: np.ndarray, radius: int) -> np.ndarray:
+    border = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
+    return operation(_uint8(mask), _disk(radius), **border).view(bool)
+
+
+def _disk(radius: int) -> np.ndarray:
+    """The footprint ``x*x + y*y <= radius*radius`` as OpenCV takes it."""
     y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    disk = (x * x + y * y <= radius * radius).astype(np.uint8)
-    return operation(_uint8(mask), disk, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    return (x * x + y * y <= radius * radius).astype(np.uint8)
 
 
 def _uint8(mask: np.ndarray) -> np.ndarray:
@@ -549,7 +586,8 @@ def _sorted_median(
     r0, r1, c0, c1 = box
     half = size // 2
     h, w = image.shape
-    top, bottom, left, right = max(r0 - half, 0), min(r1 + half, h), max(c0 - half, 0), min(c1 + half, w)
+    top, bottom = max(r0 - half, 0), min(r1 + half, h)
+    left, right = max(c0 - half, 0), min(c1 + half, w)
     outside = 256  # sorts after every uint8 value
     region = np.pad(
         image[top:bottom, left:right].astype(np.uint16),
@@ -592,27 +630,36 @@ def _clipped_otsu(counts: np.ndarray) -> float:
     return float(np.clip(otsu, SATURATION_FLOOR, SATURATION_CEILING))
 
 
-def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
+def _fill_small_holes(
+    mask: np.ndarray, max_area_px: float, labels: np.ndarray | None = None
+) -> np.ndarray:
     """Fill, in place, the holes (background pieces, 4-connected as in
-    ``ndi.binary_fill_holes``, that do not touch the border) smaller than ``max_area_px``."""
-    labels, stats = _pieces(~mask, connectivity=4)
+    ``ndi.binary_fill_holes``, that do not touch the border) smaller than ``max_area_px``;
+    ``labels`` (int32, the mask's shape) is a buffer for the labelling."""
+    labels, stats = _pieces(~mask, 4, labels)
     h, w = mask.shape
     left, top, width, height, area = stats.T
     inner = (left > 0) & (top > 0) & (left + width < w) & (top + height < h)
     return _set_pieces(mask, labels, stats, (area < max_area_px) & inner, True)
 
 
-def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
-    """Clear, in place, the pieces of ``mask`` (8-connected) smaller than ``min_area_px``."""
-    labels, stats = _pieces(mask, connectivity=8)
+def _remove_small_objects(
+    mask: np.ndarray, min_area_px: float, labels: np.ndarray | None = None
+) -> np.ndarray:
+    """Clear, in place, the pieces of ``mask`` (8-connected) smaller than ``min_area_px``;
+    ``labels`` as in :func:`_fill_small_holes`."""
+    labels, stats = _pieces(mask, 8, labels)
     return _set_pieces(mask, labels, stats, stats[:, cv2.CC_STAT_AREA] < min_area_px, False)
 
 
-def _pieces(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
-    """Connected pieces of ``mask``: the label image (0 off the mask) and OpenCV's stats
-    of each label (left, top, width, height, area; label 0 first)."""
+def _pieces(
+    mask: np.ndarray, connectivity: int, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Connected pieces of ``mask``: the label image (0 off the mask; written to
+    ``labels`` when given) and OpenCV's stats of each label (left, top, width, height,
+    area; label 0 first)."""
     _, labels, stats, _ = cv2.connectedComponentsWithStats(
-        _uint8(mask), connectivity=connectivity, ltype=cv2.CV_32S
+        _uint8(mask), labels=labels, connectivity=connectivity, ltype=cv2.CV_32S
     )
     return labels, stats
 
