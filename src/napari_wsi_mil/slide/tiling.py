@@ -15,6 +15,7 @@ import numpy as np
 
 from napari_wsi_mil.errors import ParamError, SlideError
 from napari_wsi_mil.slide.slide import Slide
+from napari_wsi_mil.slide.tissue import detect_tissue, resize_mask
 from napari_wsi_mil.validate import check_float, check_fraction, check_int
 
 #: Tissue is detected on the level closest to this pixel size (um/px).
@@ -223,8 +224,6 @@ def tile_slide(
 
     ``tissue_mask`` may have any resolution covering the whole slide; nonzero is tissue.
     """
-    from napari_wsi_mil.slide.tissue import detect_tissue, resize_mask
-
     geometry = PatchGeometry.for_slide(slide, params)
     level = tissue_level(slide, geometry.source_mpp)
     w, h = slide.level_dimensions[level]
