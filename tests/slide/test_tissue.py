@@ -280,14 +280,15 @@ def test_window_median_equals_skimage_rank_median(size):
         assert np.array_equal(_median(image, size, needed)[needed], reference[needed])
 
 
-@pytest.mark.parametrize("density", [0.3, 0.55, 0.8])
+@pytest.mark.parametrize("density", [0.0, 0.3, 0.55, 0.8, 1.0])
 def test_holes_and_small_pieces_equal_scipy(density):
-    """Few pieces to change (edited in their bounding boxes) and hundreds (one lookup):
-    the masks of scipy's labelling and hole filling, pixel for pixel."""
+    """Hole filling (a background frame joins the pieces that touch the border) and small
+    piece removal (areas counted on the pieces' pixels) give scipy's masks, pixel for
+    pixel, with none, a few and thousands of pieces to change."""
     from napari_wsi_mil.slide.tissue import _fill_small_holes, _remove_small_objects
 
     rng = np.random.default_rng(int(density * 100))
-    for shape, area in [((40, 60), 3), ((200, 300), 6), ((200, 300), 40)]:
+    for shape, area in [((1, 1), 2), ((1, 7), 2), ((40, 60), 3), ((200, 300), 6), ((200, 300), 40)]:
         mask = rng.random(shape) < density
         expected = _reference_fill_small_holes(mask, area)
         assert np.array_equal(_fill_small_holes(mask.copy(), area), expected)
@@ -332,7 +333,7 @@ def _disk(radius: int) -> np.ndarray:
     return x * x + y * y <= radius * radius
 
 
-def _reference_fill_small_holes(mask, max_area_px, labels=None):
+def _reference_fill_small_holes(mask, max_area_px):
     from scipy import ndimage as ndi
 
     holes = ndi.binary_fill_holes(mask) & ~mask
@@ -344,7 +345,7 @@ def _reference_fill_small_holes(mask, max_area_px, labels=None):
     return mask | small[labels]
 
 
-def _reference_remove_small_objects(mask, min_area_px, labels=None):
+def _reference_remove_small_objects(mask, min_area_px):
     from scipy import ndimage as ndi
 
     labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))

@@ -67,7 +67,6 @@ _PEN_MIN_CORE_UM2 = 6_400.0  # smaller patches of strong ink colour are blood or
 _PEN_WINDOW_UM = 72.0  # window in which 40% of pixels must have strong ink colour
 _MAX_MEDIAN_PX = 31  # caps filter cost on high-resolution input
 _MAX_RADIUS_PX = 10
-_MAX_PIECES_BY_BOX = 256  # more pieces to change than this: one lookup over the label image
 
 
 @dataclass
@@ -194,9 +193,8 @@ def detect_tissue(
     mask &= candidates
 
     mask = _close_then_open(mask, _radius_px(_MORPH_RADIUS_UM, px))
-    labels = np.empty(mask.shape, dtype=np.int32)  # both labellings write here
-    mask = _fill_small_holes(mask, min_hole_area_um2 / px**2, labels)
-    mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2, labels)
+    mask = _fill_small_holes(mask, min_hole_area_um2 / px**2)
+    mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2)
     if mask.shape != shape:
         mask = resize_mask(mask, shape)
 
@@ -630,52 +628,29 @@ def _clipped_otsu(counts: np.ndarray) -> float:
     return float(np.clip(otsu, SATURATION_FLOOR, SATURATION_CEILING))
 
 
-def _fill_small_holes(
-    mask: np.ndarray, max_area_px: float, labels: np.ndarray | None = None
-) -> np.ndarray:
+def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
     """Fill, in place, the holes (background pieces, 4-connected as in
-    ``ndi.binary_fill_holes``, that do not touch the border) smaller than ``max_area_px``;
-    ``labels`` (int32, the mask's shape) is a buffer for the labelling."""
-    labels, stats = _pieces(~mask, 4, labels)
+    ``ndi.binary_fill_holes``, that do not touch the border) smaller than ``max_area_px``.
+    A frame of background around the image joins the pieces that touch the border into
+    one, the frame's: the pixels of the other pieces are the holes."""
     h, w = mask.shape
-    left, top, width, height, area = stats.T
-    inner = (left > 0) & (top > 0) & (left + width < w) & (top + height < h)
-    return _set_pieces(mask, labels, stats, (area < max_area_px) & inner, True)
+    framed = np.ones((h + 2, w + 2), dtype=np.uint8)
+    np.logical_not(mask, out=framed[1:-1, 1:-1].view(bool))
+    _, labels = cv2.connectedComponents(framed, connectivity=4, ltype=cv2.CV_32S)
+    labels = labels.ravel()
+    holes = labels != 0
+    holes &= labels != labels[0]  # the frame's piece
+    holes = np.flatnonzero(holes)
+    pieces = labels[holes]
+    filled = holes[(np.bincount(pieces) < max_area_px)[pieces]]
+    mask[filled // (w + 2) - 1, filled % (w + 2) - 1] = True
+    return mask
 
 
-def _remove_small_objects(
-    mask: np.ndarray, min_area_px: float, labels: np.ndarray | None = None
-) -> np.ndarray:
-    """Clear, in place, the pieces of ``mask`` (8-connected) smaller than ``min_area_px``;
-    ``labels`` as in :func:`_fill_small_holes`."""
-    labels, stats = _pieces(mask, 8, labels)
-    return _set_pieces(mask, labels, stats, stats[:, cv2.CC_STAT_AREA] < min_area_px, False)
-
-
-def _pieces(
-    mask: np.ndarray, connectivity: int, labels: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Connected pieces of ``mask``: the label image (0 off the mask; written to
-    ``labels`` when given) and OpenCV's stats of each label (left, top, width, height,
-    area; label 0 first)."""
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(
-        _uint8(mask), labels=labels, connectivity=connectivity, ltype=cv2.CV_32S
-    )
-    return labels, stats
-
-
-def _set_pieces(
-    mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, chosen: np.ndarray, value: bool
-) -> np.ndarray:
-    """Set the pixels of the ``chosen`` labels (never label 0) of ``mask`` to ``value``:
-    within each piece's bounding box when there are few, else by one lookup."""
-    chosen[0] = False
-    pieces = np.flatnonzero(chosen)
-    if len(pieces) > _MAX_PIECES_BY_BOX:
-        mask[chosen[labels]] = value
-        return mask
-    for piece in pieces:
-        left, top, width, height = stats[piece, :4]
-        box = (slice(top, top + height), slice(left, left + width))
-        mask[box][labels[box] == piece] = value
+def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Clear, in place, the pieces of ``mask`` (8-connected) smaller than ``min_area_px``."""
+    _, labels = cv2.connectedComponents(_uint8(mask), connectivity=8, ltype=cv2.CV_32S)
+    pixels = np.flatnonzero(mask)
+    pieces = labels.ravel()[pixels]
+    mask.flat[pixels[(np.bincount(pieces) < min_area_px)[pieces]]] = False
     return mask
