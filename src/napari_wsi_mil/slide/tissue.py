@@ -15,11 +15,13 @@ it safe on real cohorts:
 Images finer than :data:`WORKING_PIXEL_SIZE_UM` are detected on block means and the
 mask is upsampled (Dice >= 0.98 against full resolution). The filters are OpenCV's
 (importing it costs about 30 ms, scipy.ndimage and scikit-image's rank filters about
-0.9 s, most of a first tiling call): the median is OpenCV's where the window lies inside
-the image and an exact numpy sort near the edges, so it equals scikit-image's rank
-median (which uses only the pixels inside the image); disk morphology, labelling and
-Otsu's threshold give the same masks as scipy's footprints, ``binary_fill_holes`` and
-scikit-image's Otsu (tested).
+0.9 s, most of a first tiling call): the median is OpenCV's, run on the image framed by
+0s and 255s so that a window past one edge takes the median of its pixels inside (the
+four corners are sorted), which is scikit-image's rank median; disk morphology,
+labelling and Otsu's threshold give the same masks as scipy's footprints,
+``binary_fill_holes`` and scikit-image's Otsu (tested). The per-pixel colour work runs
+on strips of rows, whose small buffers are reused: memory a process has not touched yet
+can cost more to fault in than the arithmetic done on it.
 
 Everything here works on plain numpy arrays; reading the thumbnail is the
 caller's job. A user-painted napari Labels layer becomes a mask through
