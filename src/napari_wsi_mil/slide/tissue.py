@@ -517,7 +517,7 @@ def _median(image: np.ndarray, size: int, needed: np.ndarray) -> np.ndarray:
     half = size // 2
     r0, r1 = max(rows[0] - half, 0), rows[-1] + half + 1
     c0, c1 = max(cols[0] - half, 0), cols[-1] + half + 1
-    if (r0, c0) == (0, 0) and (r1, c1) >= image.shape:
+    if r0 == 0 and c0 == 0 and r1 >= image.shape[0] and c1 >= image.shape[1]:
         return _window_median(image, size)
     out = np.zeros_like(image)
     out[r0:r1, c0:c1] = _window_median(image[r0:r1, c0:c1], size)
