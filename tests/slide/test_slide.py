@@ -10,7 +10,7 @@ import tifffile
 from conftest import shared_files
 from napari_wsi_mil.errors import SlideError, WsiMilError
 from napari_wsi_mil.slide import open_slide
-from napari_wsi_mil.slide.slide import COARSEST_SIDE, downsample_2x
+from napari_wsi_mil.slide.slide import COARSEST_SIDE, SLIDE_FACTS_VERSION, downsample_2x
 
 REAL_SLIDES = shared_files("slides")
 BAD_FILES = shared_files("bad")
@@ -347,6 +347,34 @@ def test_cached_facts_open_without_parsing_and_read_the_same(tmp_path):
     with open_slide(path, cache=store) as changed:  # another version: parsed
         assert changed.dimensions == (1536, 512)
         assert not isinstance(changed._backend, type(cached._backend))
+
+
+def test_facts_of_another_version_are_parsed_again(tmp_path):
+    """Facts cached before a reader change (no version, or another: an SVS of JPEG tiles
+    cached as OpenSlide's) are not trusted: the file is parsed and reports its reader."""
+    import json
+
+    from napari_wsi_mil.store.project import SLIDE_INFO_CACHE, ProjectStore
+
+    store = ProjectStore(tmp_path / "project", create=True)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, _noise_rgb(512, 512), tile=(256, 256), photometric="rgb")
+    with open_slide(path) as slide:
+        slide.cache_facts(store)
+    (record,) = (store.root / SLIDE_INFO_CACHE).glob("*.json")
+    for version in (None, 1):
+        facts = json.loads(record.read_text())
+        facts["backend"] = "openslide"
+        facts.pop("version", None)
+        if version is not None:
+            facts["version"] = version
+        record.write_text(json.dumps(facts))
+        with open_slide(path, cache=store) as slide:
+            assert slide.backend_name == "tifffile"
+    facts["version"] = SLIDE_FACTS_VERSION
+    record.write_text(json.dumps(facts))
+    with open_slide(path, cache=store) as slide:  # the current version is trusted
+        assert slide.backend_name == "openslide"
 
 
 def test_a_file_damaged_after_caching_fails_cleanly_at_the_first_read(tmp_path):

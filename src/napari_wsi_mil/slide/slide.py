@@ -44,6 +44,9 @@ COARSEST_SIDE = 1024
 #: Chunks of the dask pyramid are whole native tiles, at least this many pixels a side.
 MIN_CHUNK = 512
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Version of the slide facts kept by :meth:`Slide.cache_facts`; facts of another version
+#: are parsed again. 2: an Aperio SVS of JPEG tiles is read by tifffile, not OpenSlide.
+SLIDE_FACTS_VERSION = 2
 
 
 class Slide:
@@ -177,7 +180,8 @@ class Slide:
         later ``open_slide(path, cache=cache)`` (callers do this once their work on the
         slide succeeded: a failed command leaves the project as it was)."""
         if not isinstance(self._backend, _DeferredBackend):
-            cache.cache_slide_info(self._token, asdict(self._backend.info))
+            facts = {"version": SLIDE_FACTS_VERSION, **asdict(self._backend.info)}
+            cache.cache_slide_info(self._token, facts)
 
     def pyramid(self) -> list:
         """One lazy dask array per level, ``(H, W, 3)`` uint8, chunked by native tiles."""
@@ -365,8 +369,9 @@ def _backend_by_vendor(path: Path, head: bytes) -> SlideBackend:
 
 
 def _info_from_json(data: dict | None) -> SlideInfo | None:
-    """A cached :class:`SlideInfo`, or None when there is none or it does not parse."""
-    if not isinstance(data, dict):
+    """A cached :class:`SlideInfo`, or None when there is none, it is of another
+    :data:`SLIDE_FACTS_VERSION` or it does not parse."""
+    if not isinstance(data, dict) or data.get("version") != SLIDE_FACTS_VERSION:
         return None
     try:
         mpp = data["mpp"]
