@@ -333,7 +333,7 @@ def _disk(radius: int) -> np.ndarray:
     return x * x + y * y <= radius * radius
 
 
-def _reference_fill_small_holes(mask, max_area_px):
+def _reference_fill_small_holes(mask, max_area_px, labels=None):
     from scipy import ndimage as ndi
 
     holes = ndi.binary_fill_holes(mask) & ~mask
@@ -345,7 +345,7 @@ def _reference_fill_small_holes(mask, max_area_px):
     return mask | small[labels]
 
 
-def _reference_remove_small_objects(mask, min_area_px):
+def _reference_remove_small_objects(mask, min_area_px, labels=None):
     from scipy import ndimage as ndi
 
     labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))

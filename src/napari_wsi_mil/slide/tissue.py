@@ -195,8 +195,9 @@ def detect_tissue(
     mask &= candidates
 
     mask = _close_then_open(mask, _radius_px(_MORPH_RADIUS_UM, px))
-    mask = _fill_small_holes(mask, min_hole_area_um2 / px**2)
-    mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2)
+    labels = np.empty((mask.shape[0] + 2, mask.shape[1] + 2), dtype=np.int32)  # for both
+    mask = _fill_small_holes(mask, min_hole_area_um2 / px**2, labels)
+    mask = _remove_small_objects(mask, min_tissue_area_um2 / px**2, labels)
     if mask.shape != shape:
         mask = resize_mask(mask, shape)
 
@@ -630,29 +631,41 @@ def _clipped_otsu(counts: np.ndarray) -> float:
     return float(np.clip(otsu, SATURATION_FLOOR, SATURATION_CEILING))
 
 
-def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
+def _fill_small_holes(
+    mask: np.ndarray, max_area_px: float, labels: np.ndarray | None = None
+) -> np.ndarray:
     """Fill, in place, the holes (background pieces, 4-connected as in
     ``ndi.binary_fill_holes``, that do not touch the border) smaller than ``max_area_px``.
     A frame of background around the image joins the pieces that touch the border into
-    one, the frame's: the pixels of the other pieces are the holes."""
-    h, w = mask.shape
-    framed = np.ones((h + 2, w + 2), dtype=np.uint8)
+    one, the frame's: the pixels of the other pieces are the holes. ``labels``: an int32
+    buffer of the framed shape, ``(h + 2, w + 2)``."""
+    framed = np.ones((mask.shape[0] + 2, mask.shape[1] + 2), dtype=np.uint8)
     np.logical_not(mask, out=framed[1:-1, 1:-1].view(bool))
-    _, labels = cv2.connectedComponents(framed, connectivity=4, ltype=cv2.CV_32S)
+    _, labels = cv2.connectedComponents(framed, labels=labels, connectivity=4, ltype=cv2.CV_32S)
     labels = labels.ravel()
     holes = labels != 0
     holes &= labels != labels[0]  # the frame's piece
-    holes = np.flatnonzero(holes)
-    pieces = labels[holes]
-    filled = holes[(np.bincount(pieces) < max_area_px)[pieces]]
-    mask[filled // (w + 2) - 1, filled % (w + 2) - 1] = True
-    return mask
+    return _set_small_pieces(mask, labels, np.flatnonzero(holes), max_area_px, True)
 
 
-def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
-    """Clear, in place, the pieces of ``mask`` (8-connected) smaller than ``min_area_px``."""
-    _, labels = cv2.connectedComponents(_uint8(mask), connectivity=8, ltype=cv2.CV_32S)
-    pixels = np.flatnonzero(mask)
-    pieces = labels.ravel()[pixels]
-    mask.flat[pixels[(np.bincount(pieces) < min_area_px)[pieces]]] = False
+def _remove_small_objects(
+    mask: np.ndarray, min_area_px: float, labels: np.ndarray | None = None
+) -> np.ndarray:
+    """Clear, in place, the pieces of ``mask`` (8-connected) smaller than ``min_area_px``;
+    ``labels`` as in :func:`_fill_small_holes` (the mask is framed by background)."""
+    framed = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=np.uint8)
+    framed[1:-1, 1:-1] = mask
+    _, labels = cv2.connectedComponents(framed, labels=labels, connectivity=8, ltype=cv2.CV_32S)
+    return _set_small_pieces(mask, labels.ravel(), np.flatnonzero(framed), min_area_px, False)
+
+
+def _set_small_pieces(
+    mask: np.ndarray, labels: np.ndarray, pixels: np.ndarray, area_px: float, value: bool
+) -> np.ndarray:
+    """Set the mask pixels of the pieces with fewer than ``area_px`` of the framed
+    ``pixels`` (flat indices into the framed label image ``labels``) to ``value``."""
+    pieces = labels[pixels]
+    chosen = pixels[(np.bincount(pieces) < area_px)[pieces]]
+    width = mask.shape[1] + 2
+    mask[chosen // width - 1, chosen % width - 1] = value
     return mask
