@@ -19,8 +19,10 @@ from napari_wsi_mil.slide.backend import NativeLevel, SlideBackend, SlideInfo, p
 #: Physical pixel sizes outside this range (um/px) are treated as "not stated":
 #: a TIFF written at the default 72 dpi would otherwise claim 352.8 um/px.
 PLAUSIBLE_MPP = (0.05, 100.0)
-#: Reads of at least twice this many tiles (or strips) decode them on several threads.
+#: Reads on the main thread of at least twice this many tiles (or strips) decode them
+#: on several threads.
 _SEGMENTS_PER_THREAD = 4
+_CPUS = os.cpu_count() or 1
 
 _REPORTED_TAGS = (
     "ImageDescription",
@@ -297,8 +299,9 @@ def _read_segments(page, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
             ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx
         ]
 
-    workers = min(len(segments) // _SEGMENTS_PER_THREAD, os.cpu_count() or 1)
-    if workers <= 1:
+    workers = min(len(segments) // _SEGMENTS_PER_THREAD, _CPUS)
+    if workers <= 1 or threading.current_thread() is not threading.main_thread():
+        # (a read on another thread is one of several: dask's chunks, napari's, a pool's)
         for data, index in segments:
             paste(data, index)
         return out
