@@ -263,13 +263,16 @@ def test_disk_morphology_equals_scipy(radius):
 
 
 @pytest.mark.parametrize("size", [3, 7, 13])
-def test_window_median_equals_skimage_rank_median(size):
-    """OpenCV inside, sorting near the edges: the median of the pixels inside the image,
-    as scikit-image's rank filter, on images smaller and larger than the window."""
+def test_window_median_equals_skimage_rank_median(size, monkeypatch):
+    """OpenCV on the image framed by 0s and 255s, the corners sorted: the median of the
+    pixels inside the image, as scikit-image's rank filter, on images smaller and larger
+    than the window, and in row strips (600 rows with three threads allowed: two strips)."""
+    from napari_wsi_mil.slide import tissue
     from napari_wsi_mil.slide.tissue import _median, _window_median
 
+    monkeypatch.setattr(tissue.cv2, "getNumThreads", lambda: 3)
     rng = np.random.default_rng(size)
-    for shape in [(1, 1), (4, 9), (size, size), (37, 52)]:
+    for shape in [(1, 1), (4, 9), (size, size), (37, 52), (600, 31)]:
         image = rng.integers(0, 256, shape).astype(np.uint8)
         reference = _reference_median(image, size)
         assert np.array_equal(_window_median(image, size), reference)
