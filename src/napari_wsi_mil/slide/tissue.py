@@ -643,8 +643,8 @@ def _fill_small_holes(
     np.logical_not(mask, out=framed[1:-1, 1:-1].view(bool))
     _, labels = cv2.connectedComponents(framed, labels=labels, connectivity=4, ltype=cv2.CV_32S)
     labels = labels.ravel()
-    holes = labels != 0
-    holes &= labels != labels[0]  # the frame's piece
+    holes = framed.view(bool).ravel()  # the background, frame included: labels != 0
+    holes &= labels != labels[0]  # less the frame's piece
     return _set_small_pieces(mask, labels, np.flatnonzero(holes), max_area_px, True)
 
 
